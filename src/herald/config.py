@@ -1,0 +1,178 @@
+"""The one typed settings object; the only module that reads the environment.
+
+Settings come from ``HERALD_*`` environment variables and, with lower precedence, from a TOML
+file (``HERALD_CONFIG``, default ``./herald.toml`` when it exists) whose keys are the variable
+names in lower case without the prefix. Invalid values stop start-up with a
+:class:`~herald.errors.ConfigError` that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from herald import limits
+from herald.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+_ENV_PREFIX = "HERALD_"
+
+
+class Settings(BaseSettings):
+    """Every setting of Herald. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=_ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    data_dir: Path = Path(".herald")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    public_url: str = ""
+    database_url: str = ""
+    redis_url: SecretStr | None = None
+    master_key: SecretStr | None = None
+    replay_window: int = Field(default=300, ge=1, le=900)
+    egress_allow: str = ""
+    egress_ca_file: Path | None = None
+    smtp_url: SecretStr | None = None
+
+    insecure_http: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    hsts_max_age: int = Field(default=31536000, ge=0)
+
+    access_token_ttl: int = Field(
+        default=limits.ACCESS_TOKEN_TTL_DEFAULT, ge=60, le=limits.ACCESS_TOKEN_TTL_MAX
+    )
+    max_body_bytes: int = Field(default=limits.MAX_BODY_BYTES, ge=1024, le=1024 * 1024)
+    stream_queue_size: int = Field(default=limits.STREAM_QUEUE_MAX, ge=8, le=1_000_000)
+    heartbeat_interval: float = Field(default=limits.HEARTBEAT_INTERVAL, gt=0, le=300)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in {"https", "http"} or not parts.netloc:
+                raise ValueError("must be an absolute http(s) URL such as https://push.example.com")
+            if parts.query or parts.fragment:
+                raise ValueError("must not carry a query or fragment")
+            return value.rstrip("/")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("must be a sqlite:/// path or a postgresql:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the TOML file; no dotenv or secrets directory."""
+        del dotenv_settings, file_secret_settings
+        toml_path = Path(os.environ.get(_ENV_PREFIX + "CONFIG", "herald.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        """``http`` only when ``insecure_http`` is set explicitly."""
+        return "http" if self.insecure_http else "https"
+
+    @cached_property
+    def base_url(self) -> str:
+        """The public base URL: ``@target-uri`` base for signatures and the token ``iss``."""
+        if self.public_url:
+            return self.public_url
+        host = self.host
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the async driver SQLAlchemy needs."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'herald.db'}"
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+        if url.startswith(("postgresql://", "postgres://")):
+            return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def cert_file(self) -> Path:
+        """The server certificate chain (PEM)."""
+        return self.tls_cert_file or self.data_dir / "tls" / "server.pem"
+
+    @property
+    def key_file(self) -> Path:
+        """The server private key (PEM)."""
+        return self.tls_key_file or self.data_dir / "tls" / "server.key"
+
+    @property
+    def ca_file(self) -> Path:
+        """The development CA certificate created by ``herald init``."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def master_key_file(self) -> Path:
+        """The 0600 master key file of the ``local`` key provider."""
+        return self.data_dir / "master.key"
+
+    def security_summary(self) -> dict[str, Any]:
+        """What ``/readyz`` and start-up report about the security posture."""
+        return {
+            "tls": not self.insecure_http,
+            "hsts": not self.insecure_http and self.hsts_max_age > 0,
+            "encryption_at_rest": True,
+            "token_alg": "EdDSA",
+            "warnings": ["insecure_http: TLS is off; run only behind a TLS-terminating proxy"]
+            if self.insecure_http
+            else [],
+        }
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment, the TOML file and ``overrides``.
+
+    Raises:
+        ConfigError: naming the first invalid setting and why.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            messages.append(f"{_ENV_PREFIX}{name.upper()}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(messages)) from None

@@ -1,0 +1,222 @@
+"""The one exception hierarchy of Herald.
+
+Every error Herald raises on purpose derives from :class:`HeraldError`. Errors that reach
+the HTTP API carry a stable problem ``slug`` (the last part of the RFC 9457 ``type`` URI)
+and an HTTP ``status``; the server turns them into ``application/problem+json`` bodies.
+
+Security failures collapse into one opaque error per boundary so that an error is never an
+oracle: every way a bearer token can be wrong is :class:`InvalidToken`, every way a client
+can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
+:class:`DecryptionFailed`.
+
+::
+
+    HeraldError
+    ├── ConfigError                 settings invalid at start-up (names the setting)
+    ├── StorageError                database unreachable or failing (503)
+    │   └── IntegrityConflict       a uniqueness rule was hit
+    ├── DecryptionFailed            AEAD open failed (wrong key, tampered, moved)
+    ├── InvalidTransition           a delivery state change the state machine forbids
+    └── ApiError                    anything answered as problem+json
+        ├── BadRequest (400)        invalid-request, malformed-json, invalid-topic,
+        │                           too-many-recipients, invalid-cursor
+        ├── InvalidToken (401)      invalid-token
+        ├── InvalidClient (401)     invalid-client (OAuth client authentication)
+        ├── Forbidden (403)         forbidden
+        ├── NotFound (404)          not-found
+        ├── MethodNotAllowed (405)  method-not-allowed
+        ├── PayloadTooLarge (413)   payload-too-large
+        ├── UnsupportedMediaType (415) unsupported-media-type
+        ├── IdempotencyMismatch (422) idempotency-key-reused
+        ├── ServiceUnavailable (503) unavailable
+        └── InternalError (500)     internal
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "PROBLEM_TYPE_PREFIX",
+    "ApiError",
+    "BadRequest",
+    "ConfigError",
+    "DecryptionFailed",
+    "Forbidden",
+    "HeraldError",
+    "IdempotencyMismatch",
+    "IntegrityConflict",
+    "InternalError",
+    "InvalidClient",
+    "InvalidToken",
+    "InvalidTransition",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "StorageError",
+    "UnsupportedMediaType",
+    "problem_type",
+]
+
+#: Problem ``type`` URIs are ``urn:herald:problem:<slug>``: stable, never dereferenced by
+#: clients (RFC 9457 §3.1.1), and not tied to a domain name we would have to keep.
+PROBLEM_TYPE_PREFIX = "urn:herald:problem:"
+
+
+def problem_type(slug: str) -> str:
+    """Return the full RFC 9457 ``type`` URI of a problem slug."""
+    return PROBLEM_TYPE_PREFIX + slug
+
+
+class HeraldError(Exception):
+    """Root of every error Herald raises on purpose."""
+
+
+class ConfigError(HeraldError):
+    """The configuration is invalid; the message names the offending setting."""
+
+
+class StorageError(HeraldError):
+    """The database could not be reached or refused the operation."""
+
+
+class IntegrityConflict(StorageError):
+    """A uniqueness rule of the store was hit (e.g. a duplicate name)."""
+
+
+class DecryptionFailed(HeraldError):
+    """An AEAD ciphertext could not be opened. Deliberately carries no reason."""
+
+    def __init__(self) -> None:
+        super().__init__("decryption failed")
+
+
+class InvalidTransition(HeraldError):
+    """A delivery state change that the delivery state machine does not allow."""
+
+
+class ApiError(HeraldError):
+    """An error answered to an API client as ``application/problem+json``."""
+
+    status: ClassVar[int] = 400
+    slug: ClassVar[str] = "invalid-request"
+    title: ClassVar[str] = "Invalid request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if slug is not None:
+            self.slug = slug  # type: ignore[misc]
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    @property
+    def type_uri(self) -> str:
+        """The RFC 9457 ``type`` member."""
+        return problem_type(self.slug)
+
+
+class BadRequest(ApiError):
+    """The request is malformed or fails validation."""
+
+    status = 400
+    slug = "invalid-request"
+    title = "Invalid request"
+
+
+class InvalidToken(ApiError):
+    """The bearer token is missing, malformed, expired, or not ours. One opaque error."""
+
+    status = 401
+    slug = "invalid-token"
+    title = "Invalid or missing access token"
+
+    def __init__(self, detail: str = "the access token is missing, invalid or expired") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class InvalidClient(ApiError):
+    """OAuth client authentication failed (RFC 6749 §5.2 ``invalid_client``)."""
+
+    status = 401
+    slug = "invalid-client"
+    title = "Client authentication failed"
+
+    def __init__(self, detail: str = "client authentication failed") -> None:
+        super().__init__(
+            detail,
+            headers={"WWW-Authenticate": 'Basic realm="herald"'},
+            extra={"error": "invalid_client"},
+        )
+
+
+class Forbidden(ApiError):
+    """Authenticated, but the token's scopes do not allow this."""
+
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(ApiError):
+    """No such object for this tenant (also answered for other tenants' objects)."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(ApiError):
+    """The route exists but not with this method."""
+
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class PayloadTooLarge(ApiError):
+    """The request body exceeds the configured cap."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(ApiError):
+    """The request body is not ``application/json``."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class IdempotencyMismatch(ApiError):
+    """An ``Idempotency-Key`` was reused with a different request body."""
+
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class ServiceUnavailable(ApiError):
+    """A dependency (database, state store) is unavailable; retry later."""
+
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
+class InternalError(ApiError):
+    """An unexpected failure; details are in the server log, never in the response."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal server error"

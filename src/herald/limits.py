@@ -1,0 +1,77 @@
+"""Every size, count and time limit of Herald, named and explained in one place.
+
+Limits that operators may want to change are also settings (see :mod:`herald.config`);
+the values here are their defaults or hard ceilings that settings cannot exceed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACCESS_TOKEN_TTL_DEFAULT",
+    "ACCESS_TOKEN_TTL_MAX",
+    "BATCH_MAX_MESSAGES",
+    "DATA_MAX_DEPTH",
+    "HEARTBEAT_INTERVAL",
+    "HISTORY_PAGE_MAX",
+    "IDEMPOTENCY_KEY_MAX",
+    "IDEMPOTENCY_TTL",
+    "JWT_LEEWAY",
+    "MAX_BATCH_BODY_BYTES",
+    "MAX_BODY_BYTES",
+    "MESSAGE_TTL_MAX",
+    "RECIPIENTS_MAX",
+    "RECIPIENT_ID_MAX",
+    "STREAM_FRAME_MAX",
+    "STREAM_QUEUE_MAX",
+    "STREAM_TICKET_TTL",
+    "SUBSCRIBER_TOKEN_TTL_DEFAULT",
+    "SUBSCRIBER_TOKEN_TTL_MAX",
+    "TITLE_MAX",
+    "TOPIC_MAX",
+    "TOPIC_PATTERNS_MAX",
+]
+
+#: Largest request body for single-message routes, checked before any parsing (bytes).
+MAX_BODY_BYTES = 64 * 1024
+#: Largest body of ``POST /v1/messages:batch`` (up to 1,000 messages of ~1 KiB each).
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
+#: Messages per batch request.
+BATCH_MAX_MESSAGES = 1000
+#: Recipients named in one message.
+RECIPIENTS_MAX = 1000
+#: Length of one recipient id (the tenant's own identifier for a person or system).
+RECIPIENT_ID_MAX = 256
+#: Length of a topic name or pattern, in characters.
+TOPIC_MAX = 255
+#: Topic patterns in one subscriber token or subscribe frame.
+TOPIC_PATTERNS_MAX = 32
+#: Length of a message title in characters (bodies are bounded by the body cap).
+TITLE_MAX = 1024
+#: Nesting depth of the ``data`` object: deep nesting is a parser-DoS vector.
+DATA_MAX_DEPTH = 16
+#: Longest message TTL (seconds): 30 days.
+MESSAGE_TTL_MAX = 30 * 24 * 3600
+#: Idempotency-Key header length (the IETF draft suggests a UUID; allow some room).
+IDEMPOTENCY_KEY_MAX = 255
+#: How long an idempotency record answers a retry (seconds).
+IDEMPOTENCY_TTL = 24 * 3600
+
+#: Access-token lifetime by default (seconds) and the hard cap.
+ACCESS_TOKEN_TTL_DEFAULT = 600
+ACCESS_TOKEN_TTL_MAX = 3600
+#: Subscriber-token lifetime by default and cap (seconds).
+SUBSCRIBER_TOKEN_TTL_DEFAULT = 3600
+SUBSCRIBER_TOKEN_TTL_MAX = 24 * 3600
+#: Clock-skew leeway when checking ``exp``/``nbf``/``iat`` (RFC 8725 advice: small).
+JWT_LEEWAY = 30
+#: One-time stream tickets for browsers live this long (seconds).
+STREAM_TICKET_TTL = 30
+
+#: Frames queued for one stream connection before it is cut off as a slow consumer.
+STREAM_QUEUE_MAX = 1024
+#: Largest client frame accepted on a WebSocket (bytes).
+STREAM_FRAME_MAX = 16 * 1024
+#: Seconds between heartbeats on idle streams (staggered per connection).
+HEARTBEAT_INTERVAL = 20.0
+#: Largest page of topic history served at once.
+HISTORY_PAGE_MAX = 1000

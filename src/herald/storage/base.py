@@ -1,0 +1,269 @@
+"""The storage Protocol: everything Herald keeps durably, behind one small interface.
+
+Implementations: :class:`herald.storage.sql.SqlStore` over SQLAlchemy Core, which serves both
+SQLite (embedded, the default) and PostgreSQL (cluster). One contract test suite
+(``tests/storage``) runs against every implementation.
+
+Records are plain frozen dataclasses; content fields of messages are stored only as the
+opaque ``content`` ciphertext produced by :mod:`herald.crypto` — the store never sees
+plaintext content. Every read is scoped by tenant: an object of another tenant is
+indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+__all__ = [
+    "AppRecord",
+    "AuditEntryRecord",
+    "AuditSink",
+    "DeliveryRecord",
+    "IdempotencyRecord",
+    "MessageRecord",
+    "PublishResult",
+    "SigningKeyRecord",
+    "Store",
+    "TenantKeyRecord",
+    "TenantRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """An organisation: the isolation boundary."""
+
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeyRecord:
+    """A versioned per-tenant data-encryption key, stored only wrapped by a KEK."""
+
+    tenant_id: str
+    version: int
+    wrapped_key: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppRecord:
+    """A publishing service of a tenant. ``id`` is the OAuth ``client_id``."""
+
+    id: str
+    tenant_id: str
+    name: str
+    secret_hash: bytes
+    scopes: tuple[str, ...]
+    disabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    """A server signing key (token or audit), private half wrapped by the master KEK."""
+
+    kid: str
+    purpose: str  # "token" | "audit"
+    algorithm: str  # "Ed25519"
+    public_key: bytes  # raw 32-byte Ed25519 public key
+    wrapped_private_key: bytes
+    created_at: datetime
+    retired_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A published message. ``seq`` is its audit-log index: the commit order."""
+
+    id: str  # UUIDv7, canonical text form
+    tenant_id: str
+    app_id: str
+    topic: str
+    priority: str
+    ttl: int
+    created_at: datetime
+    expires_at: datetime
+    content: bytes  # AEAD ciphertext of the content fields
+    recipients: tuple[str, ...] = ()
+    seq: int = 0  # filled by Store.publish
+    leaf_hash: bytes = b""  # filled by Store.publish
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One (message, endpoint) pair and its state."""
+
+    id: str
+    message_id: str
+    tenant_id: str
+    channel: str
+    endpoint: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntryRecord:
+    """One entry of the append-only audit log (canonical JSON, RFC 8785)."""
+
+    index: int
+    entry: bytes
+    leaf_hash: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The first answer to an ``Idempotency-Key``, replayed for retries."""
+
+    app_id: str
+    key: str
+    request_hash: bytes
+    status: int
+    response: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What :meth:`Store.publish` assigned: the audit index and leaf hash of each message."""
+
+    seqs: tuple[int, ...] = field(default_factory=tuple)
+    leaf_hashes: tuple[bytes, ...] = field(default_factory=tuple)
+
+
+class AuditSink(Protocol):
+    """Builds audit entries inside the store's write transaction, once indices are known."""
+
+    def __call__(self, index: int) -> tuple[bytes, bytes]:
+        """Return ``(canonical_entry_bytes, leaf_hash)`` for the entry at ``index``."""
+        ...
+
+
+class Store(Protocol):
+    """Durable state of Herald. All methods are coroutines; all are tenant-scoped reads."""
+
+    dialect: str  # "sqlite" | "postgresql"
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration (Alembic ``upgrade head``)."""
+        ...
+
+    async def migration_status(self) -> tuple[str | None, str]:
+        """Return ``(current_revision, head_revision)``."""
+        ...
+
+    async def ping(self) -> None:
+        """Round-trip to the database; raises :class:`StorageError` when unreachable."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    # -- tenants, apps, keys --------------------------------------------------------------
+    async def create_tenant(self, tenant: TenantRecord, key: TenantKeyRecord) -> None:
+        """Create a tenant with its first data key; IntegrityConflict on a duplicate name."""
+        ...
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord | None:
+        """The tenant with this id, or None."""
+        ...
+
+    async def get_tenant_by_name(self, name: str) -> TenantRecord | None:
+        """The tenant with this name, or None."""
+        ...
+
+    async def tenant_keys(self, tenant_id: str) -> list[TenantKeyRecord]:
+        """Every data-key version of a tenant, newest first."""
+        ...
+
+    async def create_app(self, app: AppRecord) -> None:
+        """Create an app; IntegrityConflict when the id exists."""
+        ...
+
+    async def get_app(self, app_id: str) -> AppRecord | None:
+        """The app with this client id, or None."""
+        ...
+
+    async def list_apps(self, tenant_id: str) -> list[AppRecord]:
+        """The apps of one tenant, oldest first."""
+        ...
+
+    async def add_signing_key(self, key: SigningKeyRecord) -> None:
+        """Store a server signing key."""
+        ...
+
+    async def signing_keys(self, purpose: str) -> list[SigningKeyRecord]:
+        """Signing keys of a purpose, newest first, retired ones included."""
+        ...
+
+    # -- messages ---------------------------------------------------------------------------
+    async def publish(
+        self,
+        messages: list[MessageRecord],
+        audit: list[AuditSink],
+        idempotency: IdempotencyRecord | None = None,
+    ) -> PublishResult:
+        """Persist messages, their in-app deliveries and audit entries in ONE transaction.
+
+        Audit indices are assigned gap-free and in commit order while the store's write
+        lock is held; ``audit[i]`` builds the entry of ``messages[i]``. A recipient of a
+        message gets one ``inapp`` delivery row in state ``pending``. When
+        ``idempotency`` is given it is inserted in the same transaction; if a record for
+        the same (app, key) exists the transaction is rolled back and
+        IntegrityConflict is raised.
+        """
+        ...
+
+    async def append_audit(self, audit: list[AuditSink]) -> list[int]:
+        """Append non-message audit entries; returns their indices."""
+        ...
+
+    async def get_message(self, tenant_id: str, message_id: str) -> MessageRecord | None:
+        """One message of this tenant, or None."""
+        ...
+
+    async def message_seq(self, tenant_id: str, message_id: str) -> int | None:
+        """The ``seq`` of one message of this tenant (a resume cursor), or None."""
+        ...
+
+    async def messages_after(
+        self, tenant_id: str, after_seq: int, limit: int, topic: str | None = None
+    ) -> list[MessageRecord]:
+        """Messages of a tenant with ``seq > after_seq`` in seq order (one topic if given)."""
+        ...
+
+    async def deliveries(self, tenant_id: str, message_id: str) -> list[DeliveryRecord]:
+        """The deliveries of one message, oldest first."""
+        ...
+
+    async def ack(
+        self, tenant_id: str, message_id: str, recipient: str, now: datetime
+    ) -> DeliveryRecord:
+        """Mark the in-app delivery of ``message_id`` to ``recipient`` delivered.
+
+        Creates the row (state ``delivered``) for topic messages without named recipients.
+        Idempotent: acking twice leaves one delivered row.
+        """
+        ...
+
+    async def get_idempotency(self, app_id: str, key: str) -> IdempotencyRecord | None:
+        """The stored first answer for (app, key), or None."""
+        ...
+
+    async def audit_size(self) -> int:
+        """Number of audit entries."""
+        ...
+
+    async def audit_entries(self, start: int, end: int) -> list[AuditEntryRecord]:
+        """Entries with ``start <= index < end``."""
+        ...
