@@ -143,7 +143,7 @@ class PublishResult:
 class AuditSink(Protocol):
     """Builds audit entries inside the store's write transaction, once indices are known."""
 
-    def __call__(self, index: int) -> tuple[bytes, bytes]:
+    def __call__(self, index: int, /) -> tuple[bytes, bytes]:
         """Return ``(canonical_entry_bytes, leaf_hash)`` for the entry at ``index``."""
         ...
 

@@ -1,0 +1,3 @@
+"""The ``herald`` command line (typer + rich)."""
+
+__all__: list[str] = []

@@ -1,0 +1,48 @@
+"""The Herald Python SDK: publish messages and read real-time streams.
+
+Publishing (OAuth2 client credentials, idempotent retries)::
+
+    from herald.client import AsyncPublisher
+
+    async with AsyncPublisher(url, client_id, client_secret, ca=".herald/tls/ca.pem") as pub:
+        receipt = await pub.publish("orders.shipped", title="Order 123 shipped")
+        sub = await pub.subscriber_token("user-42", ["orders.>"])
+
+Subscribing (WebSocket, resumes after outages without duplicates)::
+
+    from herald.client import AsyncSubscriber
+
+    async with AsyncSubscriber(url, sub["token"], ca=".herald/tls/ca.pem") as stream:
+        async for message in stream:
+            await stream.ack(message.id)
+
+:class:`Publisher` and :class:`Subscriber` are blocking equivalents. TLS certificates are
+always verified; every error raised on purpose is a :class:`HeraldClientError`.
+"""
+
+from herald.client._errors import (
+    AuthenticationError,
+    ConnectionFailed,
+    HeraldClientError,
+    ProblemError,
+    StreamClosed,
+)
+from herald.client._publisher import AsyncPublisher, PublishResult
+from herald.client._subscriber import AsyncSubscriber, StreamMessage
+from herald.client._sync import Publisher, Subscriber
+from herald.client._transport import make_ssl_context
+
+__all__ = [
+    "AsyncPublisher",
+    "AsyncSubscriber",
+    "AuthenticationError",
+    "ConnectionFailed",
+    "HeraldClientError",
+    "ProblemError",
+    "PublishResult",
+    "Publisher",
+    "StreamClosed",
+    "StreamMessage",
+    "Subscriber",
+    "make_ssl_context",
+]

@@ -1,0 +1,224 @@
+"""Blocking wrappers over the asynchronous SDK, for scripts and the CLI.
+
+Each object owns a private :class:`asyncio.Runner` (one event loop, reused for every call,
+so that connections are kept) and delegates to the asynchronous class. They cannot be used
+from inside a running event loop: use the ``Async*`` classes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from herald.client._errors import ProblemError
+from herald.client._publisher import AsyncPublisher, PublishResult, Sleep
+from herald.client._subscriber import AsyncSubscriber, StreamMessage
+
+__all__ = ["Publisher", "Subscriber"]
+
+_T = TypeVar("_T")
+
+
+class _Blocking:
+    """Owns the event loop that the wrapped asynchronous object lives on."""
+
+    def __init__(self) -> None:
+        self._runner = asyncio.Runner()
+        self._closed = False
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return self._runner.run(coroutine)
+
+    def _shutdown(self, aclose: Coroutine[Any, Any, None]) -> None:
+        if self._closed:
+            aclose.close()  # never awaited: avoid "coroutine was never awaited"
+            return
+        self._closed = True
+        try:
+            self._runner.run(aclose)
+        finally:
+            self._runner.close()
+
+
+class Publisher(_Blocking):
+    """Blocking :class:`~herald.client.AsyncPublisher`; same arguments, same methods.
+
+    Example::
+
+        with Publisher(url, client_id, secret, ca=".herald/tls/ca.pem") as pub:
+            receipt = pub.publish("orders.shipped", title="Order 123 shipped")
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        ca: str | Path | None = None,
+        scope: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__()
+        self._publisher = AsyncPublisher(
+            base_url,
+            client_id,
+            client_secret,
+            ca=ca,
+            scope=scope,
+            transport=transport,
+            max_retries=max_retries,
+            clock=clock,
+            sleep=sleep,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and the private event loop."""
+        self._shutdown(self._publisher.aclose())
+
+    def token(self) -> str:
+        """See :meth:`AsyncPublisher.token <herald.client.AsyncPublisher.token>`."""
+        return self._run(self._publisher.token())
+
+    def publish(
+        self,
+        topic: str,
+        *,
+        title: str | None = None,
+        body: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        priority: str | None = None,
+        ttl: int | None = None,
+        recipients: list[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        """See :meth:`AsyncPublisher.publish <herald.client.AsyncPublisher.publish>`."""
+        return self._run(
+            self._publisher.publish(
+                topic,
+                title=title,
+                body=body,
+                data=data,
+                priority=priority,
+                ttl=ttl,
+                recipients=recipients,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def publish_batch(
+        self, messages: list[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[PublishResult | ProblemError]:
+        """See :meth:`AsyncPublisher.publish_batch <herald.client.AsyncPublisher.publish_batch>`."""
+        return self._run(self._publisher.publish_batch(messages, idempotency_key=idempotency_key))
+
+    def get_message(self, message_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.get_message <herald.client.AsyncPublisher.get_message>`."""
+        return self._run(self._publisher.get_message(message_id))
+
+    def history(
+        self, topic: str, since: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.history <herald.client.AsyncPublisher.history>`."""
+        return self._run(self._publisher.history(topic, since, limit))
+
+    def subscriber_token(
+        self, recipient: str, topics: list[str], ttl: int | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.subscriber_token`."""
+        return self._run(self._publisher.subscriber_token(recipient, topics, ttl))
+
+
+class Subscriber(_Blocking):
+    """Blocking :class:`~herald.client.AsyncSubscriber`: a plain iterator of messages.
+
+    Example::
+
+        with Subscriber(url, token, topics=["orders.>"], ca=ca) as sub:
+            for message in sub:
+                print(message.topic, message.title)
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        topics: list[str] | None = None,
+        since: str | None = None,
+        ca: str | Path | None = None,
+        reconnect: bool = True,
+        max_backoff: float = 10.0,
+        open_timeout: float = 10.0,
+        auto_ack: bool = False,
+    ) -> None:
+        super().__init__()
+        self._subscriber = AsyncSubscriber(
+            base_url,
+            token,
+            topics=topics,
+            since=since,
+            ca=ca,
+            reconnect=reconnect,
+            max_backoff=max_backoff,
+            open_timeout=open_timeout,
+            auto_ack=auto_ack,
+        )
+
+    @property
+    def last_id(self) -> str | None:
+        """Id of the last message yielded (initially ``since``)."""
+        return self._subscriber.last_id
+
+    def __enter__(self) -> Self:
+        try:
+            self._run(self._subscriber.__aenter__())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> StreamMessage:
+        try:
+            return self._run(self._subscriber.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def ack(self, message_id: str) -> None:
+        """Acknowledge a message (see :meth:`AsyncSubscriber.ack`)."""
+        self._run(self._subscriber.ack(message_id))
+
+    def close(self) -> None:
+        """Close the connection and the private event loop."""
+        self._shutdown(self._subscriber.close())

@@ -1,0 +1,207 @@
+"""Access tokens (RFC 9068 JWT profile) and subscriber tokens, signed EdDSA (Ed25519).
+
+Verification follows the JWT BCP (RFC 8725): the algorithm comes from our allow-list, never
+from the token; the key is looked up by ``kid`` among *our* keys only (``jku``, ``x5u``,
+``jwk`` headers are ignored); ``typ`` is checked explicitly (RFC 8725 §3.11, RFC 9068 §2.1)
+because PyJWT does not; ``iss``, ``aud``, ``exp``, ``iat``, ``jti`` are required; leeway is
+small. Every failure is the same opaque :class:`~herald.errors.InvalidToken`.
+
+Subscriber tokens use a different ``typ`` and audience, so neither kind of token can stand
+in for the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from herald import limits
+from herald.core.scopes import ScopeSet
+from herald.core.topics import TopicPattern
+from herald.crypto.signing import LoadedSigningKey
+from herald.errors import BadRequest, InvalidToken
+
+__all__ = [
+    "ACCESS_TOKEN_TYP",
+    "ALLOWED_ALGORITHMS",
+    "SUBSCRIBER_TOKEN_TYP",
+    "AccessClaims",
+    "SubscriberClaims",
+    "TokenService",
+]
+
+ACCESS_TOKEN_TYP = "at+jwt"
+SUBSCRIBER_TOKEN_TYP = "herald-sub+jwt"
+#: PyJWT knows Ed25519 JWS only as ``EdDSA`` (RFC 9864 renamed it; see REFERENCES.md).
+ALLOWED_ALGORITHMS = ("EdDSA",)
+#: Tokens longer than this are refused before any parsing.
+MAX_TOKEN_LENGTH = 8192
+_REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """The verified identity behind an access token."""
+
+    tenant_id: str
+    client_id: str
+    scopes: ScopeSet
+    jti: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberClaims:
+    """The verified identity behind a subscriber token."""
+
+    tenant_id: str
+    client_id: str
+    recipient: str
+    patterns: tuple[TopicPattern, ...]
+    jti: str
+    expires_at: int
+
+
+class TokenService:
+    """Issues and verifies Herald's JWTs with the server's token-signing keys."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        keys: Iterable[LoadedSigningKey],
+        clock: Callable[[], float],
+        new_jti: Callable[[], str],
+    ) -> None:
+        self.issuer = issuer
+        self.stream_audience = issuer + "/v1/stream"
+        ordered = sorted(keys, key=lambda k: k.created_at, reverse=True)
+        if not ordered:
+            raise ValueError("no token-signing key")
+        self._current = ordered[0]
+        self._by_kid = {k.kid: k for k in ordered}
+        self._clock = clock
+        self._new_jti = new_jti
+
+    # -- issuing ---------------------------------------------------------------------------
+    def _sign(self, claims: dict[str, Any], typ: str) -> str:
+        key = self._current
+        return jwt.encode(
+            claims, key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": typ}
+        )
+
+    def issue_access(
+        self, *, tenant_id: str, client_id: str, scopes: ScopeSet, ttl: int
+    ) -> tuple[str, int]:
+        """Return ``(jwt, expires_in)`` for an app (RFC 9068 §2.2 claims)."""
+        ttl = min(ttl, limits.ACCESS_TOKEN_TTL_MAX)
+        now = int(self._clock())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.issuer,
+            "sub": client_id,
+            "client_id": client_id,
+            "tenant": tenant_id,
+            "scope": str(scopes),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": self._new_jti(),
+        }
+        return self._sign(claims, ACCESS_TOKEN_TYP), ttl
+
+    def issue_subscriber(
+        self,
+        *,
+        tenant_id: str,
+        client_id: str,
+        recipient: str,
+        patterns: Iterable[TopicPattern],
+        ttl: int,
+    ) -> tuple[str, int]:
+        """Return ``(jwt, expires_in)`` for one recipient limited to ``patterns``."""
+        ttl = min(ttl, limits.SUBSCRIBER_TOKEN_TTL_MAX)
+        now = int(self._clock())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.stream_audience,
+            "sub": recipient,
+            "client_id": client_id,
+            "tenant": tenant_id,
+            "topics": [p.text for p in patterns],
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": self._new_jti(),
+        }
+        return self._sign(claims, SUBSCRIBER_TOKEN_TYP), ttl
+
+    # -- verifying -------------------------------------------------------------------------
+    def _decode(self, token: str, *, typ: str, audience: str) -> dict[str, Any]:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken from None
+        if header.get("alg") not in ALLOWED_ALGORITHMS or header.get("typ") != typ:
+            raise InvalidToken
+        kid = header.get("kid")
+        key = self._by_kid.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidToken
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=list(ALLOWED_ALGORITHMS),
+                audience=audience,
+                issuer=self.issuer,
+                leeway=limits.JWT_LEEWAY,
+                options={"require": _REQUIRED, "strict_aud": True},
+            )
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken from None
+        if claims["iat"] > self._clock() + limits.JWT_LEEWAY:
+            raise InvalidToken
+        return claims
+
+    def verify_access(self, token: str) -> AccessClaims:
+        """Verify an access token; every failure is :class:`InvalidToken`."""
+        claims = self._decode(token, typ=ACCESS_TOKEN_TYP, audience=self.issuer)
+        tenant, client_id, scope = claims.get("tenant"), claims.get("client_id"), claims.get("scope")
+        if not (isinstance(tenant, str) and isinstance(client_id, str) and isinstance(scope, str)):
+            raise InvalidToken
+        try:
+            scopes = ScopeSet.parse(scope)
+        except BadRequest:
+            raise InvalidToken from None
+        return AccessClaims(tenant, client_id, scopes, str(claims["jti"]), int(claims["exp"]))
+
+    def verify_subscriber(self, token: str) -> SubscriberClaims:
+        """Verify a subscriber token; every failure is :class:`InvalidToken`."""
+        claims = self._decode(token, typ=SUBSCRIBER_TOKEN_TYP, audience=self.stream_audience)
+        tenant, client_id = claims.get("tenant"), claims.get("client_id")
+        recipient, topics = claims.get("sub"), claims.get("topics")
+        if not (
+            isinstance(tenant, str)
+            and isinstance(client_id, str)
+            and isinstance(recipient, str)
+            and isinstance(topics, list)
+            and all(isinstance(t, str) for t in topics)
+        ):
+            raise InvalidToken
+        try:
+            patterns = tuple(TopicPattern.parse(t) for t in topics)
+        except BadRequest:
+            raise InvalidToken from None
+        return SubscriberClaims(
+            tenant, client_id, recipient, patterns, str(claims["jti"]), int(claims["exp"])
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set (RFC 7517 §5) of every published token-signing key."""
+        return {"keys": [k.public_jwk() for k in self._by_kid.values()]}

@@ -1,0 +1,228 @@
+"""The HTTP API routes: OAuth, messages, subscriber tokens, tickets, well-known documents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from urllib.parse import parse_qs, unquote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from herald import limits
+from herald.core.ids import parse_message_id
+from herald.core.messages import (
+    PublishBatch,
+    PublishRequest,
+    SubscriberTokenRequest,
+    decode_json,
+    validate_publish,
+)
+from herald.core.topics import validate_topic
+from herald.crypto.tokens import AccessClaims
+from herald.errors import ApiError, BadRequest, InvalidClient, InvalidToken
+from herald.server.requests import bearer_token, read_body, require_json
+from herald.server.responses import json_response
+from herald.service import identity, messages, streams
+from herald.service.runtime import Runtime
+
+__all__ = ["routes"]
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def runtime(request: Request) -> Runtime:
+    """The node's runtime, stored on the app at start-up."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def access_claims(request: Request) -> AccessClaims:
+    """Verify the bearer access token (DESIGN §4 step 2)."""
+    token = bearer_token(request)
+    rt = runtime(request)
+    if token is None:
+        rt.metrics.auth_failures_total.labels(reason="missing_token").inc()
+        raise InvalidToken("an access token is required (Authorization: Bearer …)")
+    try:
+        return rt.token_service().verify_access(token)
+    except InvalidToken:
+        rt.metrics.auth_failures_total.labels(reason="invalid_token").inc()
+        raise
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    # IETF httpapi-idempotency-key-header: the value is an opaque string; we accept
+    # printable ASCII of bounded length so it can be stored and logged safely.
+    if not key or len(key) > limits.IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable():
+        raise BadRequest(f"Idempotency-Key must be 1-{limits.IDEMPOTENCY_KEY_MAX} printable ASCII characters")
+    return key
+
+
+# -- OAuth ------------------------------------------------------------------------------------
+def _basic_credentials(request: Request) -> tuple[str, str]:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise InvalidClient("use client_secret_basic: Authorization: Basic base64(id:secret)")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidClient from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise InvalidClient
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+    return unquote(client_id), unquote(secret)
+
+
+async def oauth_token(request: Request) -> Response:
+    """``POST /oauth/token``: the client credentials grant (RFC 6749 §4.4)."""
+    rt = runtime(request)
+    raw = await read_body(request, 4096)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise ApiError(
+            "send the token request as application/x-www-form-urlencoded",
+            slug="unsupported-media-type",
+        ) from None
+    try:
+        form = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("the token request is not a valid form", extra={"error": "invalid_request"}) from None
+    grant = form.get("grant_type", [""])
+    if grant != ["client_credentials"]:
+        raise BadRequest(
+            "only grant_type=client_credentials is supported",
+            slug="unsupported-grant-type",
+            extra={"error": "unsupported_grant_type"},
+        )
+    scope = form.get("scope")
+    client_id, secret = _basic_credentials(request)
+    app = await identity.authenticate_client(rt, client_id, secret)
+    body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
+    return json_response(body, headers=_NO_STORE)
+
+
+async def jwks(request: Request) -> Response:
+    """``GET /.well-known/jwks.json`` (RFC 7517)."""
+    rt = runtime(request)
+    return json_response(rt.token_service().jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+async def oauth_metadata(request: Request) -> Response:
+    """``GET /.well-known/oauth-authorization-server`` (RFC 8414 §2)."""
+    base = runtime(request).settings.base_url
+    return json_response(
+        {
+            "issuer": base,
+            "token_endpoint": base + "/oauth/token",
+            "jwks_uri": base + "/.well-known/jwks.json",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "response_types_supported": [],
+            "scopes_supported": ["publish:<pattern>", "subscribe:<pattern>", "messages:read", "admin"],
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+        },
+        headers={"Cache-Control": "max-age=300"},
+    )
+
+
+# -- messages ---------------------------------------------------------------------------------
+async def publish_one(request: Request) -> Response:
+    """``POST /v1/messages``."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    raw = await read_body(request, rt.settings.max_body_bytes)
+    require_json(request)
+    key = _idempotency_key(request)
+    req = validate_publish(decode_json(raw, PublishRequest))
+    outcome = await messages.publish(
+        rt, claims, [req], single=True, idempotency_key=key, request_hash=hashlib.sha256(raw).digest()
+    )
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return json_response(outcome.body, outcome.status, headers)
+
+
+async def publish_batch(request: Request) -> Response:
+    """``POST /v1/messages:batch``: valid messages are stored, invalid ones answered."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    raw = await read_body(request, limits.MAX_BATCH_BODY_BYTES)
+    require_json(request)
+    key = _idempotency_key(request)
+    batch = decode_json(raw, PublishBatch)
+    items: list[PublishRequest | ApiError] = []
+    for element in batch.messages:
+        try:
+            items.append(validate_publish(decode_json(bytes(element), PublishRequest)))
+        except ApiError as exc:
+            items.append(exc)
+    outcome = await messages.publish(
+        rt, claims, items, single=False, idempotency_key=key, request_hash=hashlib.sha256(raw).digest()
+    )
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return json_response(outcome.body, outcome.status, headers)
+
+
+async def get_message(request: Request) -> Response:
+    """``GET /v1/messages/{id}``."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    message_id = parse_message_id(request.path_params["message_id"])
+    return json_response(await messages.get_message(rt, claims, message_id))
+
+
+async def topic_history(request: Request) -> Response:
+    """``GET /v1/topics/{topic}/messages?since=&limit=``."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    topic = validate_topic(request.path_params["topic"])
+    since = request.query_params.get("since")
+    limit_text = request.query_params.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= limits.HISTORY_PAGE_MAX:
+        raise BadRequest(f"limit must be an integer from 1 to {limits.HISTORY_PAGE_MAX}")
+    since_id = parse_message_id(since) if since else None
+    return json_response(await messages.history(rt, claims, topic, since_id, int(limit_text)))
+
+
+# -- subscribers ------------------------------------------------------------------------------
+async def subscriber_token(request: Request) -> Response:
+    """``POST /v1/subscriber-tokens``."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    raw = await read_body(request, rt.settings.max_body_bytes)
+    require_json(request)
+    req = decode_json(raw, SubscriberTokenRequest)
+    body = await streams.issue_subscriber_token(rt, claims, req)
+    return json_response(body, 201, _NO_STORE)
+
+
+async def stream_ticket(request: Request) -> Response:
+    """``POST /v1/stream-tickets``: bearer subscriber token → one-time 30 s ticket."""
+    rt = runtime(request)
+    token = bearer_token(request)
+    if token is None:
+        raise InvalidToken("a subscriber token is required (Authorization: Bearer …)")
+    claims = rt.token_service().verify_subscriber(token)
+    return json_response(await streams.issue_stream_ticket(rt, claims), 201, _NO_STORE)
+
+
+def routes() -> list[Route]:
+    """The API routes (order matters only for overlapping paths; there are none)."""
+    return [
+        Route("/oauth/token", oauth_token, methods=["POST"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
+        Route("/v1/messages", publish_one, methods=["POST"]),
+        Route("/v1/messages:batch", publish_batch, methods=["POST"]),
+        Route("/v1/messages/{message_id}", get_message, methods=["GET"]),
+        Route("/v1/topics/{topic}/messages", topic_history, methods=["GET"]),
+        Route("/v1/subscriber-tokens", subscriber_token, methods=["POST"]),
+        Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),
+    ]

@@ -1,0 +1,113 @@
+"""Assembles the ASGI application: routes, middleware, exception handlers, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from herald import __version__
+from herald.config import Settings
+from herald.server import api
+from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
+from herald.server.openapi import openapi_document
+from herald.server.responses import EXCEPTION_HANDLERS, json_response
+from herald.server.streams import stream_routes
+from herald.service.runtime import Runtime
+
+__all__ = ["create_app"]
+
+_log = structlog.stdlib.get_logger("herald.server")
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers; no dependency is checked."""
+    return json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: database reachable, migrations current, keys loaded, security posture."""
+    rt: Runtime = request.app.state.runtime
+    checks: dict[str, object] = {}
+    ready = True
+    try:
+        await rt.store.ping()
+        current, head = await rt.store.migration_status()
+        checks["database"] = "ok"
+        checks["migrations"] = {"current": current, "head": head}
+        ready = current == head
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
+        checks["database"] = f"unavailable ({type(exc).__name__})"
+        ready = False
+    checks["token_keys"] = "ok" if rt.tokens is not None else "missing (run herald init)"
+    ready = ready and rt.tokens is not None
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": checks,
+        "security": rt.settings.security_summary(),
+        "streams": len(rt.hub),
+    }
+    return json_response(body, 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    rt: Runtime = request.app.state.runtime
+    body, content_type = rt.metrics.render()
+    return Response(body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI 3.1 document."""
+    rt: Runtime = request.app.state.runtime
+    return json_response(openapi_document(rt.settings.base_url))
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
+    """Build the app; opens its own :class:`Runtime` at start-up unless one is given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rt = runtime or await Runtime.open(settings)
+        app.state.runtime = rt
+        for warning in settings.security_summary()["warnings"]:
+            _log.warning("insecure setting", setting=warning)
+        _log.info("herald ready", url=settings.base_url, version=__version__)
+        try:
+            yield
+        finally:
+            if runtime is None:
+                await rt.close()
+            else:
+                rt.hub.shutdown()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *api.routes(),
+        *stream_routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                SecurityHeadersMiddleware,
+                hsts_max_age=settings.hsts_max_age,
+                tls=not settings.insecure_http,
+            ),
+            Middleware(MetricsMiddleware),
+        ],
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    return app

@@ -1,0 +1,196 @@
+"""The OpenAPI 3.1 document, generated from the msgspec request types.
+
+Request schemas come from the same msgspec Structs that validate requests (so the document
+cannot drift from the validator); response schemas are declared here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from herald import __version__
+from herald.core.messages import PublishRequest, SubscriberTokenRequest
+
+__all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+_AUDIT = {
+    "type": "object",
+    "required": ["index", "leaf_hash"],
+    "properties": {"index": {"type": "integer"}, "leaf_hash": {"type": "string"}},
+}
+_MESSAGE_VIEW = {
+    "type": "object",
+    "required": ["id", "topic", "priority", "ttl", "created_at", "expires_at", "audit"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "topic": {"type": "string"},
+        "title": {"type": ["string", "null"]},
+        "body": {"type": ["string", "null"]},
+        "data": {"type": ["object", "null"]},
+        "priority": {"type": "string"},
+        "ttl": {"type": "integer"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "recipients": {"type": "array", "items": {"type": "string"}},
+        "audit": _ref("AuditRef"),
+        "deliveries": {"type": "array", "items": _ref("Delivery")},
+    },
+}
+_RESPONSES: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details",
+        "required": ["type", "title", "status"],
+        "properties": {
+            "type": {"type": "string", "format": "uri"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+        },
+    },
+    "AuditRef": _AUDIT,
+    "Published": {
+        "type": "object",
+        "required": ["id", "topic", "audit"],
+        "properties": {"id": {"type": "string"}, "topic": {"type": "string"}, "audit": _ref("AuditRef")},
+    },
+    "BatchResult": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {"oneOf": [_ref("Published"), {"type": "object", "required": ["error"], "properties": {"error": _ref("Problem")}}]},
+            }
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "channel", "endpoint", "state", "attempts"],
+        "properties": {
+            "id": {"type": "string"},
+            "channel": {"type": "string"},
+            "endpoint": {"type": "string"},
+            "state": {"type": "string", "enum": ["pending", "sending", "delivered", "failed", "retrying", "dead", "expired"]},
+            "attempts": {"type": "integer"},
+            "last_error": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "MessageView": _MESSAGE_VIEW,
+    "History": {
+        "type": "object",
+        "required": ["messages", "next"],
+        "properties": {"messages": {"type": "array", "items": _ref("MessageView")}, "next": {"type": ["string", "null"]}},
+    },
+    "TokenResponse": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in", "scope"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "token_type": {"type": "string", "const": "Bearer"},
+            "expires_in": {"type": "integer"},
+            "scope": {"type": "string"},
+        },
+    },
+    "SubscriberToken": {
+        "type": "object",
+        "required": ["token", "expires_in", "recipient", "topics"],
+        "properties": {
+            "token": {"type": "string"},
+            "expires_in": {"type": "integer"},
+            "recipient": {"type": "string"},
+            "topics": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "StreamTicket": {
+        "type": "object",
+        "required": ["ticket", "expires_in"],
+        "properties": {"ticket": {"type": "string"}, "expires_in": {"type": "integer"}},
+    },
+    "Batch": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {"messages": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ref("PublishRequest")}},
+    },
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_COMMON = {"400": _problem("invalid request"), "401": _problem("invalid or missing token"), "403": _problem("scope does not allow this"), "503": _problem("database unavailable")}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def openapi_document(base_url: str) -> dict[str, Any]:
+    """Build the OpenAPI 3.1 document for a server at ``base_url``."""
+    (pub, sub), components = msgspec.json.schema_components(
+        [PublishRequest, SubscriberTokenRequest], ref_template=_REF
+    )
+    del pub, sub
+    schemas = {**components, **_RESPONSES}
+    bearer = [{"bearer": []}]
+    idem = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255}}
+    paths: dict[str, Any] = {
+        "/oauth/token": {"post": {
+            "summary": "Client credentials grant (RFC 6749 §4.4)", "operationId": "token",
+            "security": [{"basic": []}],
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["grant_type"],
+                "properties": {"grant_type": {"type": "string", "const": "client_credentials"}, "scope": {"type": "string"}}}}}},
+            "responses": {"200": _json("TokenResponse", "an access token"), "400": _problem("invalid request"), "401": _problem("client authentication failed")}}},
+        "/.well-known/jwks.json": {"get": {"summary": "Token-signing public keys (RFC 7517)", "operationId": "jwks", "security": [], "responses": {"200": {"description": "JWK Set", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/.well-known/oauth-authorization-server": {"get": {"summary": "RFC 8414 metadata", "operationId": "oauthMetadata", "security": [], "responses": {"200": {"description": "metadata", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/v1/messages": {"post": {"summary": "Publish one message", "operationId": "publish", "security": bearer, "parameters": [idem], "requestBody": _body("PublishRequest"), "responses": {"202": _json("Published", "accepted and durable"), "413": _problem("body too large"), "415": _problem("not JSON"), "422": _problem("idempotency key reused"), **_COMMON}}},
+        "/v1/messages:batch": {"post": {"summary": "Publish up to 1,000 messages", "operationId": "publishBatch", "security": bearer, "parameters": [idem], "requestBody": _body("Batch"), "responses": {"202": _json("BatchResult", "per-message results"), "413": _problem("body too large"), "415": _problem("not JSON"), "422": _problem("idempotency key reused"), **_COMMON}}},
+        "/v1/messages/{message_id}": {"get": {"summary": "A message with its deliveries", "operationId": "getMessage", "security": bearer, "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}], "responses": {"200": _json("MessageView", "the message"), "404": _problem("not found"), **_COMMON}}},
+        "/v1/topics/{topic}/messages": {"get": {"summary": "Topic history, oldest first", "operationId": "history", "security": bearer, "parameters": [
+            {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "uuid"}},
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {"200": _json("History", "a page of history"), **_COMMON}}},
+        "/v1/subscriber-tokens": {"post": {"summary": "Mint a subscriber token", "operationId": "subscriberToken", "security": bearer, "requestBody": _body("SubscriberTokenRequest"), "responses": {"201": _json("SubscriberToken", "the token"), "413": _problem("body too large"), "415": _problem("not JSON"), **_COMMON}}},
+        "/v1/stream-tickets": {"post": {"summary": "Exchange a subscriber token for a 30 s one-time ticket", "operationId": "streamTicket", "security": bearer, "responses": {"201": _json("StreamTicket", "the ticket"), "401": _problem("invalid subscriber token")}}},
+        "/v1/stream/sse": {"get": {"summary": "Server-Sent Events stream", "operationId": "streamSse", "security": bearer, "parameters": [
+            {"name": "topics", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **_COMMON}}},
+        "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "security": [], "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/readyz": {"get": {"summary": "Readiness and security posture", "operationId": "readyz", "security": [], "responses": {"200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}}, "503": {"description": "not ready", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "security": [], "responses": {"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Herald", "version": __version__, "description": "Unified message push platform. WebSocket stream: GET /v1/stream (see docs/api.md)."},
+        "servers": [{"url": base_url}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+    }

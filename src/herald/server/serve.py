@@ -1,0 +1,54 @@
+"""Run the ASGI app with uvicorn, terminating TLS with Herald's hardened context."""
+
+from __future__ import annotations
+
+import ssl
+
+import uvicorn
+
+from herald import limits
+from herald.config import Settings
+from herald.crypto.tls import server_ssl_context
+from herald.observability.logging import configure_logging, get_logger
+from herald.server.app import create_app
+
+__all__ = ["serve"]
+
+
+def serve(settings: Settings) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger("herald.server")
+    context: ssl.SSLContext | None = None
+    if not settings.insecure_http:
+        # Loaded before the listener starts so a bad certificate fails fast and clearly.
+        context = server_ssl_context(settings.cert_file, settings.key_file)
+    else:
+        log.warning(
+            "TLS is OFF (--insecure-http): run only behind a TLS-terminating proxy",
+            public_url=settings.base_url,
+        )
+    tls_context = context
+
+    def ssl_factory(config: uvicorn.Config, default: object) -> ssl.SSLContext:
+        assert tls_context is not None  # noqa: S101 - only installed when TLS is on
+        return tls_context
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        ws_max_size=limits.STREAM_FRAME_MAX,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=5,
+        ssl_context_factory=ssl_factory if context is not None else None,
+    )
+    uvicorn.Server(config).run()

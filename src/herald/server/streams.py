@@ -1,0 +1,297 @@
+"""WebSocket (RFC 6455) and Server-Sent Events endpoints over the hub's sessions.
+
+A session is registered with the hub *before* history is read, so nothing committed in
+between is missed; live copies of replayed messages are skipped by ``seq``. Each connection
+has a sender (queue → socket, heartbeats when idle, staggered) and, for WebSocket, a receiver
+(acks, subscription changes). A full queue closes the connection with 4408 without slowing
+anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from herald import limits
+from herald.core.ids import parse_message_id
+from herald.crypto.tokens import SubscriberClaims
+from herald.errors import ApiError, BadRequest, Forbidden, InvalidToken
+from herald.server.requests import bearer_token
+from herald.server.responses import problem_body
+from herald.service import streams
+from herald.service.messages import invalid_cursor
+from herald.service.runtime import Runtime
+from herald.streams.hub import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    StreamSession,
+)
+
+__all__ = ["stream_routes"]
+
+_log = structlog.stdlib.get_logger("herald.streams")
+
+
+class _ClientFrame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class Ack(_ClientFrame, tag="ack"):
+    """``{"type": "ack", "id": …}``."""
+
+    id: str
+
+
+class Subscribe(_ClientFrame, tag="subscribe"):
+    """``{"type": "subscribe", "topics": [...]}``."""
+
+    topics: list[str]
+
+
+_FRAME_DECODER = msgspec.json.Decoder(Ack | Subscribe)
+_ENCODER = msgspec.json.Encoder()
+
+
+def _close_code(error: ApiError) -> int:
+    if isinstance(error, InvalidToken):
+        return CLOSE_UNAUTHORIZED
+    if isinstance(error, Forbidden):
+        return CLOSE_FORBIDDEN
+    return CLOSE_BAD_REQUEST
+
+
+async def _open_session(
+    rt: Runtime, claims: SubscriberClaims, topics: str | None, transport: str
+) -> StreamSession:
+    patterns = streams.resolve_patterns(claims, topics)
+    return StreamSession(
+        tenant_id=claims.tenant_id,
+        recipient=claims.recipient,
+        patterns=patterns,
+        queue_size=rt.settings.stream_queue_size,
+        transport=transport,
+    )
+
+
+def _heartbeat_delay(rt: Runtime, first: bool) -> float:
+    # Heartbeats to every client at the same instant cause latency spikes
+    # (REFERENCES.md): the first one is at a random point of the interval.
+    interval = rt.settings.heartbeat_interval
+    return random.uniform(0.1, interval) if first else interval  # noqa: S311 - not security
+
+
+async def websocket_stream(websocket: WebSocket) -> None:
+    """``GET /v1/stream`` (WebSocket)."""
+    rt: Runtime = websocket.app.state.runtime
+    await websocket.accept()
+    try:
+        claims = await streams.authenticate_stream(
+            rt,
+            bearer=bearer_token(websocket),
+            ticket=websocket.query_params.get("ticket"),
+        )
+        session = await _open_session(rt, claims, websocket.query_params.get("topics"), "websocket")
+        since = websocket.query_params.get("since")
+        since_id = parse_message_id(since) if since else None
+    except ApiError as exc:
+        await websocket.close(_close_code(exc), exc.detail[:120])
+        return
+
+    rt.hub.register(session)
+    gauge = rt.metrics.active_streams.labels(transport="websocket")
+    gauge.inc()
+    reason = "client closed"
+    try:
+        replayed = 0
+        if since_id is not None:
+            try:
+                async for seq, frame, _ in streams.catch_up(rt, session, since_id):
+                    await websocket.send_text(frame)
+                    session.last_seq = seq
+                    replayed += 1
+            except ApiError as exc:
+                await websocket.close(_close_code(exc), exc.detail[:120])
+                reason = exc.slug
+                return
+        await websocket.send_text(
+            _ENCODER.encode(
+                {"type": "ready", "topics": [p.text for p in session.patterns], "resumed": replayed}
+            ).decode()
+        )
+        reason = await _run_websocket(rt, websocket, session, claims)
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        reason = "disconnected"
+    finally:
+        rt.hub.unregister(session)
+        gauge.dec()
+        rt.metrics.stream_disconnects_total.labels(reason=reason).inc()
+
+
+async def _run_websocket(
+    rt: Runtime, websocket: WebSocket, session: StreamSession, claims: SubscriberClaims
+) -> str:
+    sender = asyncio.create_task(_ws_sender(rt, websocket, session))
+    receiver = asyncio.create_task(_ws_receiver(rt, websocket, session, claims))
+    closed = asyncio.create_task(session.closed.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (sender, receiver, closed):
+            task.cancel()
+        await asyncio.gather(sender, receiver, closed, return_exceptions=True)
+    if session.closing is not None:
+        # Cut off (slow consumer, shutdown): the close frame may itself be stuck behind
+        # the unread data, so it gets a short deadline; the transport is dropped anyway.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                websocket.close(session.closing.code, session.closing.reason), timeout=1.0
+            )
+        return "slow_consumer" if session.closing.code == 4408 else "server_close"
+    return "client closed"
+
+
+async def _ws_sender(rt: Runtime, websocket: WebSocket, session: StreamSession) -> None:
+    first = True
+    while True:
+        try:
+            message = await asyncio.wait_for(session.queue.get(), _heartbeat_delay(rt, first))
+        except TimeoutError:
+            first = False
+            await websocket.send_text(
+                _ENCODER.encode({"type": "heartbeat", "time": int(time.time())}).decode()
+            )
+            continue
+        if message.seq <= session.last_seq:
+            continue
+        await websocket.send_text(message.frame)
+        session.last_seq = message.seq
+        rt.metrics.publish_to_deliver_seconds.observe(time.monotonic() - message.published_at)
+
+
+async def _ws_receiver(
+    rt: Runtime, websocket: WebSocket, session: StreamSession, claims: SubscriberClaims
+) -> None:
+    while True:
+        text = await websocket.receive_text()
+        if len(text) > limits.STREAM_FRAME_MAX:
+            session.close(1009, "client frame too large")
+            return
+        try:
+            frame = _FRAME_DECODER.decode(text)
+            if isinstance(frame, Ack):
+                await streams.ack(rt, session, parse_message_id(frame.id))
+            else:
+                session.patterns = tuple(streams.resolve_patterns(claims, frame.topics))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await _send_error(websocket, BadRequest(f"invalid client frame: {exc}"))
+        except ApiError as exc:
+            await _send_error(websocket, exc)
+
+
+async def _send_error(websocket: WebSocket, error: ApiError) -> None:
+    await websocket.send_text(_ENCODER.encode({"type": "error", "problem": problem_body(error)}).decode())
+
+
+class _SseResponse(Response):
+    """A streaming ``text/event-stream`` response fed by a session's queue."""
+
+    def __init__(self, rt: Runtime, session: StreamSession, since_id: str | None) -> None:
+        super().__init__(
+            status_code=200,
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            media_type="text/event-stream",
+        )
+        self.rt = rt
+        self.session = session
+        self.since_id = since_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt, session = self.rt, self.session
+        rt.hub.register(session)
+        gauge = rt.metrics.active_streams.labels(transport="sse")
+        gauge.inc()
+        reason = "client closed"
+        try:
+            writer = asyncio.create_task(self._write(send))
+            disconnect = asyncio.create_task(_wait_disconnect(receive))
+            closed = asyncio.create_task(session.closed.wait())
+            try:
+                await asyncio.wait({writer, disconnect, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (writer, disconnect, closed):
+                    task.cancel()
+                results = await asyncio.gather(writer, disconnect, closed, return_exceptions=True)
+            if isinstance(results[0], ApiError):
+                reason = results[0].slug
+            elif session.closing is not None:
+                reason = "slow_consumer" if session.closing.code == 4408 else "server_close"
+        finally:
+            rt.hub.unregister(session)
+            gauge.dec()
+            rt.metrics.stream_disconnects_total.labels(reason=reason).inc()
+
+    async def _write(self, send: Send) -> None:
+        rt, session = self.rt, self.session
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+        if self.since_id is not None:
+            async for seq, _, sse in streams.catch_up(rt, session, self.since_id):
+                await send({"type": "http.response.body", "body": sse, "more_body": True})
+                session.last_seq = seq
+        first = True
+        while True:
+            try:
+                message = await asyncio.wait_for(session.queue.get(), _heartbeat_delay(rt, first))
+            except TimeoutError:
+                first = False
+                await send({"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True})
+                continue
+            if message.seq <= session.last_seq:
+                continue
+            await send({"type": "http.response.body", "body": message.sse, "more_body": True})
+            session.last_seq = message.seq
+            rt.metrics.publish_to_deliver_seconds.observe(time.monotonic() - message.published_at)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message: dict[str, Any] = dict(await receive())
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def sse_stream(request: Request) -> Response:
+    """``GET /v1/stream/sse``: resume with ``Last-Event-ID`` or ``since``."""
+    rt: Runtime = request.app.state.runtime
+    claims = await streams.authenticate_stream(
+        rt, bearer=bearer_token(request), ticket=request.query_params.get("ticket")
+    )
+    session = await _open_session(rt, claims, request.query_params.get("topics"), "sse")
+    since = request.headers.get("last-event-id") or request.query_params.get("since")
+    since_id = parse_message_id(since) if since else None
+    if since_id is not None and await rt.store.message_seq(claims.tenant_id, since_id) is None:
+        raise invalid_cursor(since_id)
+    return _SseResponse(rt, session, since_id)
+
+
+def stream_routes() -> list[Route | WebSocketRoute]:
+    """The two stream endpoints."""
+    return [
+        WebSocketRoute("/v1/stream", websocket_stream),
+        Route("/v1/stream/sse", sse_stream, methods=["GET"]),
+    ]
+

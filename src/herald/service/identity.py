@@ -1,0 +1,184 @@
+"""Tenants, apps and OAuth client-credentials tokens.
+
+Client secrets are 256-bit random strings; only their SHA-256 is stored and comparison is
+constant-time. A slow password hash would add nothing against guessing a 256-bit secret and
+would cost CPU on every token request, so none is used (passwords of human operators, a
+later feature, get Argon2id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+
+from herald.audit.entry import AuditEvent
+from herald.core.scopes import ScopeSet
+from herald.crypto.keyring import wrap_new_data_key
+from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, new_signing_key
+from herald.errors import BadRequest, InvalidClient
+from herald.service.runtime import Runtime, utcnow
+from herald.storage.base import AppRecord, TenantKeyRecord, TenantRecord
+
+__all__ = [
+    "CreatedApp",
+    "create_app",
+    "create_tenant",
+    "authenticate_client",
+    "ensure_signing_keys",
+    "hash_secret",
+    "issue_access_token",
+]
+
+#: Tenant names: what operators type; ids are generated.
+_NAME_MAX = 64
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def hash_secret(secret: str) -> bytes:
+    """SHA-256 of a high-entropy client secret (see the module docstring)."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name) > _NAME_MAX or not name.isprintable() or name != name.strip():
+        raise BadRequest(f"names are 1-{_NAME_MAX} printable characters without edge spaces")
+    return name
+
+
+async def ensure_signing_keys(rt: Runtime) -> list[str]:
+    """Create the token- and audit-signing keys that do not exist yet; return new kids."""
+    created = []
+    for purpose in (PURPOSE_TOKEN, PURPOSE_AUDIT):
+        if not await rt.store.signing_keys(purpose):
+            record, _ = await new_signing_key(rt.provider, purpose, utcnow())
+            await rt.store.add_signing_key(record)
+            await rt.store.append_audit(
+                [
+                    AuditEvent(
+                        time=record.created_at,
+                        tenant=None,
+                        actor="operator",
+                        action="key.created",
+                        object=f"signing-key:{record.kid}",
+                        details={"purpose": purpose, "algorithm": record.algorithm},
+                    )
+                ]
+            )
+            created.append(record.kid)
+    await rt.reload_token_keys()
+    return created
+
+
+async def create_tenant(rt: Runtime, name: str) -> TenantRecord:
+    """Create a tenant and its first data-encryption key (wrapped by the KEK)."""
+    now = utcnow()
+    tenant = TenantRecord(id=_new_id("tnt"), name=_check_name(name), created_at=now)
+    wrapped = await wrap_new_data_key(rt.provider, tenant.id, 1, os.urandom)
+    await rt.store.create_tenant(tenant, TenantKeyRecord(tenant.id, 1, wrapped, now))
+    await rt.store.append_audit(
+        [
+            AuditEvent(
+                time=now,
+                tenant=tenant.id,
+                actor="operator",
+                action="tenant.created",
+                object=f"tenant:{tenant.id}",
+                details={"name": name},
+            )
+        ]
+    )
+    return tenant
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedApp:
+    """A new app and its client secret, which is shown once and never stored."""
+
+    app: AppRecord
+    client_secret: str
+
+
+async def create_app(rt: Runtime, tenant_id: str, name: str, scopes: ScopeSet) -> CreatedApp:
+    """Create an app of ``tenant_id`` with ``scopes``; the secret is returned once."""
+    if await rt.store.get_tenant(tenant_id) is None:
+        raise BadRequest(f"no tenant {tenant_id!r}")
+    secret = "hsec_" + secrets.token_urlsafe(32)
+    now = utcnow()
+    app = AppRecord(
+        id=_new_id("app"),
+        tenant_id=tenant_id,
+        name=_check_name(name),
+        secret_hash=hash_secret(secret),
+        scopes=tuple(str(scopes).split()),
+        disabled=False,
+        created_at=now,
+    )
+    await rt.store.create_app(app)
+    await rt.store.append_audit(
+        [
+            AuditEvent(
+                time=now,
+                tenant=tenant_id,
+                actor="operator",
+                action="app.created",
+                object=f"app:{app.id}",
+                details={"name": name, "scopes": str(scopes)},
+            )
+        ]
+    )
+    return CreatedApp(app, secret)
+
+
+# A valid-looking hash to compare against when the client id is unknown, so that unknown
+# and wrong-secret clients take the same time (no client-id enumeration by timing).
+_DUMMY_HASH = hash_secret(secrets.token_urlsafe(32))
+
+
+async def authenticate_client(rt: Runtime, client_id: str, client_secret: str) -> AppRecord:
+    """``client_secret_basic`` (RFC 6749 §2.3.1); every failure is one InvalidClient."""
+    app = await rt.store.get_app(client_id) if len(client_id) <= 128 else None
+    expected = app.secret_hash if app is not None else _DUMMY_HASH
+    ok = hmac.compare_digest(expected, hash_secret(client_secret))
+    if app is None or not ok or app.disabled:
+        rt.metrics.auth_failures_total.labels(reason="invalid_client").inc()
+        raise InvalidClient
+    return app
+
+
+async def issue_access_token(
+    rt: Runtime, app: AppRecord, requested_scope: str | None
+) -> dict[str, object]:
+    """Issue an access token for an authenticated app (RFC 6749 §4.4.3, §5.1)."""
+    granted = ScopeSet.parse(" ".join(app.scopes))
+    scopes = granted.narrow(ScopeSet.parse(requested_scope)) if requested_scope else granted
+    token, expires_in = rt.token_service().issue_access(
+        tenant_id=app.tenant_id,
+        client_id=app.id,
+        scopes=scopes,
+        ttl=rt.settings.access_token_ttl,
+    )
+    rt.metrics.tokens_issued_total.labels(kind="access").inc()
+    await rt.store.append_audit(
+        [
+            AuditEvent(
+                time=utcnow(),
+                tenant=app.tenant_id,
+                actor=f"app:{app.id}",
+                action="token.issued",
+                object=f"app:{app.id}",
+                details={"scope": str(scopes), "expires_in": expires_in},
+            )
+        ]
+    )
+    return {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": str(scopes),
+    }

@@ -1,0 +1,300 @@
+"""Publishing and reading messages: the publish path of DESIGN §4, steps 5–9.
+
+Authentication happened before these functions are called; they check scopes, seal the
+content, commit message + deliveries + audit entry in one transaction, and hand the
+committed messages to the bus. Commit and fan-out happen under the node's publish lock so
+that live subscribers see messages in commit (``seq``) order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from herald import limits
+from herald.audit.entry import AuditEvent
+from herald.bus.base import LiveMessage
+from herald.core.messages import PublishRequest, content_of
+from herald.core.topics import TopicPattern
+from herald.crypto.tokens import AccessClaims
+from herald.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden, IdempotencyMismatch,
+    IntegrityConflict,
+    NotFound,
+)
+from herald.service.runtime import Runtime, utcnow
+from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord
+
+__all__ = [
+    "Outcome",
+    "can_read",
+    "get_message",
+    "history",
+    "invalid_cursor",
+    "message_view",
+    "publish",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to a publish request: status and JSON body, and whether it is a replay."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def invalid_cursor(since: str) -> BadRequest:
+    """The problem for a resume point that names no message of this tenant."""
+    return BadRequest(f"no message {since[:64]} to resume after", slug="invalid-cursor")
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _audit_ref(seq: int, leaf: bytes) -> dict[str, Any]:
+    return {"index": seq, "leaf_hash": leaf.hex()}
+
+
+def can_read(claims: AccessClaims, topic: str) -> bool:
+    """``messages:read``, or a publish/subscribe scope that reaches ``topic``."""
+    scopes = claims.scopes
+    return (
+        scopes.has("messages:read")
+        or scopes.can_publish(topic)
+        or scopes.can_subscribe(TopicPattern.parse(topic))
+    )
+
+
+def _live(record: MessageRecord, content: dict[str, Any]) -> LiveMessage:
+    frame = msgspec.json.encode(
+        {
+            "type": "message",
+            "id": record.id,
+            "topic": record.topic,
+            "title": content.get("title"),
+            "body": content.get("body"),
+            "data": content.get("data"),
+            "priority": record.priority,
+            "created_at": _iso(record.created_at),
+            "audit": _audit_ref(record.seq, record.leaf_hash),
+        }
+    )
+    return LiveMessage(
+        tenant_id=record.tenant_id,
+        topic=record.topic,
+        seq=record.seq,
+        id=record.id,
+        recipients=record.recipients,
+        frame=frame.decode("utf-8"),
+        sse=b"id: " + record.id.encode() + b"\nevent: message\ndata: " + frame + b"\n\n",
+        published_at=time.monotonic(),
+    )
+
+
+async def _replay(
+    rt: Runtime, claims: AccessClaims, record: IdempotencyRecord, request_hash: bytes
+) -> Outcome:
+    if record.request_hash != request_hash:
+        raise IdempotencyMismatch(
+            "this Idempotency-Key was used with a different request body; use a new key"
+        )
+    template = msgspec.json.decode(record.response)
+    # The stored template names the message ids; audit references are re-read so that the
+    # replayed answer is exactly the first one.
+    items = template["results"]
+    for item in items:
+        if "id" in item:
+            message = await rt.store.get_message(claims.tenant_id, item["id"])
+            if message is not None:
+                item["audit"] = _audit_ref(message.seq, message.leaf_hash)
+    body = items[0] if template.get("single") else {"results": items}
+    return Outcome(record.status, body, replayed=True)
+
+
+async def publish(
+    rt: Runtime,
+    claims: AccessClaims,
+    items: list[PublishRequest | ApiError],
+    *,
+    single: bool,
+    idempotency_key: str | None,
+    request_hash: bytes,
+) -> Outcome:
+    """Publish validated requests (invalid batch items arrive as their ApiError)."""
+    if idempotency_key is not None:
+        existing = await rt.store.get_idempotency(claims.client_id, idempotency_key)
+        if existing is not None:
+            return await _replay(rt, claims, existing, request_hash)
+
+    now = utcnow()
+    records: list[MessageRecord] = []
+    contents: list[dict[str, Any]] = []
+    events: list[AuditEvent] = []
+    results: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, PublishRequest) and not claims.scopes.can_publish(item.topic):
+            item = Forbidden(f"the token may not publish to topic {item.topic!r}")
+        if isinstance(item, ApiError):
+            if single:
+                raise item
+            results.append({"error": _problem(item)})
+            continue
+        message_id = rt.ids.new_str()
+        content = content_of(item)
+        sealed = await rt.keyring.seal(
+            claims.tenant_id, message_id, "content", msgspec.json.encode(content)
+        )
+        record = MessageRecord(
+            id=message_id,
+            tenant_id=claims.tenant_id,
+            app_id=claims.client_id,
+            topic=item.topic,
+            priority=item.priority,
+            ttl=item.ttl,
+            created_at=now,
+            expires_at=now + timedelta(seconds=item.ttl),
+            content=sealed,
+            recipients=tuple(item.recipients or ()),
+        )
+        records.append(record)
+        contents.append(content)
+        events.append(
+            AuditEvent(
+                time=now,
+                tenant=claims.tenant_id,
+                actor=f"app:{claims.client_id}",
+                action="message.published",
+                object=f"message:{message_id}",
+                details={
+                    "topic": item.topic,
+                    "content_sha256": hashlib.sha256(sealed).hexdigest(),
+                    "recipients": len(record.recipients),
+                },
+            )
+        )
+        results.append({"id": message_id, "topic": item.topic})
+
+    idem = None
+    if idempotency_key is not None:
+        template = {"single": single, "results": results}
+        idem = IdempotencyRecord(
+            app_id=claims.client_id,
+            key=idempotency_key,
+            request_hash=request_hash,
+            status=202,
+            response=msgspec.json.encode(template),
+            created_at=now,
+        )
+    async with rt.publish_lock:
+        try:
+            committed = await rt.store.publish(records, list(events), idem)
+        except IntegrityConflict:
+            # A concurrent request with the same key won the race; answer as its replay.
+            existing = (
+                await rt.store.get_idempotency(claims.client_id, idempotency_key)
+                if idempotency_key is not None
+                else None
+            )
+            if existing is None:
+                raise
+            return await _replay(rt, claims, existing, request_hash)
+        done = [
+            _with_seq(r, s, h)
+            for r, s, h in zip(records, committed.seqs, committed.leaf_hashes, strict=True)
+        ]
+        await rt.bus.publish([_live(r, c) for r, c in zip(done, contents, strict=True)])
+    rt.metrics.messages_published_total.labels(outcome="accepted").inc(len(done))
+    by_id = {r.id: r for r in done}
+    for result in results:
+        rec = by_id.get(result.get("id", ""))
+        if rec is not None:
+            result["audit"] = _audit_ref(rec.seq, rec.leaf_hash)
+    return Outcome(202, results[0] if single else {"results": results})
+
+
+def _with_seq(record: MessageRecord, seq: int, leaf: bytes) -> MessageRecord:
+    return dataclasses.replace(record, seq=seq, leaf_hash=leaf)
+
+
+def _problem(error: ApiError) -> dict[str, Any]:
+    return {
+        "type": error.type_uri,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+
+
+async def message_view(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
+    """The JSON view of a stored message, content decrypted."""
+    content = msgspec.json.decode(
+        await rt.keyring.open(record.tenant_id, record.id, "content", record.content)
+    )
+    return {
+        "id": record.id,
+        "topic": record.topic,
+        "title": content.get("title"),
+        "body": content.get("body"),
+        "data": content.get("data"),
+        "priority": record.priority,
+        "ttl": record.ttl,
+        "created_at": _iso(record.created_at),
+        "expires_at": _iso(record.expires_at),
+        "recipients": list(record.recipients),
+        "audit": _audit_ref(record.seq, record.leaf_hash),
+    }
+
+
+def _delivery_view(d: DeliveryRecord) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "channel": d.channel,
+        "endpoint": d.endpoint,
+        "state": d.state,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "created_at": _iso(d.created_at),
+        "updated_at": _iso(d.updated_at),
+    }
+
+
+async def get_message(rt: Runtime, claims: AccessClaims, message_id: str) -> dict[str, Any]:
+    """A message with its deliveries; another tenant's message is simply not found."""
+    record = await rt.store.get_message(claims.tenant_id, message_id)
+    if record is None or not can_read(claims, record.topic):
+        raise NotFound(f"no message {message_id}")
+    view = await message_view(rt, record)
+    view["deliveries"] = [
+        _delivery_view(d) for d in await rt.store.deliveries(claims.tenant_id, message_id)
+    ]
+    return view
+
+
+async def history(
+    rt: Runtime, claims: AccessClaims, topic: str, since: str | None, limit: int
+) -> dict[str, Any]:
+    """A page of one topic's history, oldest first, after message ``since``."""
+    if not can_read(claims, topic):
+        raise Forbidden(f"the token may not read topic {topic!r}")
+    after = -1
+    if since is not None:
+        seq = await rt.store.message_seq(claims.tenant_id, since)
+        if seq is None:
+            raise invalid_cursor(since)
+        after = seq
+    limit = max(1, min(limit, limits.HISTORY_PAGE_MAX))
+    records = await rt.store.messages_after(claims.tenant_id, after, limit, topic=topic)
+    messages = [await message_view(rt, r) for r in records]
+    return {"messages": messages, "next": messages[-1]["id"] if messages else None}
+

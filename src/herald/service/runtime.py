@@ -1,0 +1,112 @@
+"""The runtime: every adapter of one Herald node, wired from the settings.
+
+Both ``herald serve`` and the administrative CLI commands open a :class:`Runtime`; the
+administrative ones simply never start a listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from herald.bus.base import Bus
+from herald.bus.memory import MemoryBus
+from herald.config import Settings
+from herald.core.ids import UUIDv7Generator, default_generator
+from herald.crypto.keyring import KeyProvider, TenantKeyRing
+from herald.crypto.masterkey import LocalKeyProvider, load_master_key
+from herald.crypto.signing import PURPOSE_TOKEN, unwrap_signing_key
+from herald.crypto.tokens import SubscriberClaims, TokenService
+from herald.errors import ConfigError
+from herald.observability.metrics import Metrics
+from herald.state.tickets import MemoryTicketStore
+from herald.storage.base import Store
+from herald.storage.sql import SqlStore
+from herald.streams.hub import Hub
+
+__all__ = ["Runtime", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """The wall clock, timezone-aware UTC (the one place services read it)."""
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class Runtime:
+    """The wired adapters of one node."""
+
+    settings: Settings
+    store: Store
+    provider: KeyProvider
+    keyring: TenantKeyRing
+    ids: UUIDv7Generator
+    metrics: Metrics
+    hub: Hub
+    bus: Bus
+    tickets: MemoryTicketStore[SubscriberClaims]
+    tokens: TokenService | None = None
+    #: Serialises commit + fan-out on this node so that live order equals commit order.
+    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
+        """Open the store (migrating it), load keys, and wire the adapters."""
+        master = load_master_key(
+            path=settings.master_key_file,
+            env_value=settings.master_key.get_secret_value() if settings.master_key else None,
+        )
+        provider = LocalKeyProvider(master)
+        ids = default_generator()
+        store = await SqlStore.open(
+            settings.sqlalchemy_url, new_id=ids.new_str, clock=utcnow, migrate=migrate
+        )
+
+        async def load_wrapped(tenant_id: str) -> list[tuple[int, bytes]]:
+            return [(k.version, k.wrapped_key) for k in await store.tenant_keys(tenant_id)]
+
+        keyring = TenantKeyRing(provider, load_wrapped, clock=time.monotonic, randbytes=os.urandom)
+        hub = Hub()
+        bus = MemoryBus()
+        bus.subscribe(hub.dispatch)
+        runtime = cls(
+            settings=settings,
+            store=store,
+            provider=provider,
+            keyring=keyring,
+            ids=ids,
+            metrics=Metrics(),
+            hub=hub,
+            bus=bus,
+            tickets=MemoryTicketStore(clock=time.monotonic),
+        )
+        await runtime.reload_token_keys()
+        return runtime
+
+    async def reload_token_keys(self) -> None:
+        """(Re)load the token-signing keys; without one, token routes are unavailable."""
+        records = await self.store.signing_keys(PURPOSE_TOKEN)
+        keys = [await unwrap_signing_key(self.provider, r) for r in records if r.retired_at is None]
+        if keys:
+            self.tokens = TokenService(
+                issuer=self.settings.base_url,
+                keys=keys,
+                clock=time.time,
+                new_jti=self.ids.new_str,
+            )
+
+    def token_service(self) -> TokenService:
+        """The token service; a clear error when ``herald init`` has not been run."""
+        if self.tokens is None:
+            raise ConfigError("no token-signing key in the database: run `herald init` first")
+        return self.tokens
+
+    async def close(self) -> None:
+        """Stop streams and release connections."""
+        self.hub.shutdown()
+        await self.bus.close()
+        await self.store.close()

@@ -1,0 +1,226 @@
+"""The relational schema of Herald, as SQLAlchemy Core tables, for SQLite and PostgreSQL.
+
+This module is the single description of the schema. Migrations under
+``herald/storage/migrations`` create exactly these tables (a test reflects a migrated
+database and compares it with :data:`metadata`).
+
+Conventions:
+
+- ids are ``TEXT`` (UUIDs and client ids in canonical text form); bytes are ``BLOB``/``BYTEA``;
+- times are ``TIMESTAMP WITH TIME ZONE`` stored in UTC through :class:`UtcDateTime`, which
+  also makes SQLite (which has no time-zone type) hand back aware UTC datetimes;
+- every constraint and index has a deterministic name (:data:`NAMING_CONVENTION`) so that
+  migrations can refer to them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "JsonStrTuple",
+    "UtcDateTime",
+    "apps",
+    "audit_entries",
+    "deliveries",
+    "idempotency",
+    "messages",
+    "metadata",
+    "signing_keys",
+    "tenant_keys",
+    "tenants",
+]
+
+#: Names of constraints and indexes, so that every backend gets the same, predictable ones.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored in UTC; naive datetimes are refused.
+
+    PostgreSQL keeps ``timestamptz``; SQLite stores the UTC wall time as text, so values
+    read back from it get ``tzinfo=UTC`` attached here.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC before storing; refuse naive values (their zone is unknown)."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: Herald stores only timezone-aware times")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Hand back an aware datetime in UTC."""
+        del dialect  # part of the TypeDecorator API; the same for every backend
+        if value is None:
+            return None
+        if not isinstance(value, datetime):  # pragma: no cover - driver contract
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class JsonStrTuple(TypeDecorator[tuple[str, ...]]):
+    """A tuple of strings stored as a JSON array in a ``TEXT`` column."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: tuple[str, ...] | None, dialect: Dialect) -> str | None:
+        """Encode as compact JSON."""
+        del dialect  # part of the TypeDecorator API; the same for every backend
+        if value is None:
+            return None
+        return json.dumps(list(value), separators=(",", ":"), ensure_ascii=False)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[str, ...] | None:
+        """Decode the JSON array."""
+        del dialect  # part of the TypeDecorator API; the same for every backend
+        if value is None:
+            return None
+        return tuple(str(item) for item in json.loads(value))
+
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("name"),
+)
+
+tenant_keys = Table(
+    "tenant_keys",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("version", Integer, nullable=False, autoincrement=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "version"),
+)
+
+apps = Table(
+    "apps",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("secret_hash", LargeBinary, nullable=False),
+    # Space-separated, as in the OAuth ``scope`` parameter (RFC 6749 §3.3).
+    Column("scopes", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "tenant_id"),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", Text, primary_key=True),
+    Column("purpose", Text, nullable=False),
+    Column("algorithm", Text, nullable=False),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("wrapped_private_key", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("retired_at", UtcDateTime, nullable=True),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("app_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("priority", Text, nullable=False),
+    Column("ttl", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("recipients", JsonStrTuple, nullable=False),
+    # The audit index of the message's entry: gap-free, in commit order; the resume cursor.
+    Column("seq", BigInteger, nullable=False, autoincrement=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
+    UniqueConstraint("seq"),
+    Index(None, "tenant_id", "seq"),
+    Index(None, "tenant_id", "topic", "seq"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("message_id", Text, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("message_id", "channel", "endpoint"),
+    Index(None, "tenant_id", "message_id"),
+)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    # 0-based leaf index of the RFC 9162 tree; assigned by the store, never by a sequence.
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("app_id", "key"),
+    # Lets a sweeper delete records older than limits.IDEMPOTENCY_TTL without a scan.
+    Index(None, "created_at"),
+)

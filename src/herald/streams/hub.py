@@ -1,0 +1,119 @@
+"""The hub: every live stream session of this node, and the fan-out into their queues.
+
+Each session owns a bounded queue. Fan-out only ever does ``put_nowait``: a session whose
+queue is full is cut off as a slow consumer (close code 4408) instead of slowing the
+publisher or anyone else. Frames are the same string object for every session (encode once,
+write many).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from herald.bus.base import LiveMessage
+from herald.core.topics import TopicPattern
+
+__all__ = [
+    "CLOSE_BAD_REQUEST",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_UNAUTHORIZED",
+    "Hub",
+    "StreamSession",
+]
+
+#: WebSocket close codes (RFC 6455 §7.4; 4000–4999 are ours, documented in docs/api.md).
+CLOSE_GOING_AWAY = 1001
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SLOW_CONSUMER = 4408
+
+
+@dataclass(slots=True)
+class Closing:
+    """Why a session is being closed."""
+
+    code: int
+    reason: str
+
+
+class StreamSession:
+    """One subscriber connection's routing state and queue."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        recipient: str,
+        patterns: Iterable[TopicPattern],
+        queue_size: int,
+        transport: str,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.recipient = recipient
+        self.patterns = tuple(patterns)
+        self.transport = transport
+        self.queue: asyncio.Queue[LiveMessage] = asyncio.Queue(maxsize=queue_size)
+        #: Highest seq already sent: live copies of messages replayed from history are
+        #: skipped, so resume is gap-free and duplicate-free.
+        self.last_seq = -1
+        self.closing: Closing | None = None
+        self.closed = asyncio.Event()
+
+    def wants(self, message: LiveMessage) -> bool:
+        """Whether this session should see ``message`` (topic and, if set, recipients)."""
+        if message.recipients and self.recipient not in message.recipients:
+            return False
+        return any(p.matches(message.topic) for p in self.patterns)
+
+    def offer(self, message: LiveMessage) -> None:
+        """Queue ``message`` if wanted; cut the session off when its queue is full."""
+        if self.closing is not None or not self.wants(message):
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: too many unsent messages")
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the transport to close the connection with ``code``."""
+        if self.closing is None:
+            self.closing = Closing(code, reason)
+            self.closed.set()
+
+
+class Hub:
+    """Sessions by tenant, and the synchronous fan-out handler for the bus."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, set[StreamSession]] = {}
+
+    def register(self, session: StreamSession) -> None:
+        """Start routing messages to ``session``."""
+        self._by_tenant.setdefault(session.tenant_id, set()).add(session)
+
+    def unregister(self, session: StreamSession) -> None:
+        """Stop routing messages to ``session``."""
+        sessions = self._by_tenant.get(session.tenant_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._by_tenant[session.tenant_id]
+
+    def dispatch(self, message: LiveMessage) -> None:
+        """Bus handler: offer ``message`` to every session of its tenant."""
+        for session in tuple(self._by_tenant.get(message.tenant_id, ())):
+            session.offer(message)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_tenant.values())
+
+    def shutdown(self) -> None:
+        """Tell every session the server is going away (clients reconnect elsewhere)."""
+        for sessions in self._by_tenant.values():
+            for session in sessions:
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
