@@ -91,7 +91,7 @@ def test_matches_agrees_with_reference(pattern: TopicPattern, topic: str) -> Non
     assert pattern.matches(topic) is expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(p=patterns(), qt=pattern_and_matching_topic(), t=topics)
 def test_covers_implies_matches(p: TopicPattern, qt: tuple[TopicPattern, str], t: str) -> None:
     q, built = qt
@@ -109,7 +109,7 @@ def test_covers_is_reflexive(p: TopicPattern) -> None:
     assert TopicPattern.parse(">").covers(p)
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(p=patterns(max_fixed=2), q=patterns(max_fixed=2), r=patterns(max_fixed=2))
 def test_covers_is_transitive(p: TopicPattern, q: TopicPattern, r: TopicPattern) -> None:
     if p.covers(q) and q.covers(r):
@@ -261,7 +261,7 @@ scope_texts = st.one_of(
 scope_sets = st.lists(scope_texts, max_size=8).map(ScopeSet.from_iter)
 
 
-@settings(max_examples=200)
+@settings(max_examples=150)
 @given(ss=scope_sets)
 def test_scope_set_round_trips(ss: ScopeSet) -> None:
     assert ScopeSet.parse(str(ss)) == ss
@@ -270,7 +270,7 @@ def test_scope_set_round_trips(ss: ScopeSet) -> None:
     assert len({str(s) for s in ss}) == len(ss)
 
 
-@settings(max_examples=200)
+@settings(max_examples=120)
 @given(granted=scope_sets, requested=scope_sets, t=topics, wanted=patterns())
 def test_narrowed_scopes_grant_no_more(
     granted: ScopeSet, requested: ScopeSet, t: str, wanted: TopicPattern

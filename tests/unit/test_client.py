@@ -46,13 +46,21 @@ from herald.client import (
 
 BASE = "https://herald.test"
 TOKEN_BODY = {"access_token": "tok-1", "token_type": "Bearer", "expires_in": 600, "scope": "x"}
-ACCEPTED = {"id": "0190a000-0000-7000-8000-000000000001", "topic": "orders.shipped",
-            "audit": {"index": 17, "leaf_hash": "ab" * 32}}
+ACCEPTED = {
+    "id": "0190a000-0000-7000-8000-000000000001",
+    "topic": "orders.shipped",
+    "audit": {"index": 17, "leaf_hash": "ab" * 32},
+}
 
 
 def problem(status: int, slug: str, detail: str, **extra: Any) -> httpx.Response:
-    body = {"type": f"urn:herald:problem:{slug}", "title": "Title", "status": status,
-            "detail": detail, **extra}
+    body = {
+        "type": f"urn:herald:problem:{slug}",
+        "title": "Title",
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
 
 
@@ -69,8 +77,9 @@ class FakeApi:
         if request.url.path == "/oauth/token":
             self.token_requests.append(request)
             n = len(self.token_requests)
-            return httpx.Response(200, json={**TOKEN_BODY, "access_token": f"tok-{n}",
-                                             "expires_in": self.expires_in})
+            return httpx.Response(
+                200, json={**TOKEN_BODY, "access_token": f"tok-{n}", "expires_in": self.expires_in}
+            )
         self.api_requests.append(request)
         answer = self.answers.pop(0) if self.answers else httpx.Response(202, json=ACCEPTED)
         if isinstance(answer, Exception):
@@ -99,9 +108,18 @@ def publisher(api: FakeApi, **kwargs: Any) -> AsyncPublisher:
 
 def test_public_names() -> None:
     assert set(herald.client.__all__) == {
-        "AsyncPublisher", "AsyncSubscriber", "Publisher", "Subscriber", "PublishResult",
-        "StreamMessage", "HeraldClientError", "ConnectionFailed", "ProblemError",
-        "AuthenticationError", "StreamClosed", "make_ssl_context",
+        "AsyncPublisher",
+        "AsyncSubscriber",
+        "Publisher",
+        "Subscriber",
+        "PublishResult",
+        "StreamMessage",
+        "HeraldClientError",
+        "ConnectionFailed",
+        "ProblemError",
+        "AuthenticationError",
+        "StreamClosed",
+        "make_ssl_context",
     }
     for name in herald.client.__all__:
         assert getattr(herald.client, name).__doc__
@@ -124,8 +142,9 @@ def test_ssl_context_is_strict(tmp_path: Path) -> None:
 
 async def test_token_request_uses_client_secret_basic_with_url_encoding() -> None:
     api = FakeApi()
-    async with AsyncPublisher(BASE, "app 1:x", "p%ss/w+rd", scope="publish:orders.>",
-                              transport=httpx.MockTransport(api)) as pub:
+    async with AsyncPublisher(
+        BASE, "app 1:x", "p%ss/w+rd", scope="publish:orders.>", transport=httpx.MockTransport(api)
+    ) as pub:
         assert await pub.token() == "tok-1"
     (request,) = api.token_requests
     assert request.method == "POST"
@@ -134,7 +153,9 @@ async def test_token_request_uses_client_secret_basic_with_url_encoding() -> Non
     assert request.headers["authorization"] == f"Basic {expected}"
     assert request.headers["content-type"] == "application/x-www-form-urlencoded"
     assert parse_qs(request.content.decode()) == {
-        "grant_type": ["client_credentials"], "scope": ["publish:orders.>"]}
+        "grant_type": ["client_credentials"],
+        "scope": ["publish:orders.>"],
+    }
 
 
 async def test_token_is_cached_and_refreshed_before_expiry() -> None:
@@ -166,11 +187,13 @@ async def test_bad_client_credentials_raise_authentication_error_without_retry()
     sleeps = Sleeps()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return problem(401, "invalid-client", "client authentication failed",
-                       error="invalid_client")
+        return problem(
+            401, "invalid-client", "client authentication failed", error="invalid_client"
+        )
 
-    async with AsyncPublisher(BASE, "a", "b", transport=httpx.MockTransport(handler),
-                              sleep=sleeps) as pub:
+    async with AsyncPublisher(
+        BASE, "a", "b", transport=httpx.MockTransport(handler), sleep=sleeps
+    ) as pub:
         with pytest.raises(AuthenticationError) as info:
             await pub.publish("orders.shipped")
     assert info.value.slug == "invalid-client"
@@ -184,7 +207,9 @@ async def test_401_refreshes_token_once_and_retries_with_same_key() -> None:
         result = await pub.publish("orders.shipped")
     assert result.id == ACCEPTED["id"]
     assert [r.headers["authorization"] for r in api.api_requests] == [
-        "Bearer tok-1", "Bearer tok-2"]
+        "Bearer tok-1",
+        "Bearer tok-2",
+    ]
     assert len(set(api.keys())) == 1
 
 
@@ -262,8 +287,12 @@ async def test_long_retry_after_is_not_waited_for() -> None:
 
 @pytest.mark.parametrize(
     ("status", "slug"),
-    [(400, "invalid-topic"), (403, "forbidden"), (422, "idempotency-key-reused"),
-     (501, "internal")],
+    [
+        (400, "invalid-topic"),
+        (403, "forbidden"),
+        (422, "idempotency-key-reused"),
+        (501, "internal"),
+    ],
 )
 async def test_client_errors_and_501_are_not_retried(status: int, slug: str) -> None:
     sleeps = Sleeps()
@@ -294,8 +323,9 @@ async def test_problem_json_becomes_problem_error() -> None:
 
 
 async def test_non_problem_error_body_gets_http_slug() -> None:
-    api = FakeApi(httpx.Response(502, text="<html>bad gateway</html>",
-                                 headers={"content-type": "text/html"}))
+    api = FakeApi(
+        httpx.Response(502, text="<html>bad gateway</html>", headers={"content-type": "text/html"})
+    )
     async with publisher(api, max_retries=0) as pub:
         with pytest.raises(ProblemError) as info:
             await pub.get_message("x")
@@ -306,14 +336,18 @@ async def test_non_problem_error_body_gets_http_slug() -> None:
 async def test_json_body_is_serialised_once_without_none_fields() -> None:
     api = FakeApi()
     async with publisher(api) as pub:
-        await pub.publish("orders.shipped", title="Zoë", data={"order": 123}, ttl=60,
-                          idempotency_key="k-1")
+        await pub.publish(
+            "orders.shipped", title="Zoë", data={"order": 123}, ttl=60, idempotency_key="k-1"
+        )
     (request,) = api.api_requests
     assert request.url == f"{BASE}/v1/messages"
     assert request.headers["content-type"] == "application/json"
     assert request.headers["idempotency-key"] == "k-1"
-    expected = json.dumps({"topic": "orders.shipped", "title": "Zoë", "data": {"order": 123},
-                           "ttl": 60}, ensure_ascii=False, separators=(",", ":")).encode()
+    expected = json.dumps(
+        {"topic": "orders.shipped", "title": "Zoë", "data": {"order": 123}, "ttl": 60},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
     assert request.content == expected
     assert request.headers["content-length"] == str(len(expected))
 
@@ -328,24 +362,37 @@ async def test_prepare_hook_sees_every_attempt() -> None:
             return request
 
     api = FakeApi(httpx.Response(503))
-    async with Signing(BASE, "a", "b", transport=httpx.MockTransport(api),
-                       sleep=Sleeps()) as pub:
+    async with Signing(BASE, "a", "b", transport=httpx.MockTransport(api), sleep=Sleeps()) as pub:
         await pub.publish("orders.shipped")
     assert len(seen) == 2
     assert all(r.headers["x-signed"] == "yes" for r in api.api_requests)
 
 
 async def test_batch_history_message_and_subscriber_token() -> None:
-    batch = {"results": [ACCEPTED, {"error": {"type": "urn:herald:problem:invalid-topic",
-                                              "title": "Invalid", "status": 400,
-                                              "detail": "bad topic"}}]}
+    batch = {
+        "results": [
+            ACCEPTED,
+            {
+                "error": {
+                    "type": "urn:herald:problem:invalid-topic",
+                    "title": "Invalid",
+                    "status": 400,
+                    "detail": "bad topic",
+                }
+            },
+        ]
+    }
     sub = {"token": "sub-jwt", "expires_in": 3600, "recipient": "user-42", "topics": ["a.>"]}
-    api = FakeApi(httpx.Response(202, json=batch), httpx.Response(200, json={"messages": [],
-                  "next": None}), httpx.Response(200, json={"id": "m1", "deliveries": []}),
-                  httpx.Response(201, json=sub))
+    api = FakeApi(
+        httpx.Response(202, json=batch),
+        httpx.Response(200, json={"messages": [], "next": None}),
+        httpx.Response(200, json={"id": "m1", "deliveries": []}),
+        httpx.Response(201, json=sub),
+    )
     async with publisher(api) as pub:
-        results = await pub.publish_batch([{"topic": "orders.shipped", "title": None},
-                                           {"topic": "orders..x"}])
+        results = await pub.publish_batch(
+            [{"topic": "orders.shipped", "title": None}, {"topic": "orders..x"}]
+        )
         history = await pub.history("orders.shipped", since="m0", limit=10)
         message = await pub.get_message("m1")
         token = await pub.subscriber_token("user-42", ["a.>"])
@@ -359,7 +406,8 @@ async def test_batch_history_message_and_subscriber_token() -> None:
     batch_req, history_req, message_req, token_req = api.api_requests
     assert batch_req.url.path == "/v1/messages:batch"
     assert json.loads(batch_req.content) == {
-        "messages": [{"topic": "orders.shipped"}, {"topic": "orders..x"}]}
+        "messages": [{"topic": "orders.shipped"}, {"topic": "orders..x"}]
+    }
     assert batch_req.headers["idempotency-key"]
     assert history_req.url.path == "/v1/topics/orders.shipped/messages"
     assert dict(history_req.url.params) == {"since": "m0", "limit": "10"}
@@ -393,7 +441,8 @@ async def test_refused_connection_is_actionable() -> None:
         with pytest.raises(ConnectionFailed) as info:
             await pub.token()
     assert str(info.value) == (
-        f"cannot reach {url}: connection refused — is `herald serve` running?")
+        f"cannot reach {url}: connection refused — is `herald serve` running?"
+    )
     assert len(sleeps.calls) == 1
 
 
@@ -403,38 +452,53 @@ class Pki:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Herald test CA")])
         ca_cert = (
-            x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-            .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
             .sign(ca_key, hashes.SHA256())
         )
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
             .sign(ca_key, hashes.SHA256())
         )
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         cert_file, key_file = directory / "cert.pem", directory / "key.pem"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_context.load_cert_chain(cert_file, key_file)
 
@@ -450,10 +514,19 @@ M1, M2, M3 = (f"0190a000-0000-7000-8000-00000000000{n}" for n in (1, 2, 3))
 
 
 def message_frame(message_id: str) -> str:
-    return json.dumps({"type": "message", "id": message_id, "topic": "orders.shipped",
-                       "title": f"title {message_id[-1]}", "body": "b", "data": {"n": 1},
-                       "priority": "normal", "created_at": "2025-01-01T00:00:00Z",
-                       "audit": {"index": int(message_id[-1]), "leaf_hash": "cd" * 32}})
+    return json.dumps(
+        {
+            "type": "message",
+            "id": message_id,
+            "topic": "orders.shipped",
+            "title": f"title {message_id[-1]}",
+            "body": "b",
+            "data": {"n": 1},
+            "priority": "normal",
+            "created_at": "2025-01-01T00:00:00Z",
+            "audit": {"index": int(message_id[-1]), "leaf_hash": "cd" * 32},
+        }
+    )
 
 
 READY = json.dumps({"type": "ready", "topics": ["orders.>"], "resumed": 0})
@@ -474,12 +547,12 @@ Handler = Callable[[ServerConnection, int], Any]
 
 
 @pytest.fixture
-async def stream_server(request: pytest.FixtureRequest) -> AsyncIterator[
-        Callable[..., Any]]:
+async def stream_server() -> AsyncIterator[Callable[..., Any]]:
     servers: list[Any] = []
 
-    async def start(handler: Handler, *, tls: ssl.SSLContext | None = None,
-                    process_request: Any = None) -> StreamServer:
+    async def start(
+        handler: Handler, *, tls: ssl.SSLContext | None = None, process_request: Any = None
+    ) -> StreamServer:
         state = StreamServer()
 
         async def on_connect(connection: ServerConnection) -> None:
@@ -487,8 +560,9 @@ async def stream_server(request: pytest.FixtureRequest) -> AsyncIterator[
             state.auth.append(connection.request.headers.get("Authorization"))
             await handler(connection, len(state.paths))
 
-        server = await serve(on_connect, "127.0.0.1", 0, ssl=tls,
-                             process_request=process_request).__aenter__()
+        server = await serve(
+            on_connect, "127.0.0.1", 0, ssl=tls, process_request=process_request
+        ).__aenter__()
         servers.append(server)
         port = server.sockets[0].getsockname()[1]
         state.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
@@ -500,8 +574,14 @@ async def stream_server(request: pytest.FixtureRequest) -> AsyncIterator[
         await server.wait_closed()
 
 
+async def drain(sub: AsyncSubscriber, into: list[StreamMessage]) -> None:
+    async for message in sub:
+        into.append(message)
+
+
 async def test_subscriber_resumes_without_duplicates_then_stops_on_4401(
-        stream_server: Callable[..., Any]) -> None:
+    stream_server: Callable[..., Any],
+) -> None:
     async def handler(ws: ServerConnection, n: int) -> None:
         await ws.send(READY)
         if n == 1:
@@ -516,11 +596,11 @@ async def test_subscriber_resumes_without_duplicates_then_stops_on_4401(
 
     server = await stream_server(handler)
     received: list[StreamMessage] = []
-    async with AsyncSubscriber(server.url, "sub-token", topics=["orders.>", "user.*"],
-                               max_backoff=0.05) as sub:
+    async with AsyncSubscriber(
+        server.url, "sub-token", topics=["orders.>", "user.*"], max_backoff=0.05
+    ) as sub:
         with pytest.raises(StreamClosed) as info:
-            async for message in sub:
-                received.append(message)
+            await drain(sub, received)
         assert sub.last_id == M3
         assert sub.ready_count == 2
         assert [m async for m in sub] == []  # finished for good
@@ -528,18 +608,25 @@ async def test_subscriber_resumes_without_duplicates_then_stops_on_4401(
     assert [m.id for m in received] == [M1, M2, M3]
     first = received[0]
     assert (first.topic, first.title, first.data, first.audit_index) == (
-        "orders.shipped", "title 1", {"n": 1}, 1)
+        "orders.shipped",
+        "title 1",
+        {"n": 1},
+        1,
+    )
     assert first.raw["type"] == "message"
     assert server.auth == ["Bearer sub-token", "Bearer sub-token"]
     first_query = parse_qs(urlsplit(server.paths[0]).query)
     assert urlsplit(server.paths[0]).path == "/v1/stream"
     assert first_query == {"topics": ["orders.>,user.*"]}
     assert parse_qs(urlsplit(server.paths[1]).query) == {
-        "topics": ["orders.>,user.*"], "since": [M2]}
+        "topics": ["orders.>,user.*"],
+        "since": [M2],
+    }
 
 
 async def test_subscriber_without_reconnect_raises_on_going_away(
-        stream_server: Callable[..., Any]) -> None:
+    stream_server: Callable[..., Any],
+) -> None:
     async def handler(ws: ServerConnection, n: int) -> None:
         await ws.send(message_frame(M1))
         await ws.close(1001, "going away")
@@ -584,10 +671,17 @@ async def test_acks_are_sent(stream_server: Callable[..., Any]) -> None:
 
 async def test_refused_handshake_is_a_problem(stream_server: Callable[..., Any]) -> None:
     def reject(connection: ServerConnection, request: Request) -> Response:
-        body = json.dumps({"type": "urn:herald:problem:invalid-token", "title": "Invalid",
-                           "status": 401, "detail": "token expired"}).encode()
-        headers = Headers([("Content-Type", "application/problem+json"),
-                           ("Content-Length", str(len(body)))])
+        body = json.dumps(
+            {
+                "type": "urn:herald:problem:invalid-token",
+                "title": "Invalid",
+                "status": 401,
+                "detail": "token expired",
+            }
+        ).encode()
+        headers = Headers(
+            [("Content-Type", "application/problem+json"), ("Content-Length", str(len(body)))]
+        )
         return Response(401, "Unauthorized", headers, body)
 
     async def handler(ws: ServerConnection, n: int) -> None:
@@ -660,3 +754,46 @@ def test_sync_subscriber(sync_server: StreamServer) -> None:
         assert sub.last_id == M2
     assert [first.id] + [m.id for m in rest] == [M1, M2]
     assert sync_server.client_frames == [{"type": "ack", "id": M1}]
+
+
+async def test_odd_frames_are_ignored_and_oversized_frames_are_fatal(
+    stream_server: Callable[..., Any],
+) -> None:
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send("not json")
+        await ws.send(json.dumps(["a", "list"]))
+        await ws.send(json.dumps({"type": "message", "topic": "no.id"}))
+        await ws.send(json.dumps({"type": "future-frame"}))
+        await ws.send(message_frame(M1))
+        await ws.send("x" * (2 * 1024 * 1024))
+        await ws.wait_closed()
+
+    server = await stream_server(handler)
+    async with AsyncSubscriber(server.url, "t", max_backoff=0.01) as sub:
+        assert (await anext(sub)).id == M1
+        with pytest.raises(StreamClosed) as info:
+            await anext(sub)
+    assert info.value.code == 1009
+    assert len(server.paths) == 1
+
+
+async def test_reconnect_retries_through_a_failed_handshake(
+    stream_server: Callable[..., Any],
+) -> None:
+    attempts: list[str] = []
+
+    def flaky(connection: ServerConnection, request: Request) -> Response | None:
+        attempts.append(request.path)
+        if len(attempts) == 2:
+            return connection.respond(503, "restarting\n")
+        return None
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send(message_frame(M1 if n == 1 else M2))
+        await ws.close(1012 if n == 1 else 1000)
+
+    server = await stream_server(handler, process_request=flaky)
+    async with AsyncSubscriber(server.url, "t", max_backoff=0.01) as sub:
+        assert [m.id async for m in sub] == [M1, M2]
+    assert len(attempts) == 3
+    assert all(f"since={M1}" in path for path in attempts[1:])

@@ -1,5 +1,6 @@
-"""Audit entries: canonical JSON (RFC 8785) of ``{index, time, tenant, actor, action,
-object, details}``.
+"""Audit entries: canonical JSON (RFC 8785) of the entry object.
+
+Each entry is ``{index, time, tenant, actor, action, object, details}``.
 
 Entries never hold content or secrets; a message is represented by a commitment (the SHA-256
 of its ciphertext, which includes a random nonce, so a short message cannot be guessed from

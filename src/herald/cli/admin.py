@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from herald.cli.output import console, emit, fail
 from herald.config import Settings, load_settings
 from herald.core.scopes import ScopeSet
 from herald.crypto.masterkey import generate_master_key_file
@@ -103,12 +104,8 @@ def init(as_json: JsonOpt = False) -> None:
     settings = load_settings()
     result = init_data_dir(settings)
     if as_json:
-        from herald.cli.output import emit
-
         emit(result, as_json=True)
         return
-    from herald.cli.output import console
-
     console.print(f"[green]Initialised[/green] {settings.data_dir.resolve()}")
     console.print(f"  URL            {result['url']}")
     console.print(f"  CA certificate {result['ca_cert']}")
@@ -130,8 +127,6 @@ def tenant_create(name: str, as_json: JsonOpt = False) -> None:
         tenant = await identity.create_tenant(rt, name)
         return {"tenant": tenant.id, "name": tenant.name}
 
-    from herald.cli.output import emit
-
     emit(_run(settings, work), as_json=as_json)
 
 
@@ -149,8 +144,6 @@ def app_create(
     try:
         scopes = ScopeSet.parse(" ".join(scope or ["publish:>"]))
     except HeraldError as exc:
-        from herald.cli.output import fail
-
         fail(str(exc))
 
     async def work(rt: Runtime) -> dict[str, Any]:
@@ -161,7 +154,5 @@ def app_create(
             "client_secret": created.client_secret,
             "scopes": str(scopes),
         }
-
-    from herald.cli.output import emit
 
     emit(_run(settings, work), as_json=as_json)

@@ -28,9 +28,7 @@ class Connection:
     ca: Path | None
 
 
-UrlOpt = Annotated[
-    str | None, typer.Option("--url", envvar="HERALD_URL", help="Server base URL.")
-]
+UrlOpt = Annotated[str | None, typer.Option("--url", envvar="HERALD_URL", help="Server base URL.")]
 CaOpt = Annotated[
     Path | None,
     typer.Option("--ca", envvar="HERALD_CA", help="CA certificate to trust (PEM)."),
@@ -41,7 +39,10 @@ ClientIdOpt = Annotated[
 SecretOpt = Annotated[
     str | None,
     typer.Option(
-        "--client-secret", envvar="HERALD_CLIENT_SECRET", help="OAuth client secret.", show_default=False
+        "--client-secret",
+        envvar="HERALD_CLIENT_SECRET",
+        help="OAuth client secret.",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
@@ -105,7 +106,9 @@ def publish(
     title: Annotated[str | None, typer.Option("--title")] = None,
     body: Annotated[str | None, typer.Option("--body")] = None,
     data: Annotated[str | None, typer.Option("--data", help="A JSON object.")] = None,
-    priority: Annotated[str | None, typer.Option("--priority", help="low|normal|high|urgent")] = None,
+    priority: Annotated[
+        str | None, typer.Option("--priority", help="low|normal|high|urgent")
+    ] = None,
     ttl: Annotated[int | None, typer.Option("--ttl", help="Seconds.")] = None,
     recipient: Annotated[
         list[str] | None, typer.Option("--recipient", help="Recipient id; repeat for more.")
@@ -147,14 +150,20 @@ def publish(
         "topic": result.topic,
         "audit": {"index": result.audit_index, "leaf_hash": result.leaf_hash},
     }
-    emit(info, as_json=as_json, human=f"published {result.id} to {result.topic} (audit #{result.audit_index})")
+    emit(
+        info,
+        as_json=as_json,
+        human=f"published {result.id} to {result.topic} (audit #{result.audit_index})",
+    )
 
 
 def subscribe(
     topic: Annotated[
         list[str], typer.Option("--topic", help="Topic pattern (NATS style); repeat for more.")
     ],
-    since: Annotated[str | None, typer.Option("--since", help="Resume after this message id.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Resume after this message id.")
+    ] = None,
     recipient: Annotated[
         str, typer.Option("--recipient", help="Recipient id the stream acts as.")
     ] = f"cli-{os.environ.get('USER', 'user')}",

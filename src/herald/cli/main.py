@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from herald import __version__
 from herald.cli import admin, clients
 from herald.cli.output import stderr
-from herald.config import load_settings
+from herald.config import Settings, load_settings
 from herald.errors import HeraldError
 
 __all__ = ["cli", "main"]
@@ -41,9 +42,13 @@ def serve(
     ] = False,
     host: Annotated[str | None, typer.Option("--host", help="Overrides HERALD_HOST.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Overrides HERALD_PORT.")] = None,
+    banner: Annotated[
+        bool, typer.Option("--banner", help="Print the URL, CA and copy-paste examples first.")
+    ] = False,
 ) -> None:
     """Run the server (HTTPS by default)."""
-    from herald.server.serve import serve as run_server
+    # Imported here so that client commands do not pay for loading the server stack.
+    from herald.server.serve import serve as run_server  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     if insecure_http:
@@ -52,7 +57,26 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    run_server(load_settings(**overrides))
+    settings = load_settings(**overrides)
+    if banner:
+        _print_banner(settings)
+    run_server(settings)
+
+
+def _print_banner(settings: Settings) -> None:
+    cli_path = Path(sys.argv[0]).parent / "herald"
+    exe = str(cli_path) if cli_path.is_file() else "herald"
+    stderr.print(
+        f"[bold green]Herald {__version__}[/bold green] serving [bold]{settings.base_url}[/bold]"
+    )
+    if not settings.insecure_http:
+        stderr.print(f"  CA certificate: {settings.ca_file.resolve()}")
+    stderr.print("  In another terminal:")
+    stderr.print(f"    {exe} subscribe --topic 'orders.>'")
+    stderr.print(
+        f"    {exe} publish orders.shipped --title 'Order 123 shipped' --body 'On its way'"
+    )
+    stderr.print("  Ctrl-C stops the server.")
 
 
 @cli.command("version")

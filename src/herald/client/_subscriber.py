@@ -273,8 +273,12 @@ class AsyncSubscriber:
     async def _after_close(self, exc: ConnectionClosed) -> None:
         if self._closed:
             raise StopAsyncIteration
-        code = exc.rcvd.code if exc.rcvd is not None else _ABNORMAL_CLOSURE
-        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        # The server's close frame if one arrived; else ours (we close with 1009 on an
+        # oversized frame: retrying would fetch the same frame again); else the network
+        # failed (RFC 6455 §7.1.5: 1006 is never sent, it means "no close frame").
+        close = exc.rcvd if exc.rcvd is not None else exc.sent
+        code = close.code if close is not None else _ABNORMAL_CLOSURE
+        reason = close.reason if close is not None else ""
         if code == _NORMAL_CLOSURE:
             self._finished = True
             raise StopAsyncIteration

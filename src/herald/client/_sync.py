@@ -2,7 +2,8 @@
 
 Each object owns a private :class:`asyncio.Runner` (one event loop, reused for every call,
 so that connections are kept) and delegates to the asynchronous class. They cannot be used
-from inside a running event loop: use the ``Async*`` classes there.
+from inside a running event loop (use the ``Async*`` classes there), and an instance belongs
+to one thread at a time.
 """
 
 from __future__ import annotations

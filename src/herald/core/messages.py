@@ -57,9 +57,7 @@ class SubscriberTokenRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only
     """``POST /v1/subscriber-tokens``."""
 
     recipient: RecipientId
-    topics: Annotated[
-        list[Topic], msgspec.Meta(min_length=1, max_length=limits.TOPIC_PATTERNS_MAX)
-    ]
+    topics: Annotated[list[Topic], msgspec.Meta(min_length=1, max_length=limits.TOPIC_PATTERNS_MAX)]
     ttl: Annotated[int, msgspec.Meta(ge=60, le=limits.SUBSCRIBER_TOKEN_TTL_MAX)] = (
         limits.SUBSCRIBER_TOKEN_TTL_DEFAULT
     )

@@ -19,7 +19,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from herald.crypto.aead import (
     KEY_LEN,
@@ -32,6 +32,7 @@ from herald.crypto.aead import (
 from herald.errors import DecryptionFailed, HeraldError
 
 __all__ = [
+    "RELOAD_MIN_INTERVAL",
     "KeyProvider",
     "NoDataKey",
     "TenantKeyRing",
@@ -127,9 +128,15 @@ async def wrap_new_data_key(
     return await provider.wrap(new_data_key(randbytes), dek_context(tenant_id, version))
 
 
+#: A blob naming a key version newer than the cached ones reloads the tenant's keys, but at
+#: most once per this many seconds, so unreadable blobs cannot drive provider calls.
+RELOAD_MIN_INTERVAL: Final = 1.0
+
+
 @dataclass(slots=True)
 class _Entry:
     sealer: Sealer
+    loaded_at: float
     expires_at: float
 
 
@@ -138,7 +145,8 @@ class TenantKeyRing:
 
     Concurrent first uses of a tenant share one load, so its keys are unwrapped once. A
     failed load is not cached. A blob naming a key version newer than the cached ones (a
-    rotation on another node) triggers one reload.
+    rotation on another node) triggers a reload, at most once per
+    :data:`RELOAD_MIN_INTERVAL`.
 
     Args:
         provider: Unwraps the stored DEKs.
@@ -180,12 +188,21 @@ class TenantKeyRing:
         """Forget a tenant's unwrapped keys (after rotation or shredding).
 
         A load already in flight still answers its waiters but is not cached.
+
+        Args:
+            tenant_id: The tenant whose keys to drop.
         """
         self._cache.pop(tenant_id, None)
         self._pending.pop(tenant_id, None)
 
     async def sealer(self, tenant_id: str) -> Sealer:
         """The tenant's sealer: newest version seals, every version opens.
+
+        Args:
+            tenant_id: The tenant.
+
+        Returns:
+            The cached sealer, or a freshly unwrapped one.
 
         Raises:
             NoDataKey: The tenant has no stored data key.
@@ -216,6 +233,16 @@ class TenantKeyRing:
     ) -> bytes:
         """Seal a field value of a tenant's record with the tenant's newest data key.
 
+        Args:
+            tenant_id: The owning tenant.
+            record_id: The row the value is stored in.
+            field: The column or attribute name.
+            plaintext: The value.
+            purpose: Domain separation label passed to :func:`~herald.crypto.aead.aad_for`.
+
+        Returns:
+            The sealed blob to store.
+
         Raises:
             NoDataKey: The tenant has no data key.
             KeyExhausted: The newest key reached its seal limit in this process.
@@ -229,20 +256,33 @@ class TenantKeyRing:
     ) -> bytes:
         """Open a field value sealed by :meth:`seal` for the same tenant, record and field.
 
+        Args:
+            tenant_id: The owning tenant.
+            record_id: The row the value was stored in.
+            field: The column or attribute name.
+            blob: The sealed blob.
+            purpose: The label given to :meth:`seal`.
+
+        Returns:
+            The plaintext.
+
         Raises:
             DecryptionFailed: For every failure, including a tenant without keys.
         """
         aad = aad_for(tenant_id=tenant_id, record_id=record_id, field=field, purpose=purpose)
         try:
             sealer = await self.sealer(tenant_id)
-            version = peek_key_version(blob)
-            if version > sealer.current_version:
+            if peek_key_version(blob) > sealer.current_version and self._may_reload(tenant_id):
                 # Rotated elsewhere since we cached; older unknown versions were destroyed.
                 self.invalidate(tenant_id)
                 sealer = await self.sealer(tenant_id)
         except NoDataKey:
             raise DecryptionFailed() from None
         return sealer.open(blob, aad)
+
+    def _may_reload(self, tenant_id: str) -> bool:
+        entry = self._cache.get(tenant_id)
+        return entry is None or self._clock() - entry.loaded_at >= RELOAD_MIN_INTERVAL
 
     def _forget_pending(self, tenant_id: str, task: asyncio.Task[Sealer]) -> None:
         if self._pending.get(tenant_id) is task:
@@ -261,7 +301,8 @@ class TenantKeyRing:
             keys[version] = await self._provider.unwrap(wrapped, dek_context(tenant_id, version))
         sealer = Sealer(keys, max(keys), self._randbytes)
         if self._pending.get(tenant_id) is asyncio.current_task():  # not invalidated meanwhile
-            self._cache[tenant_id] = _Entry(sealer, self._clock() + self._ttl)
+            now = self._clock()
+            self._cache[tenant_id] = _Entry(sealer, now, now + self._ttl)
             self._cache.move_to_end(tenant_id)
             while len(self._cache) > self._max_tenants:
                 self._cache.popitem(last=False)

@@ -16,6 +16,7 @@ from datetime import datetime
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from herald.crypto.aead import aad_for
 from herald.crypto.keyring import KeyProvider
 from herald.storage.base import SigningKeyRecord
 
@@ -29,7 +30,7 @@ __all__ = [
     "unwrap_signing_key",
 ]
 
-PURPOSE_TOKEN = "token"
+PURPOSE_TOKEN = "token"  # noqa: S105 - a key purpose, not a secret
 PURPOSE_AUDIT = "audit"
 
 
@@ -46,7 +47,10 @@ def jwk_thumbprint(public_raw: bytes) -> str:
 
 
 def _context(kid: str, purpose: str) -> bytes:
-    return f"herald/signing-key/v1|{purpose}|{kid}".encode()
+    # The same unambiguous, length-prefixed AAD encoding as every other sealed field.
+    return aad_for(
+        tenant_id="", record_id=kid, field="private_key", purpose=f"signing-key/{purpose}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +110,6 @@ async def unwrap_signing_key(provider: KeyProvider, record: SigningKeyRecord) ->
         record.wrapped_private_key, _context(record.kid, record.purpose)
     )
     private = Ed25519PrivateKey.from_private_bytes(private_raw)
-    return LoadedSigningKey(record.kid, record.purpose, private, record.public_key, record.created_at)
+    return LoadedSigningKey(
+        record.kid, record.purpose, private, record.public_key, record.created_at
+    )

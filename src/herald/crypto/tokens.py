@@ -33,8 +33,8 @@ __all__ = [
     "TokenService",
 ]
 
-ACCESS_TOKEN_TYP = "at+jwt"
-SUBSCRIBER_TOKEN_TYP = "herald-sub+jwt"
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
+SUBSCRIBER_TOKEN_TYP = "herald-sub+jwt"  # noqa: S105 - a media type, not a secret
 #: PyJWT knows Ed25519 JWS only as ``EdDSA`` (RFC 9864 renamed it; see REFERENCES.md).
 ALLOWED_ALGORITHMS = ("EdDSA",)
 #: Tokens longer than this are refused before any parsing.
@@ -172,7 +172,11 @@ class TokenService:
     def verify_access(self, token: str) -> AccessClaims:
         """Verify an access token; every failure is :class:`InvalidToken`."""
         claims = self._decode(token, typ=ACCESS_TOKEN_TYP, audience=self.issuer)
-        tenant, client_id, scope = claims.get("tenant"), claims.get("client_id"), claims.get("scope")
+        tenant, client_id, scope = (
+            claims.get("tenant"),
+            claims.get("client_id"),
+            claims.get("scope"),
+        )
         if not (isinstance(tenant, str) and isinstance(client_id, str) and isinstance(scope, str)):
             raise InvalidToken
         try:

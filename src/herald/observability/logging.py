@@ -86,8 +86,9 @@ _FORMATS: Final = ("json", "console")
 _ROUTED_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 # Fields every line starts with, in this order.
 _FIRST_KEYS: Final = ("timestamp", "level", "logger", "event")
-# Extras that foreign libraries attach for their own formatters only.
-_DROPPED_EXTRAS: Final = ("color_message",)
+# Record attributes that are not extras: ``message``/``asctime`` are left behind by any
+# other handler's formatter (unredacted, %-args merged), ``color_message`` is uvicorn's.
+_DROPPED_EXTRAS: Final = ("message", "asctime", "color_message")
 
 # Every pattern may see attacker-chosen text (request paths reach the access log), so none
 # may backtrack quadratically: runs are entered only at their start (look-behind) and
@@ -106,9 +107,12 @@ _USERINFO = re.compile(
 _PAIR = re.compile(
     r"""(?<![A-Za-z0-9_.\-])(?P<key>[A-Za-z0-9_.\-]++)(?P<kq>["']?)(?P<sep>\s*+[:=]\s*+)
         (?P<value>"(?:[^"\\]|\\.)*+"|'(?:[^'\\]|\\.)*+'
-          |(?i:(?:basic|bearer|digest|negotiate|token)\s++)?(?:\[redacted\]|[^\s&,;"'<>(){}\[\]]++))""",
+          |(?i:(?:basic|bearer|digest|negotiate|token)\s++)?(?:\[redacted\]|[^\s&,;"'<>(){}\[\]]{1,256}+))""",
     re.VERBOSE,
 )
+# The rest of a sensitive value longer than `_PAIR` looks at (bounded there so that a long
+# value is not rescanned for every key inside it).
+_VALUE_TAIL = re.compile(r"[^\s&,;\"'<>(){}\[\]]*+")
 
 
 def is_sensitive_key(name: str) -> bool:
@@ -136,6 +140,8 @@ def _redact_pairs(text: str) -> str:
             quote = value[0] if value[0] in "\"'" else ""
             out.append(text[pos : match.start("value")] + quote + REDACTED + quote)
             pos = match.end()
+            if not quote and (tail := _VALUE_TAIL.match(text, pos)) is not None:
+                pos = tail.end()
         else:
             # Resume right after the separator: the value may itself hold pairs (a URL's
             # query string after `url=`), which must still be seen.
@@ -259,8 +265,9 @@ def _merge_positional_args(
 
 def _order_keys(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Put the fixed fields first so JSON lines read left to right."""
-    head = {k: event_dict.pop(k) for k in _FIRST_KEYS if k in event_dict}
-    return head | event_dict
+    ordered = {k: event_dict.pop(k) for k in _FIRST_KEYS if k in event_dict}
+    ordered.update(event_dict)
+    return ordered
 
 
 def _shared_processors() -> list[Processor]:

@@ -58,7 +58,9 @@ _WORD = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _ROUTE_MAX = 128
 # A path segment that is an identifier rather than a template word: a number, a UUID, or a
 # long token with digits (ULIDs, prefixed ids such as msg_01HZX...).
-_ID_SEGMENT = re.compile(r"\d+|[0-9a-fA-F-]{32,36}|(?=[^{}]*\d)[A-Za-z0-9_-]{16,}")
+_ID_SEGMENT = re.compile(r"\d+|[0-9a-fA-F-]{32,36}|(?=[^{}]*\d)[A-Za-z0-9_.~-]{16,}")
+# What route templates are made of: no query, fragment, escapes, spaces or non-ASCII.
+_ROUTE_SHAPE = re.compile(r"/[A-Za-z0-9_.~:{}/-]*")
 
 
 def safe_route(route: str | None) -> str:
@@ -73,11 +75,9 @@ def safe_route(route: str | None) -> str:
     Returns:
         A label value safe to expose.
     """
-    if not route or not route.startswith("/") or len(route) > _ROUTE_MAX:
+    if not route or len(route) > _ROUTE_MAX or not _ROUTE_SHAPE.fullmatch(route):
         return UNMATCHED_ROUTE
-    if any(c in route for c in "?#%@ ") or any(
-        _ID_SEGMENT.fullmatch(segment) for segment in route.split("/")
-    ):
+    if any(_ID_SEGMENT.fullmatch(segment) for segment in route.split("/")):
         return UNMATCHED_ROUTE
     return route
 

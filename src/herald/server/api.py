@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote_plus
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -59,8 +59,15 @@ def _idempotency_key(request: Request) -> str | None:
         return None
     # IETF httpapi-idempotency-key-header: the value is an opaque string; we accept
     # printable ASCII of bounded length so it can be stored and logged safely.
-    if not key or len(key) > limits.IDEMPOTENCY_KEY_MAX or not key.isascii() or not key.isprintable():
-        raise BadRequest(f"Idempotency-Key must be 1-{limits.IDEMPOTENCY_KEY_MAX} printable ASCII characters")
+    if (
+        not key
+        or len(key) > limits.IDEMPOTENCY_KEY_MAX
+        or not key.isascii()
+        or not key.isprintable()
+    ):
+        raise BadRequest(
+            f"Idempotency-Key must be 1-{limits.IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+        )
     return key
 
 
@@ -78,7 +85,7 @@ def _basic_credentials(request: Request) -> tuple[str, str]:
     if not sep:
         raise InvalidClient
     # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-    return unquote(client_id), unquote(secret)
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 async def oauth_token(request: Request) -> Response:
@@ -94,7 +101,9 @@ async def oauth_token(request: Request) -> Response:
     try:
         form = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=8)
     except (UnicodeDecodeError, ValueError):
-        raise BadRequest("the token request is not a valid form", extra={"error": "invalid_request"}) from None
+        raise BadRequest(
+            "the token request is not a valid form", extra={"error": "invalid_request"}
+        ) from None
     grant = form.get("grant_type", [""])
     if grant != ["client_credentials"]:
         raise BadRequest(
@@ -126,7 +135,12 @@ async def oauth_metadata(request: Request) -> Response:
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
             "response_types_supported": [],
-            "scopes_supported": ["publish:<pattern>", "subscribe:<pattern>", "messages:read", "admin"],
+            "scopes_supported": [
+                "publish:<pattern>",
+                "subscribe:<pattern>",
+                "messages:read",
+                "admin",
+            ],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
         },
         headers={"Cache-Control": "max-age=300"},
@@ -143,7 +157,12 @@ async def publish_one(request: Request) -> Response:
     key = _idempotency_key(request)
     req = validate_publish(decode_json(raw, PublishRequest))
     outcome = await messages.publish(
-        rt, claims, [req], single=True, idempotency_key=key, request_hash=hashlib.sha256(raw).digest()
+        rt,
+        claims,
+        [req],
+        single=True,
+        idempotency_key=key,
+        request_hash=hashlib.sha256(raw).digest(),
     )
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
     return json_response(outcome.body, outcome.status, headers)
@@ -164,7 +183,12 @@ async def publish_batch(request: Request) -> Response:
         except ApiError as exc:
             items.append(exc)
     outcome = await messages.publish(
-        rt, claims, items, single=False, idempotency_key=key, request_hash=hashlib.sha256(raw).digest()
+        rt,
+        claims,
+        items,
+        single=False,
+        idempotency_key=key,
+        request_hash=hashlib.sha256(raw).digest(),
     )
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
     return json_response(outcome.body, outcome.status, headers)

@@ -24,11 +24,10 @@ class SecurityHeadersMiddleware:
         ]
         if tls and hsts_max_age > 0:
             # RFC 6797 §6.1: only meaningful (and only sent) over a secure transport.
-            self.headers.append(
-                (b"strict-transport-security", f"max-age={hsts_max_age}".encode())
-            )
+            self.headers.append((b"strict-transport-security", f"max-age={hsts_max_age}".encode()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -49,6 +48,7 @@ class MetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -62,7 +62,11 @@ _RESPONSES: dict[str, Any] = {
     "Published": {
         "type": "object",
         "required": ["id", "topic", "audit"],
-        "properties": {"id": {"type": "string"}, "topic": {"type": "string"}, "audit": _ref("AuditRef")},
+        "properties": {
+            "id": {"type": "string"},
+            "topic": {"type": "string"},
+            "audit": _ref("AuditRef"),
+        },
     },
     "BatchResult": {
         "type": "object",
@@ -70,7 +74,16 @@ _RESPONSES: dict[str, Any] = {
         "properties": {
             "results": {
                 "type": "array",
-                "items": {"oneOf": [_ref("Published"), {"type": "object", "required": ["error"], "properties": {"error": _ref("Problem")}}]},
+                "items": {
+                    "oneOf": [
+                        _ref("Published"),
+                        {
+                            "type": "object",
+                            "required": ["error"],
+                            "properties": {"error": _ref("Problem")},
+                        },
+                    ]
+                },
             }
         },
     },
@@ -81,7 +94,18 @@ _RESPONSES: dict[str, Any] = {
             "id": {"type": "string"},
             "channel": {"type": "string"},
             "endpoint": {"type": "string"},
-            "state": {"type": "string", "enum": ["pending", "sending", "delivered", "failed", "retrying", "dead", "expired"]},
+            "state": {
+                "type": "string",
+                "enum": [
+                    "pending",
+                    "sending",
+                    "delivered",
+                    "failed",
+                    "retrying",
+                    "dead",
+                    "expired",
+                ],
+            },
             "attempts": {"type": "integer"},
             "last_error": {"type": ["string", "null"]},
             "created_at": {"type": "string", "format": "date-time"},
@@ -92,7 +116,10 @@ _RESPONSES: dict[str, Any] = {
     "History": {
         "type": "object",
         "required": ["messages", "next"],
-        "properties": {"messages": {"type": "array", "items": _ref("MessageView")}, "next": {"type": ["string", "null"]}},
+        "properties": {
+            "messages": {"type": "array", "items": _ref("MessageView")},
+            "next": {"type": ["string", "null"]},
+        },
     },
     "TokenResponse": {
         "type": "object",
@@ -122,20 +149,35 @@ _RESPONSES: dict[str, Any] = {
     "Batch": {
         "type": "object",
         "required": ["messages"],
-        "properties": {"messages": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ref("PublishRequest")}},
+        "properties": {
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": _ref("PublishRequest"),
+            }
+        },
     },
 }
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
 
 
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-_COMMON = {"400": _problem("invalid request"), "401": _problem("invalid or missing token"), "403": _problem("scope does not allow this"), "503": _problem("database unavailable")}
+_COMMON = {
+    "400": _problem("invalid request"),
+    "401": _problem("invalid or missing token"),
+    "403": _problem("scope does not allow this"),
+    "503": _problem("database unavailable"),
+}
 
 
 def _body(schema: str) -> dict[str, Any]:
@@ -149,41 +191,261 @@ def openapi_document(base_url: str) -> dict[str, Any]:
     )
     del pub, sub
     schemas = {**components, **_RESPONSES}
-    bearer = [{"bearer": []}]
-    idem = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255}}
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    idem = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+    }
     paths: dict[str, Any] = {
-        "/oauth/token": {"post": {
-            "summary": "Client credentials grant (RFC 6749 §4.4)", "operationId": "token",
-            "security": [{"basic": []}],
-            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
-                "type": "object", "required": ["grant_type"],
-                "properties": {"grant_type": {"type": "string", "const": "client_credentials"}, "scope": {"type": "string"}}}}}},
-            "responses": {"200": _json("TokenResponse", "an access token"), "400": _problem("invalid request"), "401": _problem("client authentication failed")}}},
-        "/.well-known/jwks.json": {"get": {"summary": "Token-signing public keys (RFC 7517)", "operationId": "jwks", "security": [], "responses": {"200": {"description": "JWK Set", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/.well-known/oauth-authorization-server": {"get": {"summary": "RFC 8414 metadata", "operationId": "oauthMetadata", "security": [], "responses": {"200": {"description": "metadata", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/v1/messages": {"post": {"summary": "Publish one message", "operationId": "publish", "security": bearer, "parameters": [idem], "requestBody": _body("PublishRequest"), "responses": {"202": _json("Published", "accepted and durable"), "413": _problem("body too large"), "415": _problem("not JSON"), "422": _problem("idempotency key reused"), **_COMMON}}},
-        "/v1/messages:batch": {"post": {"summary": "Publish up to 1,000 messages", "operationId": "publishBatch", "security": bearer, "parameters": [idem], "requestBody": _body("Batch"), "responses": {"202": _json("BatchResult", "per-message results"), "413": _problem("body too large"), "415": _problem("not JSON"), "422": _problem("idempotency key reused"), **_COMMON}}},
-        "/v1/messages/{message_id}": {"get": {"summary": "A message with its deliveries", "operationId": "getMessage", "security": bearer, "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}], "responses": {"200": _json("MessageView", "the message"), "404": _problem("not found"), **_COMMON}}},
-        "/v1/topics/{topic}/messages": {"get": {"summary": "Topic history, oldest first", "operationId": "history", "security": bearer, "parameters": [
-            {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "uuid"}},
-            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
-            "responses": {"200": _json("History", "a page of history"), **_COMMON}}},
-        "/v1/subscriber-tokens": {"post": {"summary": "Mint a subscriber token", "operationId": "subscriberToken", "security": bearer, "requestBody": _body("SubscriberTokenRequest"), "responses": {"201": _json("SubscriberToken", "the token"), "413": _problem("body too large"), "415": _problem("not JSON"), **_COMMON}}},
-        "/v1/stream-tickets": {"post": {"summary": "Exchange a subscriber token for a 30 s one-time ticket", "operationId": "streamTicket", "security": bearer, "responses": {"201": _json("StreamTicket", "the ticket"), "401": _problem("invalid subscriber token")}}},
-        "/v1/stream/sse": {"get": {"summary": "Server-Sent Events stream", "operationId": "streamSse", "security": bearer, "parameters": [
-            {"name": "topics", "in": "query", "required": False, "schema": {"type": "string"}},
-            {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
-            {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string"}},
-            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **_COMMON}}},
-        "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "security": [], "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/readyz": {"get": {"summary": "Readiness and security posture", "operationId": "readyz", "security": [], "responses": {"200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}}, "503": {"description": "not ready", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "security": [], "responses": {"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/oauth/token": {
+            "post": {
+                "summary": "Client credentials grant (RFC 6749 §4.4)",
+                "operationId": "token",
+                "security": [{"basic": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["grant_type"],
+                                "properties": {
+                                    "grant_type": {"type": "string", "const": "client_credentials"},
+                                    "scope": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json("TokenResponse", "an access token"),
+                    "400": _problem("invalid request"),
+                    "401": _problem("client authentication failed"),
+                },
+            }
+        },
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "Token-signing public keys (RFC 7517)",
+                "operationId": "jwks",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "JWK Set",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/.well-known/oauth-authorization-server": {
+            "get": {
+                "summary": "RFC 8414 metadata",
+                "operationId": "oauthMetadata",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "metadata",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/v1/messages": {
+            "post": {
+                "summary": "Publish one message",
+                "operationId": "publish",
+                "security": bearer,
+                "parameters": [idem],
+                "requestBody": _body("PublishRequest"),
+                "responses": {
+                    "202": _json("Published", "accepted and durable"),
+                    "413": _problem("body too large"),
+                    "415": _problem("not JSON"),
+                    "422": _problem("idempotency key reused"),
+                    **_COMMON,
+                },
+            }
+        },
+        "/v1/messages:batch": {
+            "post": {
+                "summary": "Publish up to 1,000 messages",
+                "operationId": "publishBatch",
+                "security": bearer,
+                "parameters": [idem],
+                "requestBody": _body("Batch"),
+                "responses": {
+                    "202": _json("BatchResult", "per-message results"),
+                    "413": _problem("body too large"),
+                    "415": _problem("not JSON"),
+                    "422": _problem("idempotency key reused"),
+                    **_COMMON,
+                },
+            }
+        },
+        "/v1/messages/{message_id}": {
+            "get": {
+                "summary": "A message with its deliveries",
+                "operationId": "getMessage",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+                "responses": {
+                    "200": _json("MessageView", "the message"),
+                    "404": _problem("not found"),
+                    **_COMMON,
+                },
+            }
+        },
+        "/v1/topics/{topic}/messages": {
+            "get": {
+                "summary": "Topic history, oldest first",
+                "operationId": "history",
+                "security": bearer,
+                "parameters": [
+                    {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "format": "uuid"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+                "responses": {"200": _json("History", "a page of history"), **_COMMON},
+            }
+        },
+        "/v1/subscriber-tokens": {
+            "post": {
+                "summary": "Mint a subscriber token",
+                "operationId": "subscriberToken",
+                "security": bearer,
+                "requestBody": _body("SubscriberTokenRequest"),
+                "responses": {
+                    "201": _json("SubscriberToken", "the token"),
+                    "413": _problem("body too large"),
+                    "415": _problem("not JSON"),
+                    **_COMMON,
+                },
+            }
+        },
+        "/v1/stream-tickets": {
+            "post": {
+                "summary": "Exchange a subscriber token for a 30 s one-time ticket",
+                "operationId": "streamTicket",
+                "security": bearer,
+                "responses": {
+                    "201": _json("StreamTicket", "the ticket"),
+                    "401": _problem("invalid subscriber token"),
+                },
+            }
+        },
+        "/v1/stream/sse": {
+            "get": {
+                "summary": "Server-Sent Events stream",
+                "operationId": "streamSse",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "topics",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "ticket",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_COMMON,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "alive",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness and security posture",
+                "operationId": "readyz",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "ready",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "503": {
+                        "description": "not ready",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Herald", "version": __version__, "description": "Unified message push platform. WebSocket stream: GET /v1/stream (see docs/api.md)."},
+        "info": {
+            "title": "Herald",
+            "version": __version__,
+            "description": (
+                "Unified message push platform. The WebSocket stream is GET /v1/stream "
+                "(see docs/api.md)."
+            ),
+        },
         "servers": [{"url": base_url}],
         "paths": paths,
         "components": {

@@ -21,15 +21,13 @@ from herald.errors import (
     problem_type,
 )
 
-__all__ = ["json_response", "problem_body", "problem_response", "EXCEPTION_HANDLERS"]
+__all__ = ["EXCEPTION_HANDLERS", "json_response", "problem_body", "problem_response"]
 
 _log = structlog.stdlib.get_logger("herald.server")
 _ENCODER = msgspec.json.Encoder()
 
 
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response encoded once with msgspec."""
     return Response(_ENCODER.encode(body), status, headers, media_type="application/json")
 

@@ -146,7 +146,7 @@ async def _run_websocket(
     receiver = asyncio.create_task(_ws_receiver(rt, websocket, session, claims))
     closed = asyncio.create_task(session.closed.wait())
     try:
-        done, _ = await asyncio.wait(
+        await asyncio.wait(
             {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
@@ -203,7 +203,9 @@ async def _ws_receiver(
 
 
 async def _send_error(websocket: WebSocket, error: ApiError) -> None:
-    await websocket.send_text(_ENCODER.encode({"type": "error", "problem": problem_body(error)}).decode())
+    await websocket.send_text(
+        _ENCODER.encode({"type": "error", "problem": problem_body(error)}).decode()
+    )
 
 
 class _SseResponse(Response):
@@ -220,6 +222,8 @@ class _SseResponse(Response):
         self.since_id = since_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the stream until the client leaves or the session is closed."""
+        del scope
         rt, session = self.rt, self.session
         rt.hub.register(session)
         gauge = rt.metrics.active_streams.labels(transport="sse")
@@ -230,7 +234,9 @@ class _SseResponse(Response):
             disconnect = asyncio.create_task(_wait_disconnect(receive))
             closed = asyncio.create_task(session.closed.wait())
             try:
-                await asyncio.wait({writer, disconnect, closed}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {writer, disconnect, closed}, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for task in (writer, disconnect, closed):
                     task.cancel()
@@ -258,7 +264,9 @@ class _SseResponse(Response):
                 message = await asyncio.wait_for(session.queue.get(), _heartbeat_delay(rt, first))
             except TimeoutError:
                 first = False
-                await send({"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True}
+                )
                 continue
             if message.seq <= session.last_seq:
                 continue
@@ -294,4 +302,3 @@ def stream_routes() -> list[Route | WebSocketRoute]:
         WebSocketRoute("/v1/stream", websocket_stream),
         Route("/v1/stream/sse", sse_stream, methods=["GET"]),
     ]
-

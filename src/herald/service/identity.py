@@ -24,9 +24,9 @@ from herald.storage.base import AppRecord, TenantKeyRecord, TenantRecord
 
 __all__ = [
     "CreatedApp",
+    "authenticate_client",
     "create_app",
     "create_tenant",
-    "authenticate_client",
     "ensure_signing_keys",
     "hash_secret",
     "issue_access_token",

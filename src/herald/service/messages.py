@@ -26,7 +26,8 @@ from herald.crypto.tokens import AccessClaims
 from herald.errors import (
     ApiError,
     BadRequest,
-    Forbidden, IdempotencyMismatch,
+    Forbidden,
+    IdempotencyMismatch,
     IntegrityConflict,
     NotFound,
 )
@@ -142,7 +143,8 @@ async def publish(
     contents: list[dict[str, Any]] = []
     events: list[AuditEvent] = []
     results: list[dict[str, Any]] = []
-    for item in items:
+    for candidate in items:
+        item = candidate
         if isinstance(item, PublishRequest) and not claims.scopes.can_publish(item.topic):
             item = Forbidden(f"the token may not publish to topic {item.topic!r}")
         if isinstance(item, ApiError):
@@ -297,4 +299,3 @@ async def history(
     records = await rt.store.messages_after(claims.tenant_id, after, limit, topic=topic)
     messages = [await message_view(rt, r) for r in records]
     return {"messages": messages, "next": messages[-1]["id"] if messages else None}
-

@@ -72,7 +72,9 @@ async def authenticate_stream(
     raise InvalidToken("a subscriber token or a valid stream ticket is required")
 
 
-def resolve_patterns(claims: SubscriberClaims, requested: str | list[str] | None) -> list[TopicPattern]:
+def resolve_patterns(
+    claims: SubscriberClaims, requested: str | list[str] | None
+) -> list[TopicPattern]:
     """The session's patterns: each requested one must be covered by the token."""
     if requested is None or requested == "":
         return list(claims.patterns)

@@ -90,7 +90,7 @@ async def upgrade(engine: AsyncEngine) -> None:
         engine: the async engine of the database to migrate.
     """
     async with engine.execution_options(**{WRITE_TRANSACTION: True}).begin() as conn:
-        if conn.dialect.name == "postgresql":
+        if False:
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )

@@ -1,0 +1,47 @@
+# Herald — the commands people run. Only Python 3.11+ is assumed; everything else is
+# installed into .venv by the targets themselves.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv run test lint format bench clean
+
+help:
+	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
+	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
+	@echo "make lint   - ruff + mypy (strict)"
+	@echo "make bench  - publish -> deliver benchmark (prints figures)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Herald needs Python 3.11 or newer (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@if [ ! -d "$(DATA_DIR)/tls" ]; then $(BIN)/herald init; fi
+	@$(BIN)/herald serve --banner
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.publish_deliver $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

@@ -1,0 +1,5 @@
+"""``python -m herald.cli``."""
+
+from herald.cli.main import main
+
+main()

@@ -1,0 +1,187 @@
+"""A real Herald server for API tests: ``herald init`` + ``herald serve`` as a subprocess,
+TLS on a loopback port, talked to with real HTTP and WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+HERALD = [sys.executable, "-m", "herald.cli"]
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class App:
+    """Credentials of one app."""
+
+    tenant: str
+    client_id: str
+    client_secret: str
+
+
+@dataclass
+class Server:
+    """A running test server and what tests need to talk to it."""
+
+    url: str
+    ca: Path
+    data_dir: Path
+    env: dict[str, str]
+    demo: App
+    other: App  # an app of a second tenant
+    narrow: App  # tenant "demo", scopes publish:orders.> subscribe:orders.> only
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=10.0, **kwargs)  # type: ignore[arg-type]
+
+    def token(self, app: App | None = None, scope: str | None = None) -> str:
+        app = app or self.demo
+        data = {"grant_type": "client_credentials"}
+        if scope:
+            data["scope"] = scope
+        with self.client() as client:
+            response = client.post(
+                "/oauth/token", data=data, auth=(app.client_id, app.client_secret)
+            )
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+    def db_count(self, table: str) -> int:
+        with sqlite3.connect(self.data_dir / "herald.db") as conn:
+            (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(count)
+
+
+def run_cli(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``herald ARGS`` with ``env``; returns the completed process."""
+    result = subprocess.run(
+        [*HERALD, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"herald {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def start_server(env: dict[str, str], url: str, ca: Path | None) -> subprocess.Popen[bytes]:
+    """Start ``herald serve`` and wait until ``/healthz`` answers."""
+    log = open(Path(env["HERALD_DATA_DIR"]) / "serve.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([*HERALD, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                "herald serve exited: " + (Path(env["HERALD_DATA_DIR"]) / "serve.log").read_text()
+            )
+        try:
+            if httpx.get(url + "/healthz", verify=verify, timeout=1.0).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("herald serve did not become healthy in 30 s")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def base_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    """A clean environment for a test server (no HERALD_* from the caller)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(
+        HERALD_DATA_DIR=str(data_dir),
+        HERALD_PORT=str(port),
+        HERALD_LOG_LEVEL="info",
+        HERALD_HEARTBEAT_INTERVAL="1",
+        HERALD_STREAM_QUEUE_SIZE="64",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One initialised TLS server for the API tests of this session."""
+    data_dir = tmp_path_factory.mktemp("herald") / "data"
+    port = free_port()
+    env = base_env(data_dir, port)
+    init = json.loads(run_cli(env, "init", "--json").stdout)
+    demo = App(init["tenant"], init["client_id"], init["client_secret"])
+    other_tenant = json.loads(run_cli(env, "tenant", "create", "other", "--json").stdout)["tenant"]
+    other = json.loads(
+        run_cli(
+            env,
+            "app",
+            "create",
+            "--tenant",
+            other_tenant,
+            "--scope",
+            "publish:>",
+            "--scope",
+            "subscribe:>",
+            "--scope",
+            "messages:read",
+            "--json",
+        ).stdout
+    )
+    narrow = json.loads(
+        run_cli(
+            env,
+            "app",
+            "create",
+            "--tenant",
+            demo.tenant,
+            "--scope",
+            "publish:orders.>",
+            "--scope",
+            "subscribe:orders.>",
+            "--json",
+        ).stdout
+    )
+    url = init["url"]
+    process = start_server(env, url, Path(init["ca_cert"]))
+    try:
+        yield Server(
+            url=url,
+            ca=Path(init["ca_cert"]),
+            data_dir=data_dir,
+            env=env,
+            demo=demo,
+            other=App(other_tenant, other["client_id"], other["client_secret"]),
+            narrow=App(demo.tenant, narrow["client_id"], narrow["client_secret"]),
+            process=process,
+        )
+    finally:
+        stop_server(process)

@@ -1,0 +1,433 @@
+"""The contract of :class:`herald.storage.base.Store`, run against every backend.
+
+Every test that takes ``store`` or ``store_url`` runs once on SQLite and once on PostgreSQL
+(``-m postgres`` selects the latter; it skips when the server is unreachable unless
+``HERALD_REQUIRE_SERVICES=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, MetaData, inspect, text
+
+from herald.errors import IntegrityConflict, NotFound, StorageError
+from herald.storage import Store, migrate
+from herald.storage.base import (
+    AppRecord,
+    AuditSink,
+    IdempotencyRecord,
+    MessageRecord,
+    SigningKeyRecord,
+    TenantKeyRecord,
+    TenantRecord,
+)
+from herald.storage.schema import metadata
+from herald.storage.sql import SqlStore
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+# -- record factories -------------------------------------------------------------------------
+def uid() -> str:
+    return str(uuid.uuid4())
+
+
+def tenant(name: str | None = None) -> tuple[TenantRecord, TenantKeyRecord]:
+    tid = uid()
+    return (
+        TenantRecord(id=tid, name=name or f"tenant-{tid[:8]}", created_at=T0),
+        TenantKeyRecord(tenant_id=tid, version=1, wrapped_key=b"\x00wrapped", created_at=T0),
+    )
+
+
+async def new_tenant(store: Store, name: str | None = None) -> str:
+    record, key = tenant(name)
+    await store.create_tenant(record, key)
+    return record.id
+
+
+def message(
+    tenant_id: str, *, topic: str = "orders.shipped", recipients: tuple[str, ...] = ()
+) -> MessageRecord:
+    return MessageRecord(
+        id=uid(),
+        tenant_id=tenant_id,
+        app_id="app-1",
+        topic=topic,
+        priority="normal",
+        ttl=3600,
+        created_at=T0,
+        expires_at=T0 + timedelta(hours=1),
+        content=os.urandom(48),
+        recipients=recipients,
+    )
+
+
+def sink(tag: str = "m") -> AuditSink:
+    def build(index: int) -> tuple[bytes, bytes]:
+        entry = f'{{"index":{index},"tag":"{tag}"}}'.encode()
+        return entry, hashlib.sha256(b"\x00" + entry).digest()  # RFC 9162 §2.1.1 leaf
+
+    return build
+
+
+async def publish(store: Store, *msgs: MessageRecord, idem: IdempotencyRecord | None = None):
+    return await store.publish(list(msgs), [sink() for _ in msgs], idem)
+
+
+def idem_record(key: str = "key-1") -> IdempotencyRecord:
+    return IdempotencyRecord(
+        app_id="app-1", key=key, request_hash=b"h" * 32, status=202, response=b"{}", created_at=T0
+    )
+
+
+# -- migrations -------------------------------------------------------------------------------
+async def test_migration_status_is_head(store: SqlStore) -> None:
+    current, head = await store.migration_status()
+    assert current == head == migrate.head_revision() == "0001"
+
+
+async def test_migration_is_idempotent(store: SqlStore) -> None:
+    await store.migrate()
+    assert (await store.migration_status())[0] == "0001"
+
+
+async def test_status_of_empty_database(store_url: str, open_store) -> None:
+    fresh = await open_store(store_url, migrate=False)
+    assert await fresh.migration_status() == (None, "0001")
+
+
+async def test_concurrent_migrations_do_not_race(store_url: str, open_store) -> None:
+    # Several nodes starting at once on an empty database (advisory lock / BEGIN IMMEDIATE).
+    stores = await asyncio.gather(*(open_store(store_url) for _ in range(3)))
+    for item in stores:
+        assert (await item.migration_status())[0] == "0001"
+
+
+def _schema_of(conn: Connection) -> tuple[dict[str, object], list[object]]:
+    reflected = MetaData()
+    reflected.reflect(conn)
+    shape: dict[str, object] = {}
+    inspector = inspect(conn)
+    for name, table in reflected.tables.items():
+        shape[name] = {
+            "columns": {c.name: c.nullable for c in table.columns},
+            "pk": [c.name for c in table.primary_key.columns],
+            "indexes": sorted(
+                i["name"] or ""
+                for i in inspector.get_indexes(name)
+                if not i.get("duplicates_constraint")  # PostgreSQL: a UNIQUE's own index
+            ),
+            "unique": sorted(u["name"] or "" for u in inspector.get_unique_constraints(name)),
+            "fks": sorted(
+                (tuple(fk["constrained_columns"]), fk["referred_table"])
+                for fk in inspector.get_foreign_keys(name)
+            ),
+        }
+    diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    return shape, diffs
+
+
+async def test_migrated_schema_matches_schema_module(store: SqlStore) -> None:
+    async with store._engine.connect() as conn:  # test-only peek at the engine
+        shape, diffs = await conn.run_sync(_schema_of)
+    assert diffs == []  # what `alembic check` would report
+    assert set(shape) == {t.name for t in metadata.sorted_tables} | {"alembic_version"}
+    for table in metadata.sorted_tables:
+        got = shape[table.name]
+        assert got["columns"] == {c.name: c.nullable for c in table.columns}, table.name
+        assert got["pk"] == [c.name for c in table.primary_key.columns], table.name
+        assert got["indexes"] == sorted(str(i.name) for i in table.indexes), table.name
+    assert shape["deliveries"]["unique"] == ["uq_deliveries_message_id_channel_endpoint"]
+    assert shape["tenants"]["unique"] == ["uq_tenants_name"]
+
+
+# -- tenants, apps, keys ----------------------------------------------------------------------
+async def test_tenants(store: Store) -> None:
+    record, key = tenant("acme")
+    await store.create_tenant(record, key)
+    assert await store.get_tenant(record.id) == record
+    assert await store.get_tenant_by_name("acme") == record
+    assert await store.get_tenant("nope") is None
+    assert await store.get_tenant_by_name("nope") is None
+    assert await store.tenant_keys(record.id) == [key]
+    assert await store.tenant_keys("nope") == []
+
+
+async def test_duplicate_tenant_name_conflicts_and_keeps_nothing(store: Store) -> None:
+    await new_tenant(store, "acme")
+    dup, dup_key = tenant("acme")
+    with pytest.raises(IntegrityConflict):
+        await store.create_tenant(dup, dup_key)
+    assert await store.get_tenant(dup.id) is None
+    assert await store.tenant_keys(dup.id) == []
+
+
+async def test_apps(store: Store) -> None:
+    tid = await new_tenant(store)
+    first = AppRecord("app-a", tid, "billing", b"hash", ("publish:orders.*", "admin"), False, T0)
+    second = AppRecord("app-b", tid, "shop", b"hash2", (), True, T0 + timedelta(seconds=1))
+    await store.create_app(second)
+    await store.create_app(first)
+    assert await store.get_app("app-a") == first
+    assert await store.get_app("app-b") == second
+    assert await store.get_app("nope") is None
+    assert await store.list_apps(tid) == [first, second]
+    assert await store.list_apps("other") == []
+    with pytest.raises(IntegrityConflict):
+        await store.create_app(first)
+    with pytest.raises(IntegrityConflict):  # foreign keys are enforced (SQLite too)
+        await store.create_app(AppRecord("app-c", "no-tenant", "x", b"", (), False, T0))
+    with pytest.raises(ValueError, match="whitespace"):
+        await store.create_app(AppRecord("app-d", tid, "x", b"", ("a b",), False, T0))
+
+
+async def test_signing_keys(store: Store) -> None:
+    old = SigningKeyRecord("k1", "token", "Ed25519", b"p" * 32, b"w1", T0, T0 + timedelta(days=1))
+    new = SigningKeyRecord("k2", "token", "Ed25519", b"q" * 32, b"w2", T0 + timedelta(days=1))
+    audit = SigningKeyRecord("a1", "audit", "Ed25519", b"r" * 32, b"w3", T0)
+    for key in (old, audit, new):
+        await store.add_signing_key(key)
+    assert await store.signing_keys("token") == [new, old]
+    assert await store.signing_keys("audit") == [audit]
+    assert await store.signing_keys("vapid") == []
+    with pytest.raises(IntegrityConflict):
+        await store.add_signing_key(old)
+
+
+# -- publishing -------------------------------------------------------------------------------
+async def test_publish_with_recipients_creates_pending_deliveries(store: Store) -> None:
+    tid = await new_tenant(store)
+    msg = message(tid, recipients=("alice", "bob", "alice"))
+    result = await publish(store, msg)
+    assert result.seqs == (0,)
+    entry, leaf = sink()(0)
+    assert result.leaf_hashes == (leaf,)
+    stored = await store.get_message(tid, msg.id)
+    assert stored is not None
+    assert stored.seq == 0
+    assert stored.leaf_hash == leaf
+    assert stored.recipients == ("alice", "bob", "alice")
+    assert stored.content == msg.content
+    assert (stored.created_at, stored.expires_at) == (msg.created_at, msg.expires_at)
+    deliveries = await store.deliveries(tid, msg.id)
+    assert sorted(d.endpoint for d in deliveries) == ["alice", "bob"]  # one per recipient
+    for d in deliveries:
+        assert (d.channel, d.state, d.attempts, d.last_error) == ("inapp", "pending", 0, None)
+        assert (d.message_id, d.tenant_id) == (msg.id, tid)
+    entries = await store.audit_entries(0, 10)
+    assert [(e.index, e.entry, e.leaf_hash) for e in entries] == [(0, entry, leaf)]
+    assert await store.message_seq(tid, msg.id) == 0
+
+
+async def test_audit_indices_are_gap_free_across_calls(store: Store) -> None:
+    tid = await new_tenant(store)
+    assert await store.audit_size() == 0
+    r1 = await publish(store, message(tid), message(tid))
+    assert await store.append_audit([sink("key-created"), sink("app-created")]) == [2, 3]
+    r2 = await publish(store, message(tid))
+    r3 = await publish(store, message(tid), message(tid), message(tid))
+    assert (r1.seqs, r2.seqs, r3.seqs) == ((0, 1), (4,), (5, 6, 7))
+    assert await store.audit_size() == 8
+    assert [e.index for e in await store.audit_entries(0, 100)] == list(range(8))
+    assert [e.index for e in await store.audit_entries(3, 6)] == [3, 4, 5]
+    assert await store.publish([], []) == type(r1)()
+
+
+async def test_publish_needs_one_sink_per_message(store: Store) -> None:
+    tid = await new_tenant(store)
+    with pytest.raises(ValueError, match="one audit sink per message"):
+        await store.publish([message(tid)], [])
+
+
+async def test_concurrent_publish_is_gap_free_and_ordered(store: Store) -> None:
+    tid = await new_tenant(store)
+
+    async def one() -> tuple[int, ...]:
+        return (await publish(store, message(tid), message(tid))).seqs
+
+    results = await asyncio.gather(*(one() for _ in range(50)))
+    seqs = sorted(seq for pair in results for seq in pair)
+    assert seqs == list(range(100))
+    assert all(b == a + 1 for a, b in results)  # one call's messages are consecutive
+    stored = await store.messages_after(tid, -1, 1000)
+    assert [m.seq for m in stored] == list(range(100))
+    assert [e.index for e in await store.audit_entries(0, 1000)] == list(range(100))
+
+
+async def test_two_store_instances_share_one_gap_free_log(store_url: str, open_store) -> None:
+    # Two processes (nodes, or the server and an admin command) on one database.
+    first, second = await open_store(store_url), await open_store(store_url)
+    tid = await new_tenant(first)
+
+    async def one(target: Store) -> tuple[int, ...]:
+        return (await publish(target, message(tid))).seqs
+
+    results = await asyncio.gather(*(one(first if i % 2 else second) for i in range(20)))
+    assert sorted(seq for (seq,) in results) == list(range(20))
+
+
+async def test_idempotency_conflict_rolls_back_everything(store: Store) -> None:
+    tid = await new_tenant(store)
+    first = message(tid, recipients=("alice",))
+    await publish(store, first, idem=idem_record())
+    assert await store.get_idempotency("app-1", "key-1") == idem_record()
+    assert await store.get_idempotency("app-1", "other") is None
+    retry = message(tid, recipients=("bob",))
+    with pytest.raises(IntegrityConflict):
+        await publish(store, retry, idem=idem_record())
+    assert await store.get_message(tid, retry.id) is None
+    assert await store.deliveries(tid, retry.id) == []
+    assert await store.audit_size() == 1
+    # The next publish continues the log without a gap.
+    assert (await publish(store, message(tid))).seqs == (1,)
+
+
+async def test_duplicate_message_id_rolls_back(store: Store) -> None:
+    tid = await new_tenant(store)
+    msg = message(tid)
+    await publish(store, msg)
+    with pytest.raises(IntegrityConflict):
+        await publish(store, message(tid), msg)
+    assert await store.audit_size() == 1
+
+
+async def test_messages_after_pages_and_filters(store: Store) -> None:
+    tid, other = await new_tenant(store), await new_tenant(store)
+    for i in range(10):
+        await publish(store, message(tid, topic="a" if i % 2 else "b"))
+        await publish(store, message(other, topic="a"))
+    own = [m.seq for m in await store.messages_after(tid, -1, 100)]
+    assert own == list(range(0, 20, 2))
+    page1 = await store.messages_after(tid, -1, 4)
+    page2 = await store.messages_after(tid, page1[-1].seq, 4)
+    page3 = await store.messages_after(tid, page2[-1].seq, 4)
+    assert [m.seq for m in page1 + page2 + page3] == own
+    assert len(page3) == 2
+    assert await store.messages_after(tid, own[-1], 4) == []
+    topic_a = await store.messages_after(tid, -1, 100, topic="a")
+    assert [m.topic for m in topic_a] == ["a"] * 5
+    assert all(m.tenant_id == tid for m in topic_a)
+    assert [m.seq for m in await store.messages_after(tid, topic_a[1].seq, 2, topic="a")] == [
+        m.seq for m in topic_a[2:4]
+    ]
+    assert await store.messages_after(tid, -1, 100, topic="none") == []
+
+
+async def test_reads_are_tenant_scoped(store: Store) -> None:
+    tid, other = await new_tenant(store), await new_tenant(store)
+    msg = message(tid, recipients=("alice",))
+    await publish(store, msg)
+    assert await store.get_message(other, msg.id) is None
+    assert await store.message_seq(other, msg.id) is None
+    assert await store.deliveries(other, msg.id) == []
+    assert await store.messages_after(other, -1, 10) == []
+    with pytest.raises(NotFound):
+        await store.ack(other, msg.id, "alice", T0)
+    with pytest.raises(NotFound):
+        await store.ack(tid, "no-such-message", "alice", T0)
+    (delivery,) = await store.deliveries(tid, msg.id)
+    assert delivery.state == "pending"  # the refused acks changed nothing
+
+
+async def test_ack_is_an_idempotent_upsert(store: Store) -> None:
+    tid = await new_tenant(store)
+    named = message(tid, recipients=("alice",))
+    topical = message(tid)
+    await publish(store, named, topical)
+    acked = await store.ack(tid, named.id, "alice", T0 + timedelta(minutes=1))
+    assert (acked.state, acked.endpoint, acked.channel) == ("delivered", "alice", "inapp")
+    assert acked.updated_at == T0 + timedelta(minutes=1)
+    again = await store.ack(tid, named.id, "alice", T0 + timedelta(minutes=2))
+    assert again == acked  # unchanged, still one row
+    assert await store.deliveries(tid, named.id) == [acked]
+    assert await store.deliveries(tid, topical.id) == []
+    created = await store.ack(tid, topical.id, "bob", T0)
+    assert (created.state, created.attempts, created.tenant_id) == ("delivered", 0, tid)
+    await store.ack(tid, topical.id, "bob", T0)
+    assert await store.deliveries(tid, topical.id) == [created]
+
+
+async def test_datetimes_round_trip_aware_utc(store: Store) -> None:
+    plus8 = timezone(timedelta(hours=8))
+    local = datetime(2026, 3, 1, 20, 0, 0, 654321, tzinfo=plus8)
+    record = TenantRecord(id=uid(), name="tz", created_at=local)
+    await store.create_tenant(record, TenantKeyRecord(record.id, 1, b"k", local))
+    got = await store.get_tenant(record.id)
+    assert got is not None
+    assert got.created_at == local  # the same instant …
+    assert got.created_at.utcoffset() == timedelta(0)  # … handed back in UTC
+    assert got.created_at.tzinfo is not None
+    naive = TenantRecord(id=uid(), name="naive", created_at=datetime(2026, 1, 1))  # noqa: DTZ001
+    with pytest.raises(ValueError, match="naive datetime"):
+        await store.create_tenant(naive, TenantKeyRecord(naive.id, 1, b"k", T0))
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+
+
+# -- failures ---------------------------------------------------------------------------------
+async def test_unreachable_postgresql_is_a_storage_error() -> None:
+    url = "postgresql+asyncpg://herald:s3cret-pw@127.0.0.1:1/herald"
+    with pytest.raises(StorageError) as info:
+        await SqlStore.open(url, new_id=uid, clock=lambda: T0)
+    assert type(info.value) is StorageError
+    assert str(info.value) == "database unavailable"
+    assert "s3cret" not in str(info.value)
+
+
+async def test_unreachable_postgresql_without_migrating() -> None:
+    url = "postgresql://herald:s3cret-pw@127.0.0.1:1/herald"
+    with pytest.raises(StorageError, match="^database unavailable$"):
+        await SqlStore.open(url, new_id=uid, clock=lambda: T0, migrate=False)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        pytest.param(lambda tmp: tmp / "a-file" / "sub" / "herald.db", id="under-a-file"),
+        pytest.param(lambda tmp: Path("/proc/herald-no-such-dir/herald.db"), id="proc"),
+    ],
+)
+async def test_unwritable_sqlite_location_is_a_storage_error(
+    tmp_path: Path, location: Callable[[Path], Path]
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    path = location(tmp_path)
+    with pytest.raises(StorageError, match="^database unavailable"):
+        await SqlStore.open(f"sqlite+aiosqlite:///{path}", new_id=uid, clock=lambda: T0)
+
+
+async def test_unsupported_url_is_a_config_error() -> None:
+    from herald.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unsupported database 'mysql'"):
+        SqlStore("mysql://u:p@localhost/db", new_id=uid, clock=lambda: T0)
+
+
+# -- SQLite specifics -------------------------------------------------------------------------
+async def test_sqlite_file_modes_and_pragmas(tmp_path: Path, open_store) -> None:
+    path = tmp_path / "data" / "nested" / "herald.db"
+    sqlite_store = await open_store(f"sqlite:///{path}")
+    assert sqlite_store.dialect == "sqlite"
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    async with sqlite_store._engine.connect() as conn:  # test-only peek at the engine
+        pragmas = {
+            name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        }
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
