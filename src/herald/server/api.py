@@ -44,12 +44,12 @@ def access_claims(request: Request) -> AccessClaims:
     token = bearer_token(request)
     rt = runtime(request)
     if token is None:
-        rt.metrics.auth_failures_total.labels(reason="missing_token").inc()
+        rt.metrics.record_auth_failure("missing_token")
         raise InvalidToken("an access token is required (Authorization: Bearer …)")
     try:
         return rt.token_service().verify_access(token)
     except InvalidToken:
-        rt.metrics.auth_failures_total.labels(reason="invalid_token").inc()
+        rt.metrics.record_auth_failure("invalid_token")
         raise
 
 

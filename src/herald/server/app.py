@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -14,6 +13,7 @@ from starlette.routing import Route
 
 from herald import __version__
 from herald.config import Settings
+from herald.observability.logging import get_logger
 from herald.server import api
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_document
@@ -23,7 +23,7 @@ from herald.service.runtime import Runtime
 
 __all__ = ["create_app"]
 
-_log = structlog.stdlib.get_logger("herald.server")
+_log = get_logger("herald.server")
 
 
 async def healthz(request: Request) -> Response:

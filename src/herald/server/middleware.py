@@ -67,11 +67,5 @@ class MetricsMiddleware:
             # The runtime (and its metrics) is created in the lifespan, after this
             # middleware; Starlette puts itself in the scope, so look it up per request.
             metrics: Metrics = scope["app"].state.runtime.metrics
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            metrics.http_requests_total.labels(
-                method=scope["method"], route=template, status=str(status)
-            ).inc()
-            metrics.http_request_duration_seconds.labels(route=template).observe(
-                time.perf_counter() - started
-            )
+            route = getattr(scope.get("route"), "path", None)
+            metrics.observe_request(scope["method"], route, status, time.perf_counter() - started)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,10 +19,11 @@ from herald.errors import (
     StorageError,
     problem_type,
 )
+from herald.observability.logging import get_logger
 
 __all__ = ["EXCEPTION_HANDLERS", "json_response", "problem_body", "problem_response"]
 
-_log = structlog.stdlib.get_logger("herald.server")
+_log = get_logger("herald.server")
 _ENCODER = msgspec.json.Encoder()
 
 

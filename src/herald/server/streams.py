@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import msgspec
-import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -40,8 +39,6 @@ from herald.streams.hub import (
 )
 
 __all__ = ["stream_routes"]
-
-_log = structlog.stdlib.get_logger("herald.streams")
 
 
 class _ClientFrame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
@@ -110,9 +107,8 @@ async def websocket_stream(websocket: WebSocket) -> None:
         return
 
     rt.hub.register(session)
-    gauge = rt.metrics.active_streams.labels(transport="websocket")
-    gauge.inc()
-    reason = "client closed"
+    rt.metrics.stream_opened("websocket")
+    reason = "client_closed"
     try:
         replayed = 0
         if since_id is not None:
@@ -135,8 +131,7 @@ async def websocket_stream(websocket: WebSocket) -> None:
         reason = "disconnected"
     finally:
         rt.hub.unregister(session)
-        gauge.dec()
-        rt.metrics.stream_disconnects_total.labels(reason=reason).inc()
+        rt.metrics.stream_closed("websocket", reason)
 
 
 async def _run_websocket(
@@ -146,9 +141,7 @@ async def _run_websocket(
     receiver = asyncio.create_task(_ws_receiver(rt, websocket, session, claims))
     closed = asyncio.create_task(session.closed.wait())
     try:
-        await asyncio.wait(
-            {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait({sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (sender, receiver, closed):
             task.cancel()
@@ -161,7 +154,7 @@ async def _run_websocket(
                 websocket.close(session.closing.code, session.closing.reason), timeout=1.0
             )
         return "slow_consumer" if session.closing.code == 4408 else "server_close"
-    return "client closed"
+    return "client_closed"
 
 
 async def _ws_sender(rt: Runtime, websocket: WebSocket, session: StreamSession) -> None:
@@ -179,7 +172,7 @@ async def _ws_sender(rt: Runtime, websocket: WebSocket, session: StreamSession) 
             continue
         await websocket.send_text(message.frame)
         session.last_seq = message.seq
-        rt.metrics.publish_to_deliver_seconds.observe(time.monotonic() - message.published_at)
+        rt.metrics.observe_fanout(time.monotonic() - message.published_at)
 
 
 async def _ws_receiver(
@@ -226,9 +219,8 @@ class _SseResponse(Response):
         del scope
         rt, session = self.rt, self.session
         rt.hub.register(session)
-        gauge = rt.metrics.active_streams.labels(transport="sse")
-        gauge.inc()
-        reason = "client closed"
+        rt.metrics.stream_opened("sse")
+        reason = "client_closed"
         try:
             writer = asyncio.create_task(self._write(send))
             disconnect = asyncio.create_task(_wait_disconnect(receive))
@@ -247,8 +239,7 @@ class _SseResponse(Response):
                 reason = "slow_consumer" if session.closing.code == 4408 else "server_close"
         finally:
             rt.hub.unregister(session)
-            gauge.dec()
-            rt.metrics.stream_disconnects_total.labels(reason=reason).inc()
+            rt.metrics.stream_closed("sse", reason)
 
     async def _write(self, send: Send) -> None:
         rt, session = self.rt, self.session
@@ -272,7 +263,7 @@ class _SseResponse(Response):
                 continue
             await send({"type": "http.response.body", "body": message.sse, "more_body": True})
             session.last_seq = message.seq
-            rt.metrics.publish_to_deliver_seconds.observe(time.monotonic() - message.published_at)
+            rt.metrics.observe_fanout(time.monotonic() - message.published_at)
 
 
 async def _wait_disconnect(receive: Receive) -> None:

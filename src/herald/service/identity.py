@@ -146,7 +146,7 @@ async def authenticate_client(rt: Runtime, client_id: str, client_secret: str) -
     expected = app.secret_hash if app is not None else _DUMMY_HASH
     ok = hmac.compare_digest(expected, hash_secret(client_secret))
     if app is None or not ok or app.disabled:
-        rt.metrics.auth_failures_total.labels(reason="invalid_client").inc()
+        rt.metrics.record_auth_failure("invalid_client")
         raise InvalidClient
     return app
 
@@ -163,7 +163,7 @@ async def issue_access_token(
         scopes=scopes,
         ttl=rt.settings.access_token_ttl,
     )
-    rt.metrics.tokens_issued_total.labels(kind="access").inc()
+    rt.metrics.record_token("access")
     await rt.store.append_audit(
         [
             AuditEvent(

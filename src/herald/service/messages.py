@@ -216,7 +216,7 @@ async def publish(
             for r, s, h in zip(records, committed.seqs, committed.leaf_hashes, strict=True)
         ]
         await rt.bus.publish([_live(r, c) for r, c in zip(done, contents, strict=True)])
-    rt.metrics.messages_published_total.labels(outcome="accepted").inc(len(done))
+    rt.metrics.record_publish("accepted", len(done))
     by_id = {r.id: r for r in done}
     for result in results:
         rec = by_id.get(result.get("id", ""))

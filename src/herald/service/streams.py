@@ -44,7 +44,7 @@ async def issue_subscriber_token(
         patterns=patterns,
         ttl=req.ttl,
     )
-    rt.metrics.tokens_issued_total.labels(kind="subscriber").inc()
+    rt.metrics.record_token("subscriber")
     return {
         "token": token,
         "expires_in": expires_in,
@@ -129,4 +129,4 @@ async def ack(rt: Runtime, session: StreamSession, message_id: str) -> None:
     ):
         raise NotFound(f"no message {message_id} on this stream")
     await rt.store.ack(session.tenant_id, message_id, session.recipient, utcnow())
-    rt.metrics.deliveries_total.labels(channel="inapp", state="delivered").inc()
+    rt.metrics.record_delivery("inapp", "delivered")

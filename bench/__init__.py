@@ -1,0 +1,1 @@
+"""Benchmarks of Herald (run from the repository root: ``python -m bench.<name>``)."""
