@@ -89,8 +89,10 @@ def run_cli(
 
 def start_server(env: dict[str, str], url: str, ca: Path | None) -> subprocess.Popen[bytes]:
     """Start ``herald serve`` and wait until ``/healthz`` answers."""
-    log = open(Path(env["HERALD_DATA_DIR"]) / "serve.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([*HERALD, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (Path(env["HERALD_DATA_DIR"]) / "serve.log").open("ab") as log:
+        process = subprocess.Popen(
+            [*HERALD, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else False
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

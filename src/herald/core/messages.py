@@ -30,7 +30,9 @@ _T = TypeVar("_T")
 Priority = Literal["low", "normal", "high", "urgent"]
 
 RecipientId = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.RECIPIENT_ID_MAX)]
-Topic = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.TOPIC_MAX)]
+# Topic syntax and length are checked by validate_topic, so that every topic problem has the
+# one slug ``invalid-topic``.
+Topic = str
 
 
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -69,21 +71,24 @@ def decode_json(raw: bytes, kind: type[_T]) -> _T:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise BadRequest("the request body is not valid JSON", slug="malformed-json") from None
+    except RecursionError:
+        # msgspec recurses per nesting level; a hostile document within the size cap can
+        # exhaust the stack. Refuse it as what it is: far too deep.
+        raise BadRequest("the request body nests too deeply") from None
 
 
 def _depth_ok(value: Any, max_depth: int) -> bool:
-    # Iterative, so a hostile document cannot exhaust the interpreter stack.
+    # Iterative, so a hostile document cannot exhaust the interpreter stack. Only
+    # containers count as levels: ``{"a": {"b": 1}}`` nests 2 deep.
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
         if depth > max_depth:
             return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        stack.extend((v, depth + 1) for v in children if isinstance(v, dict | list))
     return True
 
 

@@ -209,7 +209,7 @@ async def topic_history(request: Request) -> Response:
     topic = validate_topic(request.path_params["topic"])
     since = request.query_params.get("since")
     limit_text = request.query_params.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= limits.HISTORY_PAGE_MAX:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= limits.HISTORY_PAGE_MAX:
         raise BadRequest(f"limit must be an integer from 1 to {limits.HISTORY_PAGE_MAX}")
     since_id = parse_message_id(since) if since else None
     return json_response(await messages.history(rt, claims, topic, since_id, int(limit_text)))
