@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -30,7 +30,7 @@ def require_services() -> bool:
     return os.environ.get("HERALD_REQUIRE_SERVICES") == "1"
 
 
-def service_unavailable(message: str) -> None:
+def service_unavailable(message: str) -> NoReturn:
     """Skip the test, or fail it when services are required."""
     if require_services():
         pytest.fail(message + " (HERALD_REQUIRE_SERVICES=1)", pytrace=False)

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import stat
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, inspect, text
+from sqlalchemy import Connection, MetaData, inspect
 
-from herald.errors import IntegrityConflict, NotFound, StorageError
+from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import Store, migrate
 from herald.storage.base import (
     AppRecord,
@@ -113,6 +116,43 @@ async def test_concurrent_migrations_do_not_race(store_url: str, open_store) -> 
     stores = await asyncio.gather(*(open_store(store_url) for _ in range(3)))
     for item in stores:
         assert (await item.migration_status())[0] == "0001"
+
+
+_NODE = """
+import asyncio, sys, uuid
+from datetime import UTC, datetime
+from herald.storage.sql import SqlStore
+
+async def main(url: str) -> None:
+    store = await SqlStore.open(
+        url, new_id=lambda: str(uuid.uuid4()), clock=lambda: datetime.now(UTC)
+    )
+    try:
+        print((await store.migration_status())[0])
+    finally:
+        await store.close()
+
+print("ready", flush=True)
+sys.stdin.readline()  # start together, once every process has done its imports
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_nodes_starting_together_migrate_without_racing(store_url: str) -> None:
+    # Separate processes, as several `herald serve` nodes (or server + CLI) starting at once.
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _NODE, store_url, stdin=PIPE, stdout=PIPE, stderr=PIPE
+        )
+        for _ in range(3)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"ready\n"
+    outputs = await asyncio.gather(*(proc.communicate(b"go\n") for proc in procs))
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert out.decode().strip() == "0001"
 
 
 def _schema_of(conn: Connection) -> tuple[dict[str, object], list[object]]:
@@ -390,7 +430,7 @@ async def test_unreachable_postgresql_is_a_storage_error() -> None:
 
 async def test_unreachable_postgresql_without_migrating() -> None:
     url = "postgresql://herald:s3cret-pw@127.0.0.1:1/herald"
-    with pytest.raises(StorageError, match="^database unavailable$"):
+    with pytest.raises(StorageError, match=r"^database unavailable$"):
         await SqlStore.open(url, new_id=uid, clock=lambda: T0, migrate=False)
 
 
@@ -398,7 +438,7 @@ async def test_unreachable_postgresql_without_migrating() -> None:
     "location",
     [
         pytest.param(lambda tmp: tmp / "a-file" / "sub" / "herald.db", id="under-a-file"),
-        pytest.param(lambda tmp: Path("/proc/herald-no-such-dir/herald.db"), id="proc"),
+        pytest.param(lambda _: Path("/proc/herald-no-such-dir/herald.db"), id="proc"),
     ],
 )
 async def test_unwritable_sqlite_location_is_a_storage_error(
@@ -406,15 +446,33 @@ async def test_unwritable_sqlite_location_is_a_storage_error(
 ) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     path = location(tmp_path)
-    with pytest.raises(StorageError, match="^database unavailable"):
+    with pytest.raises(StorageError, match=r"^database unavailable"):
         await SqlStore.open(f"sqlite+aiosqlite:///{path}", new_id=uid, clock=lambda: T0)
 
 
-async def test_unsupported_url_is_a_config_error() -> None:
-    from herald.errors import ConfigError
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("mysql://u:p@localhost/db", "unsupported database 'mysql'"),
+        ("sqlite+aiosqlite://", "in-memory SQLite is not supported"),
+        ("sqlite:///:memory:", "in-memory SQLite is not supported"),
+        ("::not a url::", "cannot be parsed"),
+    ],
+)
+def test_unusable_url_is_a_config_error(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        SqlStore(url, new_id=uid, clock=lambda: T0)
+    assert "u:p" not in str(info.value)
 
-    with pytest.raises(ConfigError, match="unsupported database 'mysql'"):
-        SqlStore("mysql://u:p@localhost/db", new_id=uid, clock=lambda: T0)
+
+async def test_migrating_leaves_logging_alone(store_url: str, open_store) -> None:
+    # No logging.config.fileConfig: the application's logging stays as configured.
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    existing = logging.getLogger("herald.storage.some_module")
+    await open_store(store_url)
+    assert (list(root.handlers), root.level) == before
+    assert not existing.disabled
 
 
 # -- SQLite specifics -------------------------------------------------------------------------
@@ -430,4 +488,9 @@ async def test_sqlite_file_modes_and_pragmas(tmp_path: Path, open_store) -> None
             name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
             for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
         }
-    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 2,
+        "foreign_keys": 1,
+        "busy_timeout": 5000,
+    }

@@ -13,6 +13,8 @@ which takes SQLite's write lock up front and serialises migrating processes the 
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 
 from alembic import command
@@ -70,6 +72,21 @@ def head_revision() -> str:
     return head
 
 
+#: Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``),
+#: so at most one upgrade may run per process at a time: one lock per event loop.
+_process_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _process_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _process_locks.get(loop)
+    if lock is None:
+        lock = _process_locks[loop] = asyncio.Lock()
+    return lock
+
+
 def _upgrade_sync(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
@@ -84,13 +101,15 @@ async def upgrade(engine: AsyncEngine) -> None:
     Runs in one transaction (both SQLite and PostgreSQL have transactional DDL). On
     PostgreSQL a transaction-level advisory lock (``pg_advisory_xact_lock``) serialises
     nodes starting together; it is released by the commit or rollback itself, so a failed
-    migration can never leave the lock held on a pooled connection.
+    migration can never leave the lock held on a pooled connection. Within one process,
+    upgrades run one at a time (Alembic's per-run state is global).
 
     Args:
         engine: the async engine of the database to migrate.
     """
-    async with engine.execution_options(**{WRITE_TRANSACTION: True}).begin() as conn:
-        if False:
+    write_engine = engine.execution_options(**{WRITE_TRANSACTION: True})
+    async with _process_lock(), write_engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )

@@ -34,10 +34,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.util import CommandError
-from sqlalchemy import Connection, Row, Table, event, func, insert, select, text
+from sqlalchemy import Connection, Select, Table, event, func, insert, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -56,6 +56,7 @@ from herald.storage.base import (
     MessageRecord,
     PublishResult,
     SigningKeyRecord,
+    Store,
     TenantKeyRecord,
     TenantRecord,
 )
@@ -86,6 +87,8 @@ _INAPP = "inapp"
 _PENDING = "pending"
 _DELIVERED = "delivered"
 _UNAVAILABLE = "database unavailable"
+
+_R = TypeVar("_R")
 
 
 class SqlStore:
@@ -168,10 +171,9 @@ class SqlStore:
         return 0 if last is None else int(last) + 1
 
     async def _append(
-        self, conn: AsyncConnection, audit: Sequence[AuditSink]
+        self, conn: AsyncConnection, audit: Sequence[AuditSink], now: datetime
     ) -> tuple[list[int], list[bytes]]:
         start = await self._next_audit_index(conn)
-        now = self._clock()
         indices = list(range(start, start + len(audit)))
         rows: list[dict[str, Any]] = []
         leaves: list[bytes] = []
@@ -212,40 +214,36 @@ class SqlStore:
 
     async def get_tenant(self, tenant_id: str) -> TenantRecord | None:
         """The tenant with this id, or None."""
-        row = await self._one(s.tenants, s.tenants.c.id == tenant_id)
-        return None if row is None else TenantRecord(**row._asdict())
+        return await self._first(select(s.tenants).where(s.tenants.c.id == tenant_id), TenantRecord)
 
     async def get_tenant_by_name(self, name: str) -> TenantRecord | None:
         """The tenant with this name, or None."""
-        row = await self._one(s.tenants, s.tenants.c.name == name)
-        return None if row is None else TenantRecord(**row._asdict())
+        return await self._first(select(s.tenants).where(s.tenants.c.name == name), TenantRecord)
 
     async def tenant_keys(self, tenant_id: str) -> list[TenantKeyRecord]:
         """Every data-key version of a tenant, newest first."""
         t = s.tenant_keys
-        rows = await self._all(
-            select(t).where(t.c.tenant_id == tenant_id).order_by(t.c.version.desc())
-        )
-        return [TenantKeyRecord(**row._asdict()) for row in rows]
+        query = select(t).where(t.c.tenant_id == tenant_id).order_by(t.c.version.desc())
+        return await self._fetch(query, TenantKeyRecord)
 
     async def create_app(self, app: AppRecord) -> None:
-        """Create an app; IntegrityConflict when the id exists."""
-        if any(not scope or scope != scope.strip() or " " in scope for scope in app.scopes):
+        """Create an app; IntegrityConflict when the id exists or the tenant does not."""
+        if any(not scope or len(scope.split()) != 1 for scope in app.scopes):
             raise ValueError("a scope must be a non-empty string without whitespace")
-        values = _fields(app) | {"scopes": " ".join(app.scopes)}
         async with self._tx(write=True) as conn:
-            await conn.execute(insert(s.apps).values(values))
+            await conn.execute(
+                insert(s.apps).values(_fields(app) | {"scopes": " ".join(app.scopes)})
+            )
 
     async def get_app(self, app_id: str) -> AppRecord | None:
         """The app with this client id, or None."""
-        row = await self._one(s.apps, s.apps.c.id == app_id)
-        return None if row is None else _app(row)
+        return await self._first(select(s.apps).where(s.apps.c.id == app_id), _app)
 
     async def list_apps(self, tenant_id: str) -> list[AppRecord]:
         """The apps of one tenant, oldest first."""
         t = s.apps
         query = select(t).where(t.c.tenant_id == tenant_id).order_by(t.c.created_at, t.c.id)
-        return [_app(row) for row in await self._all(query)]
+        return await self._fetch(query, _app)
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """Store a server signing key; IntegrityConflict when the kid exists."""
@@ -255,10 +253,10 @@ class SqlStore:
     async def signing_keys(self, purpose: str) -> list[SigningKeyRecord]:
         """Signing keys of a purpose, newest first, retired ones included."""
         t = s.signing_keys
-        query = (
-            select(t).where(t.c.purpose == purpose).order_by(t.c.created_at.desc(), t.c.kid.desc())
+        order = (t.c.created_at.desc(), t.c.kid.desc())
+        return await self._fetch(
+            select(t).where(t.c.purpose == purpose).order_by(*order), SigningKeyRecord
         )
-        return [SigningKeyRecord(**row._asdict()) for row in await self._all(query)]
 
     # -- messages ----------------------------------------------------------------------------
     async def publish(
@@ -269,9 +267,9 @@ class SqlStore:
     ) -> PublishResult:
         """Persist messages, their in-app deliveries and audit entries in ONE transaction.
 
-        The idempotency record is inserted before the audit sinks are called, so a
-        conflicting retry fails without building any audit entry; either way nothing of
-        the transaction is kept when it fails.
+        One executemany INSERT per table. The idempotency record is inserted before the
+        audit sinks are called, so a conflicting retry fails without building any entry;
+        whatever fails, nothing of the transaction is kept.
 
         Raises:
             IntegrityConflict: the (app, key) idempotency record exists, or a message id
@@ -284,24 +282,13 @@ class SqlStore:
         async with self._tx(write=True) as conn:
             if idempotency is not None:
                 await conn.execute(insert(s.idempotency).values(_fields(idempotency)))
-            seqs, leaves = await self._append(conn, audit)
+            seqs, leaves = await self._append(conn, audit, now)
             rows: list[dict[str, Any]] = []
             deliveries: list[dict[str, Any]] = []
             for message, seq, leaf_hash in zip(messages, seqs, leaves, strict=True):
                 rows.append(_fields(message) | {"seq": seq, "leaf_hash": leaf_hash})
                 deliveries.extend(
-                    {
-                        "id": self._new_id(),
-                        "message_id": message.id,
-                        "tenant_id": message.tenant_id,
-                        "channel": _INAPP,
-                        "endpoint": recipient,
-                        "state": _PENDING,
-                        "attempts": 0,
-                        "last_error": None,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
+                    self._delivery(message.tenant_id, message.id, recipient, _PENDING, now)
                     for recipient in dict.fromkeys(message.recipients)  # unique, in order
                 )
             await _insert_many(conn, s.messages, rows)
@@ -311,14 +298,14 @@ class SqlStore:
     async def append_audit(self, audit: list[AuditSink]) -> list[int]:
         """Append non-message audit entries; returns their indices."""
         async with self._tx(write=True) as conn:
-            indices, _ = await self._append(conn, audit)
+            indices, _ = await self._append(conn, audit, self._clock())
         return indices
 
     async def get_message(self, tenant_id: str, message_id: str) -> MessageRecord | None:
         """One message of this tenant, or None."""
         t = s.messages
-        row = await self._one(t, t.c.id == message_id, t.c.tenant_id == tenant_id)
-        return None if row is None else MessageRecord(**row._asdict())
+        query = select(t).where(t.c.id == message_id, t.c.tenant_id == tenant_id)
+        return await self._first(query, MessageRecord)
 
     async def message_seq(self, tenant_id: str, message_id: str) -> int | None:
         """The ``seq`` of one message of this tenant (a resume cursor), or None."""
@@ -339,18 +326,13 @@ class SqlStore:
         query = select(t).where(t.c.tenant_id == tenant_id, t.c.seq > after_seq)
         if topic is not None:
             query = query.where(t.c.topic == topic)
-        query = query.order_by(t.c.seq).limit(max(limit, 0))
-        return [MessageRecord(**row._asdict()) for row in await self._all(query)]
+        return await self._fetch(query.order_by(t.c.seq).limit(max(limit, 0)), MessageRecord)
 
     async def deliveries(self, tenant_id: str, message_id: str) -> list[DeliveryRecord]:
         """The deliveries of one message, oldest first."""
         t = s.deliveries
-        query = (
-            select(t)
-            .where(t.c.tenant_id == tenant_id, t.c.message_id == message_id)
-            .order_by(t.c.created_at, t.c.id)
-        )
-        return [DeliveryRecord(**row._asdict()) for row in await self._all(query)]
+        query = select(t).where(t.c.tenant_id == tenant_id, t.c.message_id == message_id)
+        return await self._fetch(query.order_by(t.c.created_at, t.c.id), DeliveryRecord)
 
     async def ack(
         self, tenant_id: str, message_id: str, recipient: str, now: datetime
@@ -361,47 +343,27 @@ class SqlStore:
             NotFound: the tenant has no such message.
         """
         m, d = s.messages, s.deliveries
-        upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(d).values(
-            id=self._new_id(),
-            message_id=message_id,
-            tenant_id=tenant_id,
-            channel=_INAPP,
-            endpoint=recipient,
-            state=_DELIVERED,
-            attempts=0,
-            last_error=None,
-            created_at=now,
-            updated_at=now,
-        )
+        row = self._delivery(tenant_id, message_id, recipient, _DELIVERED, now)
+        upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(d).values(row)
         upsert = upsert.on_conflict_do_update(
             index_elements=[d.c.message_id, d.c.channel, d.c.endpoint],
             set_={"state": _DELIVERED, "updated_at": now},
             where=d.c.state != _DELIVERED,  # a second ack changes nothing
         )
+        owner = select(m.c.id).where(m.c.id == message_id, m.c.tenant_id == tenant_id)
+        key = (d.c.message_id == message_id, d.c.channel == _INAPP, d.c.endpoint == recipient)
         async with self._tx(write=True) as conn:
-            owned = await conn.scalar(
-                select(m.c.id).where(m.c.id == message_id, m.c.tenant_id == tenant_id)
-            )
-            if owned is None:
+            if await conn.scalar(owner) is None:
                 raise NotFound("message not found")
             await conn.execute(upsert)
-            row = (
-                await conn.execute(
-                    select(d).where(
-                        d.c.tenant_id == tenant_id,
-                        d.c.message_id == message_id,
-                        d.c.channel == _INAPP,
-                        d.c.endpoint == recipient,
-                    )
-                )
-            ).one()
-        return DeliveryRecord(**row._asdict())
+            stored = (await conn.execute(select(d).where(*key))).one()
+        return DeliveryRecord(**stored._asdict())
 
     async def get_idempotency(self, app_id: str, key: str) -> IdempotencyRecord | None:
         """The stored first answer for (app, key), or None."""
         t = s.idempotency
-        row = await self._one(t, t.c.app_id == app_id, t.c.key == key)
-        return None if row is None else IdempotencyRecord(**row._asdict())
+        query = select(t).where(t.c.app_id == app_id, t.c.key == key)
+        return await self._first(query, IdempotencyRecord)
 
     async def audit_size(self) -> int:
         """Number of audit entries (``max(idx) + 1``: indices are gap-free)."""
@@ -413,19 +375,33 @@ class SqlStore:
         """Entries with ``start <= index < end``, in index order."""
         t = s.audit_entries
         query = select(t).where(t.c.idx >= start, t.c.idx < end).order_by(t.c.idx)
-        return [
-            AuditEntryRecord(row.idx, row.entry, row.leaf_hash, row.created_at)
-            for row in await self._all(query)
-        ]
+        return await self._fetch(query, _audit_entry)
 
-    # -- read helpers ------------------------------------------------------------------------
-    async def _one(self, table: Table, *where: Any) -> Row[Any] | None:
-        async with self._tx() as conn:
-            return (await conn.execute(select(table).where(*where))).first()
+    # -- helpers -----------------------------------------------------------------------------
+    def _delivery(
+        self, tenant_id: str, message_id: str, endpoint: str, state: str, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "id": self._new_id(),
+            "message_id": message_id,
+            "tenant_id": tenant_id,
+            "channel": _INAPP,
+            "endpoint": endpoint,
+            "state": state,
+            "attempts": 0,
+            "last_error": None,
+            "created_at": now,
+            "updated_at": now,
+        }
 
-    async def _all(self, query: Any) -> Sequence[Row[Any]]:
+    async def _fetch(self, query: Select[Any], make: Callable[..., _R]) -> list[_R]:
         async with self._tx() as conn:
-            return (await conn.execute(query)).all()
+            rows = (await conn.execute(query)).all()
+        return [make(**row._asdict()) for row in rows]
+
+    async def _first(self, query: Select[Any], make: Callable[..., _R]) -> _R | None:
+        found = await self._fetch(query.limit(1), make)
+        return found[0] if found else None
 
 
 # -- module helpers ---------------------------------------------------------------------------
@@ -434,10 +410,12 @@ def _fields(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
-def _app(row: Row[Any]) -> AppRecord:
-    values = row._asdict()
-    values["scopes"] = tuple(values["scopes"].split())
-    return AppRecord(**values)
+def _app(*, scopes: str, **values: Any) -> AppRecord:
+    return AppRecord(scopes=tuple(scopes.split()), **values)
+
+
+def _audit_entry(*, idx: int, **values: Any) -> AuditEntryRecord:
+    return AuditEntryRecord(index=idx, **values)
 
 
 async def _insert_many(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -472,8 +450,10 @@ def _mapped_errors() -> Iterator[None]:
         sqlite3.OperationalError,
     ) as exc:
         raise StorageError(_UNAVAILABLE) from exc
-    except (sa_exc.SQLAlchemyError, sqlite3.Error) as exc:
+    except sqlite3.Error as exc:
         raise StorageError("database error") from exc
+    # Other SQLAlchemyErrors (ArgumentError, CompileError, …) are bugs, not outages: they
+    # propagate unchanged so that they are answered 500, not a retryable 503.
     except CommandError as exc:
         # Alembic: e.g. the database is at a revision this version does not know (newer).
         raise StorageError(f"cannot migrate the database: {exc}") from exc
@@ -487,6 +467,9 @@ def _normalise_url(url: str) -> URL:
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
         raise ConfigError(f"unsupported database {parsed.drivername!r}: use sqlite or postgresql")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in {None, "", ":memory:"}:
+        # One shared connection cannot hold concurrent transactions; tests use tmp files.
+        raise ConfigError("in-memory SQLite is not supported: give a database file path")
     return parsed.set(drivername=driver)
 
 
@@ -495,7 +478,7 @@ def _prepare_sqlite_file(database: str | None) -> None:
 
     SQLite creates the ``-wal`` and ``-shm`` files with the main file's permissions.
     """
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if database is None or database.startswith("file:"):  # URI filenames: left to SQLite
         return
     path = Path(database)
     try:
@@ -542,3 +525,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get(_migrate.WRITE_TRANSACTION, False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _implements_store(store: SqlStore) -> Store:  # lets mypy check SqlStore against Store
+    return store
