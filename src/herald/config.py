@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     master_key: SecretStr | None = None
     replay_window: int = Field(default=300, ge=1, le=900)
+    require_signatures: bool = True
+    nonce_capacity: int = Field(default=1_000_000, ge=1000, le=100_000_000)
     egress_allow: str = ""
     egress_ca_file: Path | None = None
     smtp_url: SecretStr | None = None
@@ -156,10 +158,22 @@ class Settings(BaseSettings):
             "hsts": not self.insecure_http and self.hsts_max_age > 0,
             "encryption_at_rest": True,
             "token_alg": "EdDSA",
-            "warnings": ["insecure_http: TLS is off; run only behind a TLS-terminating proxy"]
-            if self.insecure_http
-            else [],
+            "request_signatures": self.require_signatures,
+            "replay_store": "redis" if self.redis_url is not None else "memory",
+            "warnings": self.security_warnings(),
         }
+
+    def security_warnings(self) -> list[str]:
+        """Every setting that weakens the secure defaults, in words (start-up and /readyz)."""
+        warnings = []
+        if self.insecure_http:
+            warnings.append("insecure_http: TLS is off; run only behind a TLS-terminating proxy")
+        if not self.require_signatures:
+            warnings.append(
+                "require_signatures is off: unsigned requests are accepted and replays of "
+                "them are not detected"
+            )
+        return warnings
 
 
 def load_settings(**overrides: Any) -> Settings:

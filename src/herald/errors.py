@@ -27,6 +27,13 @@ can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
         ├── MethodNotAllowed (405)  method-not-allowed
         ├── PayloadTooLarge (413)   payload-too-large
         ├── UnsupportedMediaType (415) unsupported-media-type
+        ├── SignatureMissing (401)  signature-missing
+        ├── SignatureInvalid (401)  signature-invalid
+        ├── DigestMismatch (400)    digest-mismatch
+        ├── RequestExpired (401)    request-expired
+        ├── ReplayedRequest (401)   replayed-request
+        ├── KeyUnknown (401)        key-unknown
+        ├── KeyRevoked (401)        key-revoked
         ├── IdempotencyMismatch (422) idempotency-key-reused
         ├── ServiceUnavailable (503) unavailable
         └── InternalError (500)     internal
@@ -42,6 +49,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "DecryptionFailed",
+    "DigestMismatch",
     "Forbidden",
     "HeraldError",
     "IdempotencyMismatch",
@@ -50,10 +58,16 @@ __all__ = [
     "InvalidClient",
     "InvalidToken",
     "InvalidTransition",
+    "KeyRevoked",
+    "KeyUnknown",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "ReplayedRequest",
+    "RequestExpired",
     "ServiceUnavailable",
+    "SignatureInvalid",
+    "SignatureMissing",
     "StorageError",
     "UnsupportedMediaType",
     "problem_type",
@@ -196,6 +210,65 @@ class UnsupportedMediaType(ApiError):
     status = 415
     slug = "unsupported-media-type"
     title = "Unsupported media type"
+
+
+class _SignatureRefusal(ApiError):
+    """Base of the request-signature refusals (RFC 9421); all answer 401 but the digest."""
+
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Signature realm="herald"'})
+
+
+class SignatureMissing(_SignatureRefusal):
+    """No ``Signature``/``Signature-Input`` on a request that must be signed."""
+
+    slug = "signature-missing"
+    title = "Request signature missing"
+
+
+class SignatureInvalid(_SignatureRefusal):
+    """The signature headers are malformed, incomplete, or the signature does not verify."""
+
+    slug = "signature-invalid"
+    title = "Request signature invalid"
+
+
+class DigestMismatch(ApiError):
+    """``Content-Digest`` is missing or does not match the received body (RFC 9530)."""
+
+    status = 400
+    slug = "digest-mismatch"
+    title = "Content-Digest does not match the body"
+
+
+class RequestExpired(_SignatureRefusal):
+    """The signature's ``created``/``expires`` is outside the replay window."""
+
+    slug = "request-expired"
+    title = "Signed request outside the replay window"
+
+
+class ReplayedRequest(_SignatureRefusal):
+    """The signature's nonce was already used."""
+
+    slug = "replayed-request"
+    title = "Replayed request"
+
+
+class KeyUnknown(_SignatureRefusal):
+    """The ``keyid`` names no key of the authenticated app."""
+
+    slug = "key-unknown"
+    title = "Unknown signing key"
+
+
+class KeyRevoked(_SignatureRefusal):
+    """The ``keyid`` names a revoked key of the authenticated app."""
+
+    slug = "key-revoked"
+    title = "Signing key revoked"
 
 
 class IdempotencyMismatch(ApiError):

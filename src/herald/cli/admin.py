@@ -18,8 +18,9 @@ from herald.core.scopes import ScopeSet
 from herald.crypto.masterkey import generate_master_key_file
 from herald.crypto.tls import write_dev_tls
 from herald.errors import ConfigError, HeraldError
-from herald.service import identity
+from herald.service import identity, signatures
 from herald.service.runtime import Runtime
+from herald.storage.base import AppKeyRecord
 
 __all__ = ["app_cli", "init", "profile_path", "tenant_cli"]
 
@@ -62,6 +63,31 @@ def _hostnames(settings: Settings) -> list[str]:
     return names
 
 
+async def _app_with_signing_key(
+    rt: Runtime, settings: Settings, tenant_id: str, name: str, scopes: ScopeSet
+) -> dict[str, Any]:
+    """Create an app plus an Ed25519 request-signing key.
+
+    The private half is written to ``<data dir>/keys/<keyid>.pem`` (0600), so that the CLI
+    signs out of the box.
+    """
+    created = await identity.create_app(rt, tenant_id, name, scopes)
+    pem, public_raw = signatures.generate_ed25519_key()
+    key = await signatures.add_ed25519_key(rt, created.app.id, public_raw)
+    keys_dir = settings.data_dir / "keys"
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_file = keys_dir / f"{key.record.keyid}.pem"
+    _write_private(key_file, pem.decode("ascii"))
+    return {
+        "tenant": tenant_id,
+        "client_id": created.app.id,
+        "client_secret": created.client_secret,
+        "scopes": str(scopes),
+        "signing_keyid": key.record.keyid,
+        "signing_key_file": str(key_file.resolve()),
+    }
+
+
 def init_data_dir(settings: Settings) -> dict[str, Any]:
     """Create the data dir, TLS material, master key, schema, signing keys and demo app."""
     data_dir = settings.data_dir
@@ -79,23 +105,21 @@ def init_data_dir(settings: Settings) -> dict[str, Any]:
     async def bootstrap(rt: Runtime) -> dict[str, Any]:
         await identity.ensure_signing_keys(rt)
         tenant = await identity.create_tenant(rt, "demo")
-        created = await identity.create_app(rt, tenant.id, "demo", ScopeSet.parse(DEMO_SCOPES))
-        return {
-            "tenant": tenant.id,
-            "client_id": created.app.id,
-            "client_secret": created.client_secret,
-            "scopes": DEMO_SCOPES,
-            "ca_cert": str(tls.ca_cert.resolve()),
-            "url": settings.base_url,
-        }
+        app = await _app_with_signing_key(
+            rt, settings, tenant.id, "demo", ScopeSet.parse(DEMO_SCOPES)
+        )
+        return app | {"ca_cert": str(tls.ca_cert.resolve()), "url": settings.base_url}
 
     result = _run(settings, bootstrap)
-    _write_private(
-        profile_path(settings),
-        json.dumps(
-            {k: result[k] for k in ("url", "client_id", "client_secret", "ca_cert")}, indent=2
-        ),
+    profile = (
+        "url",
+        "client_id",
+        "client_secret",
+        "ca_cert",
+        "signing_keyid",
+        "signing_key_file",
     )
+    _write_private(profile_path(settings), json.dumps({k: result[k] for k in profile}, indent=2))
     return result
 
 
@@ -112,6 +136,7 @@ def init(as_json: JsonOpt = False) -> None:
     console.print(f"  tenant         {result['tenant']}")
     console.print(f"  client id      {result['client_id']}")
     console.print(f"  client secret  {result['client_secret']}  [dim](shown once)[/dim]")
+    console.print(f"  signing key    {result['signing_keyid']} → {result['signing_key_file']}")
     console.print(
         f"  The CLI reads these from {profile_path(settings)} (mode 0600); "
         "other clients pass --client-id/--client-secret or HERALD_CLIENT_ID/HERALD_CLIENT_SECRET."
@@ -147,12 +172,92 @@ def app_create(
         fail(str(exc))
 
     async def work(rt: Runtime) -> dict[str, Any]:
-        created = await identity.create_app(rt, tenant, name, scopes)
-        return {
-            "tenant": tenant,
-            "client_id": created.app.id,
-            "client_secret": created.client_secret,
-            "scopes": str(scopes),
-        }
+        return await _app_with_signing_key(rt, settings, tenant, name, scopes)
+
+    emit(_run(settings, work), as_json=as_json)
+
+
+key_cli = typer.Typer(help="Manage an app's request-signing keys (RFC 9421).", no_args_is_help=True)
+app_cli.add_typer(key_cli, name="key")
+
+
+def _key_view(record: AppKeyRecord) -> dict[str, Any]:
+    return {
+        "keyid": record.keyid,
+        "client_id": record.app_id,
+        "algorithm": record.algorithm,
+        "created_at": record.created_at.isoformat(),
+        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+    }
+
+
+@key_cli.command("add")
+def key_add(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    ed25519_public_key: Annotated[
+        Path | None,
+        typer.Option("--ed25519-public-key", help="PEM file of an Ed25519 public key."),
+    ] = None,
+    use_hmac: Annotated[
+        bool, typer.Option("--hmac", help="Create an HMAC-SHA256 secret (shown once).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a signing key: register an Ed25519 public key (preferred) or create an HMAC secret."""
+    if (ed25519_public_key is None) == (not use_hmac):
+        fail("pass exactly one of --ed25519-public-key PEM or --hmac")
+    raw = None
+    if ed25519_public_key is not None:
+        try:
+            pem = ed25519_public_key.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {ed25519_public_key}: {exc.strerror}")
+        raw = signatures.parse_ed25519_public_key(pem)
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        if raw is not None:
+            new = await signatures.add_ed25519_key(rt, client_id, raw)
+        else:
+            new = await signatures.add_hmac_key(rt, client_id)
+        view = _key_view(new.record)
+        if new.secret is not None:
+            view["secret"] = new.secret
+        return view
+
+    emit(_run(settings, work), as_json=as_json)
+
+
+@key_cli.command("list")
+def key_list(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """List an app's signing keys (revoked ones included)."""
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> list[dict[str, Any]]:
+        return [_key_view(k) for k in await signatures.list_keys(rt, client_id)]
+
+    keys = _run(settings, work)
+    if as_json:
+        emit({"keys": keys}, as_json=True)
+        return
+    for key in keys:
+        state = f"revoked {key['revoked_at']}" if key["revoked_at"] else "active"
+        console.print(f"{key['keyid']}  {key['algorithm']:<12} {state}")
+
+
+@key_cli.command("revoke")
+def key_revoke(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    keyid: Annotated[str, typer.Argument(help="The key to revoke.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a signing key; requests signed with it are refused from then on."""
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        return _key_view(await signatures.revoke_key(rt, client_id, keyid))
 
     emit(_run(settings, work), as_json=as_json)

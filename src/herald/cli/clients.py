@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from herald.cli.output import console, emit, fail, stderr
-from herald.client import AsyncPublisher, AsyncSubscriber, HeraldClientError
+from herald.client import AsyncPublisher, AsyncSubscriber, HeraldClientError, RequestSigner
 from herald.config import load_settings
 
 __all__ = ["publish", "subscribe", "token"]
@@ -26,6 +26,7 @@ class Connection:
     client_id: str
     client_secret: str
     ca: Path | None
+    signer: RequestSigner | None
 
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="HERALD_URL", help="Server base URL.")]
@@ -45,11 +46,28 @@ SecretOpt = Annotated[
         show_default=False,
     ),
 ]
+KeyIdOpt = Annotated[
+    str | None,
+    typer.Option("--signing-keyid", envvar="HERALD_SIGNING_KEYID", help="Request-signing key id."),
+]
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--signing-key-file",
+        envvar="HERALD_SIGNING_KEY_FILE",
+        help="Ed25519 private key (PEM) of that key id.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
 
 
 def _connection(
-    url: str | None, ca: Path | None, client_id: str | None, client_secret: str | None
+    url: str | None,
+    ca: Path | None,
+    client_id: str | None,
+    client_secret: str | None,
+    keyid: str | None = None,
+    key_file: Path | None = None,
 ) -> Connection:
     """Flags and HERALD_* variables first, then the profile ``herald init`` wrote."""
     settings = load_settings()
@@ -66,11 +84,27 @@ def _connection(
             "no client credentials: pass --client-id/--client-secret, set HERALD_CLIENT_ID/"
             f"HERALD_CLIENT_SECRET, or run `herald init` (which writes {path})"
         )
-    return Connection(url or profile.get("url") or settings.base_url, conn_id, secret, ca_value)
+    # The profile's signing key belongs to the profile's app: only used with its identity.
+    own = {} if client_id else profile
+    keyid = keyid or own.get("signing_keyid")
+    key_path = key_file or (Path(own["signing_key_file"]) if "signing_key_file" in own else None)
+    signer = None
+    if keyid and key_path:
+        try:
+            signer = RequestSigner.from_key_file(keyid, key_path)
+        except HeraldClientError as exc:
+            fail(str(exc))
+    elif keyid or key_path:
+        fail("pass both --signing-keyid and --signing-key-file (or neither)")
+    return Connection(
+        url or profile.get("url") or settings.base_url, conn_id, secret, ca_value, signer
+    )
 
 
 def _publisher(conn: Connection) -> AsyncPublisher:
-    return AsyncPublisher(conn.url, conn.client_id, conn.client_secret, ca=conn.ca)
+    return AsyncPublisher(
+        conn.url, conn.client_id, conn.client_secret, ca=conn.ca, signer=conn.signer
+    )
 
 
 def _run_client(coro: Any) -> Any:
@@ -86,14 +120,21 @@ def token(
     ca: CaOpt = None,
     client_id: ClientIdOpt = None,
     client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an access token (client credentials grant) and print it."""
-    conn = _connection(url, ca, client_id, client_secret)
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
 
     async def work() -> str:
         async with AsyncPublisher(
-            conn.url, conn.client_id, conn.client_secret, ca=conn.ca, scope=scope
+            conn.url,
+            conn.client_id,
+            conn.client_secret,
+            ca=conn.ca,
+            scope=scope,
+            signer=conn.signer,
         ) as pub:
             return await pub.token()
 
@@ -118,6 +159,8 @@ def publish(
     ca: CaOpt = None,
     client_id: ClientIdOpt = None,
     client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one message."""
@@ -129,7 +172,7 @@ def publish(
             fail(f"--data is not valid JSON: {exc.msg} at position {exc.pos}")
         if not isinstance(payload, dict):
             fail("--data must be a JSON object")
-    conn = _connection(url, ca, client_id, client_secret)
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
 
     async def work() -> Any:
         async with _publisher(conn) as pub:
@@ -173,10 +216,12 @@ def subscribe(
     ca: CaOpt = None,
     client_id: ClientIdOpt = None,
     client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print messages live; reconnects and resumes by itself. Ctrl-C to stop."""
-    conn = _connection(url, ca, client_id, client_secret)
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
     last: list[str | None] = [since]
 
     async def work() -> None:

@@ -28,6 +28,7 @@ from herald.client._errors import (
     StreamClosed,
 )
 from herald.client._publisher import AsyncPublisher, PublishResult
+from herald.client._signing import RequestSigner, sign_request
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
 from herald.client._sync import Publisher, Subscriber
 from herald.client._transport import make_ssl_context
@@ -41,8 +42,10 @@ __all__ = [
     "ProblemError",
     "PublishResult",
     "Publisher",
+    "RequestSigner",
     "StreamClosed",
     "StreamMessage",
     "Subscriber",
     "make_ssl_context",
+    "sign_request",
 ]

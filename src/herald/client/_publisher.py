@@ -17,6 +17,7 @@ from urllib.parse import quote, quote_plus, urlencode
 import httpx
 
 from herald.client._errors import HeraldClientError, ProblemError, problem_from_http
+from herald.client._signing import RequestSigner
 from herald.client._transport import (
     backoff_delay,
     connection_failed,
@@ -82,6 +83,8 @@ class AsyncPublisher:
         max_retries: Retries after the first attempt for retryable failures.
         clock: Monotonic clock in seconds, used for token expiry.
         sleep: Coroutine function used to wait between retries.
+        signer: Signs every state-changing request (RFC 9421), the token request included;
+            Herald refuses unsigned ones unless its operator turned signatures off.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class AsyncPublisher:
         max_retries: int = 3,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        signer: RequestSigner | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -106,6 +110,7 @@ class AsyncPublisher:
         self._max_retries = max_retries
         self._clock = clock
         self._sleep = sleep
+        self._signer = signer
         self._client = make_async_client(self._base_url, ca=ca, transport=transport)
         self._token: str | None = None
         self._token_refresh_at = 0.0
@@ -156,8 +161,8 @@ class AsyncPublisher:
         started = self._clock()
 
         def build() -> httpx.Request:
-            return self._client.build_request(
-                "POST", "/oauth/token", content=content, headers=headers
+            return self._prepare(
+                self._client.build_request("POST", "/oauth/token", content=content, headers=headers)
             )
 
         # Issuing a token changes nothing on the server, so it is always safe to retry.
@@ -196,14 +201,14 @@ class AsyncPublisher:
     # -- the one request path ------------------------------------------------------------
 
     def _prepare(self, request: httpx.Request) -> httpx.Request:
-        """Finalise an API request right before it is sent; the request-signing seam.
+        """Sign a request right before it is sent (RFC 9421), once per attempt.
 
-        Called once per attempt (retries included) with the fully built request, whose
-        body is already the exact bytes that go on the wire. Returns it unchanged for now;
-        RFC 9421 request signing (``Content-Digest``, ``Signature-Input``, ``Signature``)
-        belongs here, so that every attempt gets a fresh ``created`` and ``nonce``.
+        The body is already the exact bytes that go on the wire; every attempt, retries
+        included, gets a fresh ``created`` and ``nonce``. Safe methods are not signed.
         """
-        return request
+        if self._signer is None or request.method.upper() in _SAFE_METHODS:
+            return request
+        return self._signer.sign(request)
 
     async def _request(
         self,

@@ -19,6 +19,7 @@ import httpx
 
 from herald.client._errors import ProblemError
 from herald.client._publisher import AsyncPublisher, PublishResult, Sleep
+from herald.client._signing import RequestSigner
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
 
 __all__ = ["Publisher", "Subscriber"]
@@ -68,6 +69,7 @@ class Publisher(_Blocking):
         max_retries: int = 3,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        signer: RequestSigner | None = None,
     ) -> None:
         super().__init__()
         self._publisher = AsyncPublisher(
@@ -80,6 +82,7 @@ class Publisher(_Blocking):
             max_retries=max_retries,
             clock=clock,
             sleep=sleep,
+            signer=signer,
         )
 
     def __enter__(self) -> Self:

@@ -25,7 +25,7 @@ from herald.crypto.tokens import AccessClaims
 from herald.errors import ApiError, BadRequest, InvalidClient, InvalidToken
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
-from herald.service import identity, messages, streams
+from herald.service import identity, messages, signatures, streams
 from herald.service.runtime import Runtime
 
 __all__ = ["routes"]
@@ -51,6 +51,28 @@ def access_claims(request: Request) -> AccessClaims:
     except InvalidToken:
         rt.metrics.record_auth_failure("invalid_token")
         raise
+
+
+async def verify_signature(request: Request, body: bytes, *, tenant_id: str, app_id: str) -> None:
+    """RFC 9421 signature + nonce (DESIGN §4 steps 3–4) for a state-changing request.
+
+    Required unless an operator turned ``require_signatures`` off (which warns); a request
+    that carries a signature anyway is always verified.
+    """
+    rt = runtime(request)
+    headers = request.headers
+    if not rt.settings.require_signatures and "signature" not in headers:
+        return
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    combined = {name: ", ".join(headers.getlist(name)) for name in headers}
+    signed = signatures.SignedRequest(
+        method=request.method,
+        path=raw_path.decode("latin-1"),
+        query=request.scope.get("query_string", b"").decode("latin-1"),
+        headers=combined,
+        body=body,
+    )
+    await signatures.verify_request(rt, signed, tenant_id=tenant_id, app_id=app_id)
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -114,6 +136,7 @@ async def oauth_token(request: Request) -> Response:
     scope = form.get("scope")
     client_id, secret = _basic_credentials(request)
     app = await identity.authenticate_client(rt, client_id, secret)
+    await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
     body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
     return json_response(body, headers=_NO_STORE)
 
@@ -153,6 +176,7 @@ async def publish_one(request: Request) -> Response:
     rt = runtime(request)
     claims = access_claims(request)
     raw = await read_body(request, rt.settings.max_body_bytes)
+    await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
     key = _idempotency_key(request)
     req = validate_publish(decode_json(raw, PublishRequest))
@@ -173,6 +197,7 @@ async def publish_batch(request: Request) -> Response:
     rt = runtime(request)
     claims = access_claims(request)
     raw = await read_body(request, limits.MAX_BATCH_BODY_BYTES)
+    await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
     key = _idempotency_key(request)
     batch = decode_json(raw, PublishBatch)
@@ -209,7 +234,8 @@ async def topic_history(request: Request) -> Response:
     topic = validate_topic(request.path_params["topic"])
     since = request.query_params.get("since")
     limit_text = request.query_params.get("limit", "100")
-    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= limits.HISTORY_PAGE_MAX:
+    numeric = limit_text.isascii() and limit_text.isdigit()
+    if not numeric or not 1 <= int(limit_text) <= limits.HISTORY_PAGE_MAX:
         raise BadRequest(f"limit must be an integer from 1 to {limits.HISTORY_PAGE_MAX}")
     since_id = parse_message_id(since) if since else None
     return json_response(await messages.history(rt, claims, topic, since_id, int(limit_text)))
@@ -221,6 +247,7 @@ async def subscriber_token(request: Request) -> Response:
     rt = runtime(request)
     claims = access_claims(request)
     raw = await read_body(request, rt.settings.max_body_bytes)
+    await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
     req = decode_json(raw, SubscriberTokenRequest)
     body = await streams.issue_subscriber_token(rt, claims, req)
@@ -228,7 +255,11 @@ async def subscriber_token(request: Request) -> Response:
 
 
 async def stream_ticket(request: Request) -> Response:
-    """``POST /v1/stream-tickets``: bearer subscriber token → one-time 30 s ticket."""
+    """``POST /v1/stream-tickets``: bearer subscriber token → one-time 30 s ticket.
+
+    Not signed: its callers are browsers holding a subscriber token, not an app key. It
+    changes nothing durable; the ticket is single-use and lives 30 s.
+    """
     rt = runtime(request)
     token = bearer_token(request)
     if token is None:

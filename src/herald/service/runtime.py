@@ -7,6 +7,7 @@ administrative ones simply never start a listener.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from herald.crypto.signing import PURPOSE_TOKEN, unwrap_signing_key
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
 from herald.observability.metrics import Metrics
+from herald.state.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
 from herald.state.tickets import MemoryTicketStore
 from herald.storage.base import Store
 from herald.storage.sql import SqlStore
@@ -48,6 +50,10 @@ class Runtime:
     hub: Hub
     bus: Bus
     tickets: MemoryTicketStore[SubscriberClaims]
+    nonces: NonceStore
+    #: Requests signed before this instant are refused when the nonce store forgets on
+    #: restart (embedded mode); None with a durable shared store (Redis).
+    nonce_not_before: float | None
     tokens: TokenService | None = None
     #: Serialises commit + fan-out on this node so that live order equals commit order.
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -70,6 +76,11 @@ class Runtime:
             return [(k.version, k.wrapped_key) for k in await store.tenant_keys(tenant_id)]
 
         keyring = TenantKeyRing(provider, load_wrapped, clock=time.monotonic, randbytes=os.urandom)
+        nonces: NonceStore
+        if settings.redis_url is not None:
+            nonces = RedisNonceStore.from_url(settings.redis_url.get_secret_value())
+        else:
+            nonces = MemoryNonceStore(clock=time.monotonic, capacity=settings.nonce_capacity)
         hub = Hub()
         bus = MemoryBus()
         bus.subscribe(hub.dispatch)
@@ -83,6 +94,10 @@ class Runtime:
             hub=hub,
             bus=bus,
             tickets=MemoryTicketStore(clock=time.monotonic),
+            nonces=nonces,
+            # created is whole seconds: the first whole second after start is the earliest
+            # one this process can vouch for.
+            nonce_not_before=float(math.ceil(time.time())) if nonces.volatile else None,
         )
         await runtime.reload_token_keys()
         return runtime
@@ -109,4 +124,5 @@ class Runtime:
         """Stop streams and release connections."""
         self.hub.shutdown()
         await self.bus.close()
+        await self.nonces.close()
         await self.store.close()

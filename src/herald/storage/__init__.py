@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from herald.storage.base import (
+    AppKeyRecord,
     AppRecord,
     AuditEntryRecord,
     AuditSink,
@@ -22,6 +23,7 @@ from herald.storage.base import (
 from herald.storage.sql import SqlStore
 
 __all__ = [
+    "AppKeyRecord",
     "AppRecord",
     "AuditEntryRecord",
     "AuditSink",

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 __all__ = [
+    "AppKeyRecord",
     "AppRecord",
     "AuditEntryRecord",
     "AuditSink",
@@ -61,6 +62,24 @@ class AppRecord:
     scopes: tuple[str, ...]
     disabled: bool
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeyRecord:
+    """A request-signing key of an app (RFC 9421 ``keyid``).
+
+    Ed25519 keys keep the raw public key; HMAC keys keep only the secret sealed with the
+    tenant's data key (AAD binds the keyid).
+    """
+
+    keyid: str
+    app_id: str
+    tenant_id: str
+    algorithm: str  # "ed25519" | "hmac-sha256"
+    public_key: bytes
+    secret: bytes
+    created_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +215,22 @@ class Store(Protocol):
 
     async def list_apps(self, tenant_id: str) -> list[AppRecord]:
         """The apps of one tenant, oldest first."""
+        ...
+
+    async def add_app_key(self, key: AppKeyRecord) -> None:
+        """Store a request-signing key of an app."""
+        ...
+
+    async def get_app_key(self, keyid: str) -> AppKeyRecord | None:
+        """The app key with this keyid (any app), or None."""
+        ...
+
+    async def list_app_keys(self, app_id: str) -> list[AppKeyRecord]:
+        """Every key of one app, oldest first, revoked ones included."""
+        ...
+
+    async def revoke_app_key(self, app_id: str, keyid: str, now: datetime) -> AppKeyRecord | None:
+        """Mark a key of ``app_id`` revoked (idempotent); None when it is not that app's."""
         ...
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:

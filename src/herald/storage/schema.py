@@ -163,6 +163,20 @@ signing_keys = Table(
     Column("retired_at", UtcDateTime, nullable=True),
 )
 
+app_keys = Table(
+    "app_keys",
+    metadata,
+    Column("keyid", Text, primary_key=True),
+    Column("app_id", Text, ForeignKey("apps.id"), nullable=False),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("algorithm", Text, nullable=False),
+    Column("public_key", LargeBinary, nullable=False),  # raw Ed25519 key, empty for HMAC
+    Column("secret", LargeBinary, nullable=False),  # sealed HMAC secret, empty for Ed25519
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Index(None, "app_id"),
+)
+
 messages = Table(
     "messages",
     metadata,

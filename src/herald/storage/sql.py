@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic.util import CommandError
-from sqlalchemy import Connection, Select, Table, event, func, insert, select, text
+from sqlalchemy import Connection, Select, Table, event, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -48,6 +48,7 @@ from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import migrate as _migrate
 from herald.storage import schema as s
 from herald.storage.base import (
+    AppKeyRecord,
     AppRecord,
     AuditEntryRecord,
     AuditSink,
@@ -244,6 +245,34 @@ class SqlStore:
         t = s.apps
         query = select(t).where(t.c.tenant_id == tenant_id).order_by(t.c.created_at, t.c.id)
         return await self._fetch(query, _app)
+
+    async def add_app_key(self, key: AppKeyRecord) -> None:
+        """Store a request-signing key; IntegrityConflict when the keyid exists."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(insert(s.app_keys).values(_fields(key)))
+
+    async def get_app_key(self, keyid: str) -> AppKeyRecord | None:
+        """The app key with this keyid, or None."""
+        return await self._first(
+            select(s.app_keys).where(s.app_keys.c.keyid == keyid), AppKeyRecord
+        )
+
+    async def list_app_keys(self, app_id: str) -> list[AppKeyRecord]:
+        """Every key of one app, oldest first."""
+        t = s.app_keys
+        query = select(t).where(t.c.app_id == app_id).order_by(t.c.created_at, t.c.keyid)
+        return await self._fetch(query, AppKeyRecord)
+
+    async def revoke_app_key(self, app_id: str, keyid: str, now: datetime) -> AppKeyRecord | None:
+        """Set ``revoked_at`` once; later calls keep the first revocation time."""
+        t = s.app_keys
+        mine = (t.c.keyid == keyid) & (t.c.app_id == app_id)
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                update(t).where(mine & t.c.revoked_at.is_(None)).values(revoked_at=now)
+            )
+            row = (await conn.execute(select(t).where(mine))).first()
+        return AppKeyRecord(**row._asdict()) if row is not None else None
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """Store a server signing key; IntegrityConflict when the kid exists."""
