@@ -432,21 +432,11 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def request_signer(init: dict[str, Any]) -> tuple[Any, str]:
     """An RFC 9421 signer for the demo app, when the SDK can sign and init reported a key.
 
-    Looks in ``herald init --json`` for a key id (a field named like ``key_id``/``keyid``) and
-    an Ed25519 private key file (a ``*.pem`` field about a key, not the CA). Returns the
-    signer (or ``None``) and a description for the report.
+    ``herald init --json`` reports the demo app's Ed25519 key as ``signing_keyid`` and
+    ``signing_key_file``. Returns the signer (or ``None``) and a description for the report.
     """
     from herald.client import AsyncPublisher
 
@@ -456,22 +446,10 @@ def request_signer(init: dict[str, Any]) -> tuple[Any, str]:
         return None, "this SDK cannot sign requests"
     if "signer" not in inspect.signature(AsyncPublisher).parameters:
         return None, "this SDK's AsyncPublisher takes no signer"
-    fields = {k.lower(): v for k, v in _flatten(init).items() if isinstance(v, str)}
-    keyid = next(
-        (v for k, v in fields.items() if "keyid" in k.replace("_", "") and not v.endswith(".pem")),
-        None,
-    )
-    path = next(
-        (
-            v
-            for k, v in fields.items()
-            if k != "ca_cert" and "key" in k and v.endswith(".pem") and Path(v).is_file()
-        ),
-        None,
-    )
-    if keyid is None or path is None:
+    keyid, path = init.get("signing_keyid"), init.get("signing_key_file")
+    if not isinstance(keyid, str) or not isinstance(path, str):
         return None, "`herald init --json` reported no request-signing key"
-    return RequestSigner.from_key_file(keyid, path), f"on (key {keyid})"
+    return RequestSigner.from_key_file(keyid, path), f"on (Ed25519 key {keyid})"
 
 
 def herald_init(env: dict[str, str]) -> dict[str, Any]:
@@ -1155,6 +1133,11 @@ def main(argv: list[str] | None = None) -> int:
         signer = configure_signing(run, init, env)
         server = start_server(env, init["url"], init["ca_cert"], run.deadline)
         run.server_pid = server.pid
+        if signer is not None:
+            # The server refuses signatures whose (whole-second) ``created`` precedes its own
+            # start time, which it keeps with sub-second precision: requests signed in the
+            # server's first second would be refused as "signed before the server started".
+            time.sleep(1.1)
         asyncio.run(run_bench(run, init, server.pid, signer))
         run.status = "finished"
     except KeyboardInterrupt:

@@ -500,9 +500,7 @@ async def test_concurrent_requests_with_one_key_store_one_message(server, demo_t
     before = server.db_count("messages")
     headers = {**bearer(demo_token), "Idempotency-Key": key}
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=20)
-    async with httpx.AsyncClient(
-        base_url=server.url, verify=server.ssl_context(), timeout=30.0, limits=limits
-    ) as aclient:
+    async with server.async_client(limits=limits) as aclient:
         responses = await asyncio.gather(
             *(aclient.post("/v1/messages", json=message, headers=headers) for _ in range(20))
         )

@@ -285,6 +285,7 @@ class AsyncPublisher:
     async def _send(self, build: Callable[[], httpx.Request], *, retry: bool) -> httpx.Response:
         """Send ``build()``; retry network errors, 429 and 5xx (not 501) when ``retry``."""
         attempt = 0
+        resigned = False
         while True:
             retries_left = retry and attempt < self._max_retries
             try:
@@ -294,6 +295,13 @@ class AsyncPublisher:
                     raise connection_failed(self._base_url, exc) from exc
                 delay = backoff_delay(attempt)
             else:
+                if not resigned and _signed_too_early(response):
+                    # The server refused the signature as older than its own start (its
+                    # replay store was emptied by a restart) and stored nothing: sign again
+                    # in the next second — once, whatever ``retry`` says.
+                    resigned = True
+                    await self._sleep(1.0 - time.time() % 1.0 + 0.01)
+                    continue
                 if not retries_left or not _retryable_status(response.status_code):
                     return response
                 retry_after = _retry_after(response)
@@ -480,6 +488,15 @@ def _problem(response: httpx.Response) -> ProblemError:
         response.headers.get("content-type"),
         response.content,
         response.reason_phrase,
+    )
+
+
+def _signed_too_early(response: httpx.Response) -> bool:
+    return (
+        response.status_code == _UNAUTHORIZED
+        and response.headers.get("content-type", "").startswith("application/problem+json")
+        and b"urn:herald:problem:request-expired" in response.content
+        and b"before the server started" in response.content
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -11,15 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from herald import __version__
+from herald import __version__, limits
 from herald.config import Settings
+from herald.errors import StorageError
 from herald.observability.logging import get_logger
 from herald.server import api
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_document
 from herald.server.responses import EXCEPTION_HANDLERS, json_response
 from herald.server.streams import stream_routes
-from herald.service.runtime import Runtime
+from herald.service.runtime import Runtime, utcnow
 
 __all__ = ["create_app"]
 
@@ -69,6 +72,19 @@ async def openapi(request: Request) -> Response:
     return json_response(openapi_document(rt.settings.base_url))
 
 
+async def _maintenance(rt: Runtime) -> None:
+    """Hourly housekeeping: forget idempotency records older than 24 h."""
+    while True:
+        await asyncio.sleep(3600)
+        try:
+            removed = await rt.store.purge_idempotency(
+                utcnow() - timedelta(seconds=limits.IDEMPOTENCY_TTL)
+            )
+            _log.info("idempotency records purged", count=removed)
+        except StorageError:
+            _log.warning("housekeeping skipped: database unavailable")
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
     """Build the app; opens its own :class:`Runtime` at start-up unless one is given."""
 
@@ -79,9 +95,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         for warning in settings.security_summary()["warnings"]:
             _log.warning("insecure setting", setting=warning)
         _log.info("herald ready", url=settings.base_url, version=__version__)
+        maintenance = asyncio.create_task(_maintenance(rt))
         try:
             yield
         finally:
+            maintenance.cancel()
             if runtime is None:
                 await rt.close()
             else:

@@ -133,12 +133,15 @@ async def publish(
     request_hash: bytes,
 ) -> Outcome:
     """Publish validated requests (invalid batch items arrive as their ApiError)."""
+    now = utcnow()
     if idempotency_key is not None:
         existing = await rt.store.get_idempotency(claims.client_id, idempotency_key)
         if existing is not None:
-            return await _replay(rt, claims, existing, request_hash)
+            if existing.created_at > now - timedelta(seconds=limits.IDEMPOTENCY_TTL):
+                return await _replay(rt, claims, existing, request_hash)
+            # Older than 24 h: the key is free again (the draft's expiry), so forget it.
+            await rt.store.purge_idempotency(now - timedelta(seconds=limits.IDEMPOTENCY_TTL))
 
-    now = utcnow()
     records: list[MessageRecord] = []
     contents: list[dict[str, Any]] = []
     events: list[AuditEvent] = []

@@ -295,6 +295,10 @@ class Store(Protocol):
         """The stored first answer for (app, key), or None."""
         ...
 
+    async def purge_idempotency(self, before: datetime) -> int:
+        """Delete idempotency records older than ``before``; returns how many."""
+        ...
+
     async def audit_size(self) -> int:
         """Number of audit entries."""
         ...

@@ -37,7 +37,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic.util import CommandError
-from sqlalchemy import Connection, Select, Table, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -393,6 +404,13 @@ class SqlStore:
         t = s.idempotency
         query = select(t).where(t.c.app_id == app_id, t.c.key == key)
         return await self._first(query, IdempotencyRecord)
+
+    async def purge_idempotency(self, before: datetime) -> int:
+        """Delete idempotency records created before ``before``; returns how many."""
+        t = s.idempotency
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(delete(t).where(t.c.created_at < before))
+        return int(result.rowcount or 0)
 
     async def audit_size(self) -> int:
         """Number of audit entries (``max(idx) + 1``: indices are gap-free)."""
