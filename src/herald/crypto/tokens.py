@@ -147,7 +147,11 @@ class TokenService:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise InvalidToken from None
-        if header.get("alg") not in ALLOWED_ALGORITHMS or header.get("typ") != typ:
+        # RFC 9068 §4: "at+jwt" or its full media type "application/at+jwt".
+        token_typ = header.get("typ")
+        if isinstance(token_typ, str) and token_typ.lower().startswith("application/"):
+            token_typ = token_typ[len("application/") :]
+        if header.get("alg") not in ALLOWED_ALGORITHMS or token_typ != typ:
             raise InvalidToken
         kid = header.get("kid")
         key = self._by_kid.get(kid) if isinstance(kid, str) else None
@@ -160,12 +164,23 @@ class TokenService:
                 algorithms=list(ALLOWED_ALGORITHMS),
                 audience=audience,
                 issuer=self.issuer,
-                leeway=limits.JWT_LEEWAY,
-                options={"require": _REQUIRED, "strict_aud": True},
+                options={
+                    "require": _REQUIRED,
+                    "strict_aud": True,
+                    # Times are checked below against the injected clock, as integers.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidToken from None
-        if claims["iat"] > self._clock() + limits.JWT_LEEWAY:
+        times = [claims.get(name) for name in ("exp", "nbf", "iat")]
+        if not all(type(value) is int for value in times):
+            raise InvalidToken
+        exp, nbf, iat = times
+        now, leeway = self._clock(), limits.JWT_LEEWAY
+        if exp <= now - leeway or nbf > now + leeway or iat > now + leeway:  # type: ignore[operator]
             raise InvalidToken
         return claims
 

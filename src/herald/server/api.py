@@ -22,7 +22,13 @@ from herald.core.messages import (
 )
 from herald.core.topics import validate_topic
 from herald.crypto.tokens import AccessClaims
-from herald.errors import ApiError, BadRequest, InvalidClient, InvalidToken
+from herald.errors import (
+    ApiError,
+    BadRequest,
+    InvalidClient,
+    InvalidToken,
+    UnsupportedMediaType,
+)
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
 from herald.service import identity, messages, signatures, streams
@@ -116,17 +122,16 @@ async def oauth_token(request: Request) -> Response:
     raw = await read_body(request, 4096)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/x-www-form-urlencoded":
-        raise ApiError(
-            "send the token request as application/x-www-form-urlencoded",
-            slug="unsupported-media-type",
-        ) from None
+        raise UnsupportedMediaType("send the token request as application/x-www-form-urlencoded")
     try:
         form = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=8)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest(
             "the token request is not a valid form", extra={"error": "invalid_request"}
         ) from None
-    grant = form.get("grant_type", [""])
+    grant = form.get("grant_type")
+    if grant is None:
+        raise BadRequest("grant_type is required", extra={"error": "invalid_request"})
     if grant != ["client_credentials"]:
         raise BadRequest(
             "only grant_type=client_credentials is supported",
@@ -137,7 +142,12 @@ async def oauth_token(request: Request) -> Response:
     client_id, secret = _basic_credentials(request)
     app = await identity.authenticate_client(rt, client_id, secret)
     await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
-    body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
+    try:
+        body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
+    except BadRequest as exc:
+        # RFC 6749 §5.2: OAuth clients look for the "error" member.
+        exc.extra.setdefault("error", "invalid_scope")
+        raise
     return json_response(body, headers=_NO_STORE)
 
 

@@ -15,12 +15,12 @@ from starlette.routing import Route
 
 from herald import __version__, limits
 from herald.config import Settings
-from herald.errors import StorageError
+from herald.errors import ServiceUnavailable, StorageError
 from herald.observability.logging import get_logger
 from herald.server import api
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_document
-from herald.server.responses import EXCEPTION_HANDLERS, json_response
+from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
 from herald.service.runtime import Runtime, utcnow
 
@@ -56,7 +56,12 @@ async def readyz(request: Request) -> Response:
         "security": rt.settings.security_summary(),
         "streams": len(rt.hub),
     }
-    return json_response(body, 200 if ready else 503)
+    if ready:
+        return json_response(body)
+    # Not ready is an error like any other: problem+json, with the checks as extensions.
+    error = ServiceUnavailable("the node is not ready; see checks")
+    error.extra.update(body)
+    return problem_response(error, request.url.path)
 
 
 async def metrics(request: Request) -> Response:

@@ -415,10 +415,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                         "description": "ready",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    "503": {
-                        "description": "not ready",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
+                    "503": _problem("not ready (the checks are extension members)"),
                 },
             }
         },
@@ -431,6 +428,19 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                     "200": {
                         "description": "text format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This OpenAPI 3.1 document",
+                "operationId": "openapi",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
                     }
                 },
             }

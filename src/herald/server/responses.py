@@ -69,6 +69,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = NotFound("no such route")
     elif exc.status_code == 405:
         error = MethodNotAllowed(f"{request.method} is not allowed here")
+        # RFC 9110 §15.5.6: a 405 lists the allowed methods.
+        error.headers.update(exc.headers or {})
     else:
         error = ApiError(str(exc.detail), slug=f"http-{exc.status_code}")
         error.status = exc.status_code  # type: ignore[misc]
