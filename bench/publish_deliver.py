@@ -441,7 +441,7 @@ def request_signer(init: dict[str, Any]) -> tuple[Any, str]:
     from herald.client import AsyncPublisher
 
     try:
-        from herald.client import RequestSigner  # type: ignore[attr-defined]
+        from herald.client import RequestSigner
     except ImportError:
         return None, "this SDK cannot sign requests"
     if "signer" not in inspect.signature(AsyncPublisher).parameters:
@@ -558,7 +558,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
             reason = name.split('reason="', 1)[1].split('"', 1)[0]
             out["stream_disconnects"][reason] = int(float(value))
         elif name.startswith("herald_active_streams{"):
-            out["active_streams"] = int(float(value))
+            out["active_streams"] = out.get("active_streams", 0) + int(float(value))
     total = out.get("deliver_count", 0)
     for q in (50, 99, 99.9):
         bound = next((b for b, c in sorted(buckets) if total and c >= q / 100 * total), None)
@@ -884,6 +884,12 @@ def summarise(run: Run, results: list[Any]) -> None:
             "clients": children,
         }
     )
+    cpu = fig.get("cpu_publish", {})
+    if cpu.get("server") is not None and received:
+        # Everything the server did in the window (publish requests included) per delivery.
+        per_delivery = cpu["server"] * cpu["wall_s"] / received
+        fig["server_cpu_us_per_delivery"] = round(per_delivery * 1e6, 1)
+        fig["server_deliveries_per_cpu_s"] = round(1.0 / per_delivery)
     # Per-message timestamps were only needed for the fan-out figures.
     pub["sent_at"] = pub["acked_at"] = f"{len(pub['sent_at'])} entries (dropped)"
     if len(results) < len(fig.get("client_connect", [])):
@@ -970,6 +976,10 @@ def table(run: Run) -> str:
         fmt(pub.get(k)) for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms")
     )
     publish_latency += " ms"
+    per_delivery = (
+        f"{fmt(fig.get('server_cpu_us_per_delivery'))} µs "
+        f"(⇒ at most {fmt(fig.get('server_deliveries_per_cpu_s'))} deliveries per CPU-second)"
+    )
     rows: list[tuple[str, str]] = [
         ("status", status),
         (
@@ -1008,6 +1018,7 @@ def table(run: Run) -> str:
         ("per msg: 1st → last subscriber", quantiles(fan.get("first_to_last_subscriber"))),
         ("per msg: HTTP 202 → last subscriber", quantiles(fan.get("http_202_to_last_subscriber"))),
         ("server metric publish→socket p50/p99/p99.9", srv_deliver),
+        ("server CPU per delivery (incl. publishes)", per_delivery),
         ("CPU/wall, connect phase", cpu_row(fig.get("cpu_connect"))),
         ("CPU/wall, publish + drain", cpu_row(fig.get("cpu_publish"))),
         *client_rows(fig),
@@ -1019,7 +1030,10 @@ def table(run: Run) -> str:
         ("connect errors", fig.get("connect_errors")),
         ("publish errors", pub.get("errors")),
         ("unexpected closes", fig.get("unexpected_closes")),
-        ("server stream disconnects", srv.get("stream_disconnects")),
+        (
+            "server stream disconnects (not client-closed)",
+            {k: v for k, v in srv.get("stream_disconnects", {}).items() if k != "client_closed"},
+        ),
         ("server log records by level", fig.get("server_log", {}).get("levels")),
     ]
     rows += [(name, json.dumps(value)) for name, value in extras if value]
@@ -1073,10 +1087,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.publish_deliver", description=__doc__.split("\n\n", 1)[0]
     )
-    parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=20.0, help="messages per second")
-    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--subscribers", type=int, default=1000, help="default: 1000")
+    parser.add_argument("--messages", type=int, default=200, help="default: 200")
+    parser.add_argument("--rate", type=float, default=20.0, help="messages/s (default: 20)")
+    parser.add_argument(
+        "--client-procs", type=int, default=2, help="subscriber processes (default: 2)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="publishes in flight at most")
     parser.add_argument("--connect-concurrency", type=int, default=64, help="per client process")
     parser.add_argument("--timeout", type=float, default=120.0, help="hard limit for the run (s)")

@@ -127,6 +127,21 @@ def start_subscribe(
     return process
 
 
+def narrow_app(server: Any) -> list[str]:
+    """Flags that make the CLI act as the ``narrow`` app (credentials and signing key)."""
+    app = server.narrow
+    return [
+        "--client-id",
+        app.client_id,
+        "--client-secret",
+        app.client_secret,
+        "--signing-keyid",
+        app.signing_keyid,
+        "--signing-key-file",
+        app.signing_key_file,
+    ]
+
+
 # -- publish / subscribe / token ------------------------------------------------------------
 
 
@@ -276,16 +291,7 @@ def test_publish_invalid_topic_shows_the_problem_detail(server: Any) -> None:
 
 
 def test_publish_outside_scope_is_forbidden(server: Any) -> None:
-    result = herald(
-        server.env,
-        "publish",
-        "billing.x",
-        "--client-id",
-        server.narrow.client_id,
-        "--client-secret",
-        server.narrow.client_secret,
-        "--json",
-    )
+    result = herald(server.env, "publish", "billing.x", *narrow_app(server), "--json")
     assert_one_line_error(result, "forbidden")
 
 
@@ -304,16 +310,7 @@ def test_missing_credentials_are_explained(server: Any, tmp_path: Path) -> None:
 
 def test_subscribe_outside_scope_is_one_line_error(server: Any) -> None:
     result = herald(
-        server.env,
-        "subscribe",
-        "--topic",
-        "billing.>",
-        "--client-id",
-        server.narrow.client_id,
-        "--client-secret",
-        server.narrow.client_secret,
-        "--count",
-        "1",
+        server.env, "subscribe", "--topic", "billing.>", *narrow_app(server), "--count", "1"
     )
     assert_one_line_error(result, "forbidden")
 

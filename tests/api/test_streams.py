@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import re
 import socket
 import ssl
 import struct
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -31,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from herald.client import AsyncPublisher, AsyncSubscriber
+from herald.client import AsyncPublisher, AsyncSubscriber, RequestSigner
 from herald.config import load_settings
 from herald.core.ids import default_generator
 from herald.core.topics import TopicPattern
@@ -41,6 +45,21 @@ from herald.service.runtime import Runtime
 
 WAIT = 10.0  # seconds: the bound of every single wait in this module
 PROBLEM_PREFIX = "urn:herald:problem:"
+
+
+def _api_conftest() -> ModuleType:
+    """tests/api/conftest.py, for its plain helper functions (start_server, …)."""
+    path = Path(__file__).with_name("conftest.py").resolve()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() == path:
+            return module
+    spec = importlib.util.spec_from_file_location("herald_api_conftest", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def new_prefix() -> str:
@@ -741,7 +760,11 @@ async def test_ws_heartbeats_when_idle(server: Any, api: Api) -> None:
 async def test_sdk_publish_subscribe_ack_and_resume(server: Any) -> None:
     p = new_prefix()
     async with AsyncPublisher(
-        server.url, server.demo.client_id, server.demo.client_secret, ca=server.ca
+        server.url,
+        server.demo.client_id,
+        server.demo.client_secret,
+        ca=server.ca,
+        signer=server.demo.signer,
     ) as pub:
         grant = await pub.subscriber_token("sdk-user", [f"{p}.>"])
         # The WebSocket handshake completes before the server has subscribed the stream;
@@ -1000,6 +1023,40 @@ async def test_slow_consumer_is_cut_off_without_hurting_others(server: Any, api:
     assert got == published[: len(got)]  # what it did get is a gap-free prefix
     if close_code is not None:
         assert close_code == 4408
+
+
+async def test_server_shutdown_closes_streams_with_1001(tmp_path: Path) -> None:
+    """docs/api.md: ``1001`` server going away (reconnect) — on a graceful stop (SIGTERM)."""
+    helpers = _api_conftest()
+    env = helpers.base_env(tmp_path / "data", helpers.free_port())
+    init = json.loads(helpers.run_cli(env, "init", "--json").stdout)
+    process = await asyncio.to_thread(helpers.start_server, env, init["url"], Path(init["ca_cert"]))
+    try:
+        async with AsyncPublisher(
+            init["url"],
+            init["client_id"],
+            init["client_secret"],
+            ca=init["ca_cert"],
+            signer=RequestSigner.from_key_file(init["signing_keyid"], init["signing_key_file"]),
+        ) as pub:
+            token = (await pub.subscriber_token("user-1", ["orders.>"]))["token"]
+        async with connect(
+            init["url"].replace("https://", "wss://", 1) + "/v1/stream",
+            additional_headers={"Authorization": f"Bearer {token}"},
+            ssl=ssl.create_default_context(cafile=init["ca_cert"]),
+            open_timeout=WAIT,
+            close_timeout=2,
+        ) as ws:
+            await expect_ready(ws)
+            stopping = asyncio.create_task(asyncio.to_thread(helpers.stop_server, process))
+            with pytest.raises(ConnectionClosed):
+                await read_until_closed(ws)
+            await stopping
+        assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 # -- Server-Sent Events ---------------------------------------------------------------------

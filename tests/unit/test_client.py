@@ -120,6 +120,8 @@ def test_public_names() -> None:
         "AuthenticationError",
         "StreamClosed",
         "make_ssl_context",
+        "RequestSigner",
+        "sign_request",
     }
     for name in herald.client.__all__:
         assert getattr(herald.client, name).__doc__
@@ -364,7 +366,8 @@ async def test_prepare_hook_sees_every_attempt() -> None:
     api = FakeApi(httpx.Response(503))
     async with Signing(BASE, "a", "b", transport=httpx.MockTransport(api), sleep=Sleeps()) as pub:
         await pub.publish("orders.shipped")
-    assert len(seen) == 2
+    # The token request and each publish attempt (the first and one retry after 503).
+    assert seen == [b"grant_type=client_credentials"] + [b'{"topic":"orders.shipped"}'] * 2
     assert all(r.headers["x-signed"] == "yes" for r in api.api_requests)
 
 

@@ -229,6 +229,9 @@ def signature_base(
         value = value_of(name)
         if value is None:
             raise SignatureInvalid(f"covered component {name!r} is not in the request")
+        if not value.isprintable():
+            # A CR/LF inside a value could make two messages share one base (§2.5).
+            raise SignatureInvalid(f"covered component {name!r} has control characters")
         lines.append(f'"{name}": {value}')
     lines.append(f'"@signature-params": {params}')
     try:

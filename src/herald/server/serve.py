@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 
 import uvicorn
+from starlette.applications import Starlette
 
 from herald import limits
 from herald.config import Settings
@@ -34,8 +37,9 @@ def serve(settings: Settings) -> None:
         assert tls_context is not None  # noqa: S101 - only installed when TLS is on
         return tls_context
 
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -51,4 +55,27 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
         ssl_context_factory=ssl_factory if context is not None else None,
     )
-    uvicorn.Server(config).run()
+    _DrainingServer(config, app).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but streams close with 1001 first ("going away": reconnect elsewhere).
+
+    uvicorn's own shutdown would close WebSockets with 1012 before the app's lifespan
+    shutdown runs; SSE responses get to finish cleanly instead of being cut.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        runtime = getattr(self._app.state, "runtime", None)
+        if runtime is not None:
+            runtime.hub.shutdown()
+            # Bounded: the handlers close their sockets as soon as they see the flag.
+            for _ in range(20):
+                if not len(runtime.hub):
+                    break
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)

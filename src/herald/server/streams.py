@@ -26,6 +26,7 @@ from herald import limits
 from herald.core.ids import parse_message_id
 from herald.crypto.tokens import SubscriberClaims
 from herald.errors import ApiError, BadRequest, Forbidden, InvalidToken
+from herald.observability.logging import get_logger
 from herald.server.requests import bearer_token
 from herald.server.responses import problem_body
 from herald.service import streams
@@ -39,6 +40,8 @@ from herald.streams.hub import (
 )
 
 __all__ = ["stream_routes"]
+
+_log = get_logger("herald.streams")
 
 
 class _ClientFrame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
@@ -145,7 +148,13 @@ async def _run_websocket(
     finally:
         for task in (sender, receiver, closed):
             task.cancel()
-        await asyncio.gather(sender, receiver, closed, return_exceptions=True)
+        results = await asyncio.gather(sender, receiver, closed, return_exceptions=True)
+    for result in results[:2]:
+        # Disconnects are normal; anything else is a bug worth a log line (no content).
+        if isinstance(result, Exception) and not isinstance(
+            result, WebSocketDisconnect | OSError | asyncio.CancelledError
+        ):
+            _log.error("stream task failed", error=type(result).__name__)
     if session.closing is not None:
         # Cut off (slow consumer, shutdown): the close frame may itself be stuck behind
         # the unread data, so it gets a short deadline; the transport is dropped anyway.
@@ -179,7 +188,13 @@ async def _ws_receiver(
     rt: Runtime, websocket: WebSocket, session: StreamSession, claims: SubscriberClaims
 ) -> None:
     while True:
-        text = await websocket.receive_text()
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        if text is None:
+            await _send_error(websocket, BadRequest("client frames are JSON text, not binary"))
+            continue
         if len(text) > limits.STREAM_FRAME_MAX:
             session.close(1009, "client frame too large")
             return
@@ -210,6 +225,8 @@ class _SseResponse(Response):
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             media_type="text/event-stream",
         )
+        # An endless stream has no length: Response would announce an empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.rt = rt
         self.session = session
         self.since_id = since_id
@@ -235,8 +252,19 @@ class _SseResponse(Response):
                 results = await asyncio.gather(writer, disconnect, closed, return_exceptions=True)
             if isinstance(results[0], ApiError):
                 reason = results[0].slug
-            elif session.closing is not None:
+            elif isinstance(results[0], Exception):
+                _log.error("sse stream failed", error=type(results[0]).__name__)
+                reason = "error"
+            if session.closing is not None:
                 reason = "slow_consumer" if session.closing.code == 4408 else "server_close"
+            if not disconnect.done():
+                # End the response properly (shutdown, slow consumer); bounded, because a
+                # slow consumer's socket may not take even this.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        send({"type": "http.response.body", "body": b"", "more_body": False}),
+                        timeout=1.0,
+                    )
         finally:
             rt.hub.unregister(session)
             rt.metrics.stream_closed("sse", reason)

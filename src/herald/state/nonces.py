@@ -101,10 +101,18 @@ class RedisNonceStore:
         """Connect lazily to ``url`` (``redis://…``) with short timeouts."""
         import redis.asyncio as redis  # noqa: PLC0415 - only cluster mode needs the client
 
-        client = redis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30
+        # A blocking pool: a burst beyond the pool size waits (≤ 2 s) for a connection
+        # instead of failing with "too many connections" as the default pool does.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=64,
+            timeout=2.0,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=30,
         )
-        return cls(client, prefix=prefix)
+        # from_pool: the client owns the pool, so aclose() also closes its connections.
+        return cls(redis.Redis.from_pool(pool), prefix=prefix)
 
     async def claim(self, key: str, ttl: float) -> bool:
         """``SET key 1 NX PX ttl``: True only for the first claim."""
