@@ -498,7 +498,10 @@ def wait_healthy(
         if process.poll() is not None:
             raise RuntimeError(f"herald serve exited with {process.returncode}")
         try:
-            if httpx.get(url + "/healthz", verify=verify, timeout=1.0).status_code == 200:
+            if (
+                httpx.get(url + "/healthz", verify=verify, timeout=1.0, trust_env=False).status_code
+                == 200
+            ):
                 return
         except httpx.TransportError:
             time.sleep(0.1)
@@ -988,10 +991,7 @@ def table(run: Run) -> str:
         ),
         ("client processes", fmt(args.client_procs)),
         ("messages requested / accepted (202)", f"{args.messages:,} / {fmt(pub.get('accepted'))}"),
-        (
-            "publish rate target / achieved",
-            rates,
-        ),
+        ("publish rate target / achieved", rates),
         ("message frame size (avg)", fmt(fig.get("message_frame_bytes_avg"), " B")),
         ("request signatures", fmt(fig.get("request_signatures"))),
         (
@@ -1008,10 +1008,7 @@ def table(run: Run) -> str:
         ("deliveries/s (first send → last receive)", fmt(fig.get("deliveries_per_s"))),
         ("delivery window", fmt(fig.get("delivery_window_s"), " s")),
         ("latency send→receive p50/p99/p99.9/max", quantiles(fig.get("latency_ms"))),
-        (
-            "publish latency (HTTP 202) p50/p99/max",
-            publish_latency,
-        ),
+        ("publish latency (HTTP 202) p50/p99/max", publish_latency),
         ("publish schedule lag max", fmt(pub.get("schedule_lag_max_ms"), " ms")),
         ("per msg: send → 1st subscriber", quantiles(fan.get("send_to_first_subscriber"))),
         ("per msg: send → last subscriber", quantiles(fan.get("send_to_last_subscriber"))),

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, MetaData, inspect
 from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import Store, migrate
 from herald.storage.base import (
+    AppKeyRecord,
     AppRecord,
     AuditSink,
     IdempotencyRecord,
@@ -39,6 +40,7 @@ from herald.storage.schema import metadata
 from herald.storage.sql import SqlStore
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+HEAD = migrate.head_revision()
 
 
 # -- record factories -------------------------------------------------------------------------
@@ -98,24 +100,24 @@ def idem_record(key: str = "key-1") -> IdempotencyRecord:
 # -- migrations -------------------------------------------------------------------------------
 async def test_migration_status_is_head(store: SqlStore) -> None:
     current, head = await store.migration_status()
-    assert current == head == migrate.head_revision() == "0001"
+    assert current == head == migrate.head_revision() == HEAD
 
 
 async def test_migration_is_idempotent(store: SqlStore) -> None:
     await store.migrate()
-    assert (await store.migration_status())[0] == "0001"
+    assert (await store.migration_status())[0] == HEAD
 
 
 async def test_status_of_empty_database(store_url: str, open_store) -> None:
     fresh = await open_store(store_url, migrate=False)
-    assert await fresh.migration_status() == (None, "0001")
+    assert await fresh.migration_status() == (None, HEAD)
 
 
 async def test_concurrent_migrations_do_not_race(store_url: str, open_store) -> None:
     # Several nodes starting at once on an empty database (advisory lock / BEGIN IMMEDIATE).
     stores = await asyncio.gather(*(open_store(store_url) for _ in range(3)))
     for item in stores:
-        assert (await item.migration_status())[0] == "0001"
+        assert (await item.migration_status())[0] == HEAD
 
 
 _NODE = """
@@ -152,7 +154,7 @@ async def test_nodes_starting_together_migrate_without_racing(store_url: str) ->
     outputs = await asyncio.gather(*(proc.communicate(b"go\n") for proc in procs))
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err.decode()[-2000:]
-        assert out.decode().strip() == "0001"
+        assert out.decode().strip() == HEAD
 
 
 def _schema_of(conn: Connection) -> tuple[dict[str, object], list[object]]:
@@ -231,6 +233,41 @@ async def test_apps(store: Store) -> None:
         await store.create_app(AppRecord("app-c", "no-tenant", "x", b"", (), False, T0))
     with pytest.raises(ValueError, match="whitespace"):
         await store.create_app(AppRecord("app-d", tid, "x", b"", ("a b",), False, T0))
+
+
+async def test_app_keys(store: Store) -> None:
+    tid = await new_tenant(store)
+    await store.create_app(AppRecord("app-k", tid, "k", b"h", (), False, T0))
+    await store.create_app(AppRecord("app-l", tid, "l", b"h", (), False, T0))
+    ed = AppKeyRecord("hk_1", "app-k", tid, "ed25519", b"p" * 32, b"", T0)
+    mac = AppKeyRecord("hk_2", "app-k", tid, "hmac-sha256", b"", b"sealed", T0 + timedelta(1))
+    await store.add_app_key(mac)
+    await store.add_app_key(ed)
+    assert await store.get_app_key("hk_1") == ed
+    assert await store.get_app_key("nope") is None
+    assert await store.list_app_keys("app-k") == [ed, mac]
+    assert await store.list_app_keys("app-l") == []
+    with pytest.raises(IntegrityConflict):
+        await store.add_app_key(ed)
+    # Revocation is scoped to the owning app and keeps the first revocation time.
+    assert await store.revoke_app_key("app-l", "hk_1", T0 + timedelta(2)) is None
+    assert (await store.get_app_key("hk_1")).revoked_at is None
+    revoked = await store.revoke_app_key("app-k", "hk_1", T0 + timedelta(2))
+    assert revoked is not None
+    assert revoked.revoked_at == T0 + timedelta(2)
+    again = await store.revoke_app_key("app-k", "hk_1", T0 + timedelta(3))
+    assert again is not None
+    assert again.revoked_at == T0 + timedelta(2)
+
+
+async def test_purge_idempotency(store: Store) -> None:
+    tid = await new_tenant(store)
+    await publish(store, message(tid), idem=idem_record("old"))
+    newer = IdempotencyRecord("app-1", "new", b"h" * 32, 202, b"{}", T0 + timedelta(days=2))
+    await publish(store, message(tid), idem=newer)
+    assert await store.purge_idempotency(T0 + timedelta(days=1)) == 1
+    assert await store.get_idempotency("app-1", "old") is None
+    assert await store.get_idempotency("app-1", "new") == newer
 
 
 async def test_signing_keys(store: Store) -> None:
