@@ -101,10 +101,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             _log.warning("insecure setting", setting=warning)
         _log.info("herald ready", url=settings.base_url, version=__version__)
         maintenance = asyncio.create_task(_maintenance(rt))
+        heartbeats = asyncio.create_task(rt.hub.run_heartbeats(settings.heartbeat_interval))
         try:
             yield
         finally:
             maintenance.cancel()
+            heartbeats.cancel()
             if runtime is None:
                 await rt.close()
             else:

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from herald.errors import (
@@ -90,6 +90,12 @@ async def _config_error(request: Request, exc: Exception) -> Response:
     return problem_response(ServiceUnavailable("the server is not fully configured"))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection mid-request: nothing to answer, nothing to alarm.
+    _log.debug("client disconnected", path=request.url.path)
+    return Response(status_code=400)
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log (through the redaction filter), never to the client.
     _log.exception("unhandled error", path=request.url.path)
@@ -101,6 +107,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http_error,
     StorageError: _storage_error,
     ConfigError: _config_error,
+    ClientDisconnect: _client_gone,
     Exception: _internal,
 }
 

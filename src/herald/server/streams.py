@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from typing import Any
 
@@ -36,6 +35,7 @@ from herald.streams.hub import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
     CLOSE_UNAUTHORIZED,
+    Heartbeat,
     StreamSession,
 )
 
@@ -82,14 +82,9 @@ async def _open_session(
         patterns=patterns,
         queue_size=rt.settings.stream_queue_size,
         transport=transport,
+        now=time.monotonic(),
+        heartbeat_interval=rt.settings.heartbeat_interval,
     )
-
-
-def _heartbeat_delay(rt: Runtime, first: bool) -> float:
-    # Heartbeats to every client at the same instant cause latency spikes
-    # (REFERENCES.md): the first one is at a random point of the interval.
-    interval = rt.settings.heartbeat_interval
-    return random.uniform(0.1, interval) if first else interval  # noqa: S311 - not security
 
 
 async def websocket_stream(websocket: WebSocket) -> None:
@@ -167,12 +162,9 @@ async def _run_websocket(
 
 
 async def _ws_sender(rt: Runtime, websocket: WebSocket, session: StreamSession) -> None:
-    first = True
     while True:
-        try:
-            message = await asyncio.wait_for(session.queue.get(), _heartbeat_delay(rt, first))
-        except TimeoutError:
-            first = False
+        message = await session.queue.get()
+        if isinstance(message, Heartbeat):
             await websocket.send_text(
                 _ENCODER.encode({"type": "heartbeat", "time": int(time.time())}).decode()
             )
@@ -277,12 +269,9 @@ class _SseResponse(Response):
             async for seq, _, sse in streams.catch_up(rt, session, self.since_id):
                 await send({"type": "http.response.body", "body": sse, "more_body": True})
                 session.last_seq = seq
-        first = True
         while True:
-            try:
-                message = await asyncio.wait_for(session.queue.get(), _heartbeat_delay(rt, first))
-            except TimeoutError:
-                first = False
+            message = await session.queue.get()
+            if isinstance(message, Heartbeat):
                 await send(
                     {"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True}
                 )

@@ -9,8 +9,11 @@ write many).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import random
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from herald.bus.base import LiveMessage
 from herald.core.topics import TopicPattern
@@ -21,6 +24,8 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_UNAUTHORIZED",
+    "HEARTBEAT",
+    "Heartbeat",
     "Hub",
     "StreamSession",
 ]
@@ -31,6 +36,15 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_SLOW_CONSUMER = 4408
+
+
+class Heartbeat:
+    """The queue item that asks a sender to write a heartbeat (one shared instance)."""
+
+    __slots__ = ()
+
+
+HEARTBEAT: Final = Heartbeat()
 
 
 @dataclass(slots=True)
@@ -52,12 +66,17 @@ class StreamSession:
         patterns: Iterable[TopicPattern],
         queue_size: int,
         transport: str,
+        now: float = 0.0,
+        heartbeat_interval: float = 20.0,
     ) -> None:
         self.tenant_id = tenant_id
         self.recipient = recipient
         self.patterns = tuple(patterns)
         self.transport = transport
-        self.queue: asyncio.Queue[LiveMessage] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[LiveMessage | Heartbeat] = asyncio.Queue(maxsize=queue_size)
+        # Heartbeats to every client at the same instant cause latency spikes
+        # (REFERENCES.md): each session starts at a random phase of the interval.
+        self.next_heartbeat = now + random.uniform(0.1, heartbeat_interval)  # noqa: S311
         #: Highest seq already sent: live copies of messages replayed from history are
         #: skipped, so resume is gap-free and duplicate-free.
         self.last_seq = -1
@@ -87,10 +106,11 @@ class StreamSession:
 
 
 class Hub:
-    """Sessions by tenant, and the synchronous fan-out handler for the bus."""
+    """Sessions by tenant, the synchronous fan-out handler for the bus, and heartbeats."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._by_tenant: dict[str, set[StreamSession]] = {}
+        self._clock = clock
 
     def register(self, session: StreamSession) -> None:
         """Start routing messages to ``session``."""
@@ -111,6 +131,31 @@ class Hub:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_tenant.values())
+
+    def heartbeat_due(self, interval: float) -> int:
+        """Queue a heartbeat for every session idle since its last one; returns how many.
+
+        One timer for all sessions instead of one per connection: senders only ever wait
+        on their queue. A session that is sent messages still gets heartbeats (cheap, and
+        the client's liveness check stays simple); a full queue is left alone.
+        """
+        now = self._clock()
+        queued = 0
+        for sessions in self._by_tenant.values():
+            for session in sessions:
+                if session.next_heartbeat <= now and session.closing is None:
+                    session.next_heartbeat = now + interval
+                    if not session.queue.full():
+                        session.queue.put_nowait(HEARTBEAT)
+                        queued += 1
+        return queued
+
+    async def run_heartbeats(self, interval: float) -> None:
+        """Check for due heartbeats several times per interval, until cancelled."""
+        tick = max(0.05, min(1.0, interval / 10))
+        while True:
+            await asyncio.sleep(tick)
+            self.heartbeat_due(interval)
 
     def shutdown(self) -> None:
         """Tell every session the server is going away (clients reconnect elsewhere)."""
