@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     database_url: str = ""
     redis_url: SecretStr | None = None
     master_key: SecretStr | None = None
+    key_provider: Literal["local", "aws-kms"] = "local"
+    aws_kms_key_id: str = ""
+    aws_kms_previous_key_ids: str = ""
+    aws_region: str = "us-east-1"
+    aws_kms_endpoint_url: str | None = None
+    key_cache_ttl: float = Field(default=60.0, gt=0, le=3600)
     replay_window: int = Field(default=300, ge=1, le=900)
     require_signatures: bool = True
     nonce_capacity: int = Field(default=1_000_000, ge=1000, le=100_000_000)

@@ -25,6 +25,7 @@ can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
         ├── Forbidden (403)         forbidden
         ├── NotFound (404)          not-found
         ├── MethodNotAllowed (405)  method-not-allowed
+        ├── Gone (410)              content-shredded
         ├── PayloadTooLarge (413)   payload-too-large
         ├── UnsupportedMediaType (415) unsupported-media-type
         ├── SignatureMissing (401)  signature-missing
@@ -51,6 +52,7 @@ __all__ = [
     "DecryptionFailed",
     "DigestMismatch",
     "Forbidden",
+    "Gone",
     "HeraldError",
     "IdempotencyMismatch",
     "IntegrityConflict",
@@ -194,6 +196,14 @@ class MethodNotAllowed(ApiError):
     status = 405
     slug = "method-not-allowed"
     title = "Method not allowed"
+
+
+class Gone(ApiError):
+    """The content existed but its keys were destroyed (crypto-shredding)."""
+
+    status = 410
+    slug = "content-shredded"
+    title = "Content destroyed"
 
 
 class PayloadTooLarge(ApiError):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -191,7 +193,7 @@ class LocalKeyProvider:
 
     name: Final = "local"
 
-    __slots__ = ("_sealer",)
+    __slots__ = ("_sealer", "kek_id")
 
     def __init__(self, master_key: bytes, *, randbytes: RandBytes = os.urandom) -> None:
         if len(master_key) != MASTER_KEY_LEN:
@@ -201,6 +203,9 @@ class LocalKeyProvider:
             master_key
         )
         self._sealer = Sealer({_KEK_VERSION: kek}, _KEK_VERSION, randbytes)
+        # Names the KEK inside wrapped blobs (KEK rotation); an HMAC, so it reveals nothing.
+        fingerprint = hmac.new(kek, b"herald kek id v1", hashlib.sha256).hexdigest()[:16]
+        self.kek_id = f"local:{fingerprint}"
 
     def __repr__(self) -> str:
         return "LocalKeyProvider()"

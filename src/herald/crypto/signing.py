@@ -27,6 +27,7 @@ __all__ = [
     "b64url",
     "jwk_thumbprint",
     "new_signing_key",
+    "signing_context",
     "unwrap_signing_key",
 ]
 
@@ -46,7 +47,8 @@ def jwk_thumbprint(public_raw: bytes) -> str:
     return b64url(hashlib.sha256(canonical).digest())
 
 
-def _context(kid: str, purpose: str) -> bytes:
+def signing_context(kid: str, purpose: str) -> bytes:
+    """The AAD binding a wrapped signing key to its kid and purpose."""
     # The same unambiguous, length-prefixed AAD encoding as every other sealed field.
     return aad_for(
         tenant_id="", record_id=kid, field="private_key", purpose=f"signing-key/{purpose}"
@@ -92,7 +94,7 @@ async def new_signing_key(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
     kid = jwk_thumbprint(public_raw)
-    wrapped = await provider.wrap(private_raw, _context(kid, purpose))
+    wrapped = await provider.wrap(private_raw, signing_context(kid, purpose))
     record = SigningKeyRecord(
         kid=kid,
         purpose=purpose,
@@ -107,7 +109,7 @@ async def new_signing_key(
 async def unwrap_signing_key(provider: KeyProvider, record: SigningKeyRecord) -> LoadedSigningKey:
     """Unwrap a stored key; raises DecryptionFailed when the KEK or record is wrong."""
     private_raw = await provider.unwrap(
-        record.wrapped_private_key, _context(record.kid, record.purpose)
+        record.wrapped_private_key, signing_context(record.kid, record.purpose)
     )
     private = Ed25519PrivateKey.from_private_bytes(private_raw)
     return LoadedSigningKey(

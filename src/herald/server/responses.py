@@ -9,9 +9,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from herald.crypto.keyring import NoDataKey
 from herald.errors import (
     ApiError,
     ConfigError,
+    Gone,
     InternalError,
     MethodNotAllowed,
     NotFound,
@@ -90,6 +92,13 @@ async def _config_error(request: Request, exc: Exception) -> Response:
     return problem_response(ServiceUnavailable("the server is not fully configured"))
 
 
+async def _no_data_key(request: Request, exc: Exception) -> Response:
+    return problem_response(
+        Gone("this tenant's data keys were destroyed; it can no longer store content"),
+        request.url.path,
+    )
+
+
 async def _client_gone(request: Request, exc: Exception) -> Response:
     # The client closed the connection mid-request: nothing to answer, nothing to alarm.
     _log.debug("client disconnected", path=request.url.path)
@@ -107,6 +116,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http_error,
     StorageError: _storage_error,
     ConfigError: _config_error,
+    NoDataKey: _no_data_key,
     ClientDisconnect: _client_gone,
     Exception: _internal,
 }

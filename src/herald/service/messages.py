@@ -26,7 +26,9 @@ from herald.crypto.tokens import AccessClaims
 from herald.errors import (
     ApiError,
     BadRequest,
+    DecryptionFailed,
     Forbidden,
+    Gone,
     IdempotencyMismatch,
     IntegrityConflict,
     NotFound,
@@ -37,10 +39,12 @@ from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord
 __all__ = [
     "Outcome",
     "can_read",
+    "ensure_not_shredded",
     "get_message",
     "history",
     "invalid_cursor",
     "message_view",
+    "open_content",
     "publish",
 ]
 
@@ -241,11 +245,29 @@ def _problem(error: ApiError) -> dict[str, Any]:
     }
 
 
+async def open_content(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
+    """A message's content fields, decrypted; 410 when the tenant was shredded."""
+    try:
+        plain = await rt.keyring.open(record.tenant_id, record.id, "content", record.content)
+    except DecryptionFailed:
+        tenant = await rt.store.get_tenant(record.tenant_id)
+        if tenant is not None and tenant.shredded_at is not None:
+            raise Gone("this tenant's data keys were destroyed; the content is gone") from None
+        raise
+    content: dict[str, Any] = msgspec.json.decode(plain)
+    return content
+
+
+async def ensure_not_shredded(rt: Runtime, tenant_id: str) -> None:
+    """410 for every content read of a shredded tenant, also on nodes still caching keys."""
+    tenant = await rt.store.get_tenant(tenant_id)
+    if tenant is not None and tenant.shredded_at is not None:
+        raise Gone("this tenant's data keys were destroyed; the content is gone")
+
+
 async def message_view(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
     """The JSON view of a stored message, content decrypted."""
-    content = msgspec.json.decode(
-        await rt.keyring.open(record.tenant_id, record.id, "content", record.content)
-    )
+    content = await open_content(rt, record)
     return {
         "id": record.id,
         "topic": record.topic,
@@ -279,6 +301,7 @@ async def get_message(rt: Runtime, claims: AccessClaims, message_id: str) -> dic
     record = await rt.store.get_message(claims.tenant_id, message_id)
     if record is None or not can_read(claims, record.topic):
         raise NotFound(f"no message {message_id}")
+    await ensure_not_shredded(rt, claims.tenant_id)
     view = await message_view(rt, record)
     view["deliveries"] = [
         _delivery_view(d) for d in await rt.store.deliveries(claims.tenant_id, message_id)
@@ -299,6 +322,7 @@ async def history(
             raise invalid_cursor(since)
         after = seq
     limit = max(1, min(limit, limits.HISTORY_PAGE_MAX))
+    await ensure_not_shredded(rt, claims.tenant_id)
     records = await rt.store.messages_after(claims.tenant_id, after, limit, topic=topic)
     messages = [await message_view(rt, r) for r in records]
     return {"messages": messages, "next": messages[-1]["id"] if messages else None}

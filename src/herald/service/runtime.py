@@ -17,8 +17,8 @@ from herald.bus.base import Bus
 from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
-from herald.crypto.keyring import KeyProvider, TenantKeyRing
-from herald.crypto.masterkey import LocalKeyProvider, load_master_key
+from herald.crypto.keyring import TenantKeyRing
+from herald.crypto.providers import KekRouter, build_router
 from herald.crypto.signing import PURPOSE_TOKEN, unwrap_signing_key
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
@@ -43,7 +43,7 @@ class Runtime:
 
     settings: Settings
     store: Store
-    provider: KeyProvider
+    provider: KekRouter
     keyring: TenantKeyRing
     ids: UUIDv7Generator
     metrics: Metrics
@@ -62,11 +62,7 @@ class Runtime:
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
         """Open the store (migrating it), load keys, and wire the adapters."""
-        master = load_master_key(
-            path=settings.master_key_file,
-            env_value=settings.master_key.get_secret_value() if settings.master_key else None,
-        )
-        provider = LocalKeyProvider(master)
+        provider = build_router(settings)
         ids = default_generator()
         store = await SqlStore.open(
             settings.sqlalchemy_url, new_id=ids.new_str, clock=utcnow, migrate=migrate
@@ -75,7 +71,13 @@ class Runtime:
         async def load_wrapped(tenant_id: str) -> list[tuple[int, bytes]]:
             return [(k.version, k.wrapped_key) for k in await store.tenant_keys(tenant_id)]
 
-        keyring = TenantKeyRing(provider, load_wrapped, clock=time.monotonic, randbytes=os.urandom)
+        keyring = TenantKeyRing(
+            provider,
+            load_wrapped,
+            ttl=settings.key_cache_ttl,
+            clock=time.monotonic,
+            randbytes=os.urandom,
+        )
         nonces: NonceStore
         if settings.redis_url is not None:
             nonces = RedisNonceStore.from_url(settings.redis_url.get_secret_value())

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
-
 from herald import limits
 from herald.core.messages import SubscriberTokenRequest
 from herald.core.topics import TopicPattern
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import BadRequest, Forbidden, InvalidToken, NotFound
-from herald.service.messages import _live, invalid_cursor
+from herald.service.messages import _live, ensure_not_shredded, invalid_cursor, open_content
 from herald.service.runtime import Runtime, utcnow
 from herald.streams.hub import StreamSession
 
@@ -99,6 +97,7 @@ async def catch_up(
     cursor = await rt.store.message_seq(session.tenant_id, since)
     if cursor is None:
         raise invalid_cursor(since)
+    await ensure_not_shredded(rt, session.tenant_id)
     now = utcnow()
     while True:
         page = await rt.store.messages_after(session.tenant_id, cursor, _CATCH_UP_PAGE)
@@ -110,10 +109,7 @@ async def catch_up(
                 continue
             if not any(p.matches(record.topic) for p in session.patterns):
                 continue
-            content = msgspec.json.decode(
-                await rt.keyring.open(record.tenant_id, record.id, "content", record.content)
-            )
-            live = _live(record, content)
+            live = _live(record, await open_content(rt, record))
             yield record.seq, live.frame, live.sse
         if len(page) < _CATCH_UP_PAGE:
             return

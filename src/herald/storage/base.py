@@ -22,7 +22,9 @@ __all__ = [
     "AuditEntryRecord",
     "AuditSink",
     "DeliveryRecord",
+    "DeviceRecord",
     "IdempotencyRecord",
+    "JobRecord",
     "MessageRecord",
     "PublishResult",
     "SigningKeyRecord",
@@ -39,6 +41,32 @@ class TenantRecord:
     id: str
     name: str
     created_at: datetime
+    shredded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A recipient device's X25519 public key for end-to-end (HPKE) payloads."""
+
+    device_id: str
+    tenant_id: str
+    recipient: str
+    public_key: bytes
+    label: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """Progress of a resumable background job (e.g. re-encryption) for one tenant."""
+
+    name: str
+    tenant_id: str
+    cursor: int
+    target: int
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +231,66 @@ class Store(Protocol):
 
     async def tenant_keys(self, tenant_id: str) -> list[TenantKeyRecord]:
         """Every data-key version of a tenant, newest first."""
+        ...
+
+    async def add_tenant_key(self, key: TenantKeyRecord) -> None:
+        """Store a new data-key version (rotation); IntegrityConflict if it exists."""
+        ...
+
+    async def rewrap_keys(
+        self,
+        tenant_keys: list[tuple[TenantKeyRecord, bytes]],
+        signing_keys: list[tuple[SigningKeyRecord, bytes]],
+    ) -> int:
+        """Replace wrapped keys (KEK rotation) where they still hold the old bytes."""
+        ...
+
+    async def shred_tenant(self, tenant_id: str, now: datetime) -> bool:
+        """Destroy every data key of a tenant and disable its apps, in one transaction.
+
+        Returns False when the tenant does not exist.
+        """
+        ...
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant, oldest first."""
+        ...
+
+    async def count_messages(self, tenant_id: str, after_seq: int | None = None) -> int:
+        """How many messages a tenant has (with ``seq > after_seq`` when given)."""
+        ...
+
+    async def replace_contents(
+        self, tenant_id: str, changes: list[tuple[str, bytes, bytes]], job: JobRecord
+    ) -> int:
+        """Swap message contents (id, old, new) where still ``old``, and save job progress.
+
+        One transaction; returns how many rows changed (a row changed meanwhile is skipped).
+        """
+        ...
+
+    async def get_job(self, name: str, tenant_id: str) -> JobRecord | None:
+        """A job's progress, or None."""
+        ...
+
+    async def save_job(self, job: JobRecord) -> None:
+        """Insert or update a job's progress."""
+        ...
+
+    async def replace_app_key_secret(self, keyid: str, old: bytes, new: bytes) -> bool:
+        """Swap a sealed HMAC secret (re-encryption); False when it changed meanwhile."""
+        ...
+
+    async def add_device(self, device: DeviceRecord) -> None:
+        """Register a recipient device key."""
+        ...
+
+    async def devices(self, tenant_id: str, recipient: str) -> list[DeviceRecord]:
+        """The devices of one recipient, oldest first."""
+        ...
+
+    async def get_devices(self, tenant_id: str, device_ids: list[str]) -> list[DeviceRecord]:
+        """The named devices of this tenant (missing ones are simply absent)."""
         ...
 
     async def create_app(self, app: AppRecord) -> None:

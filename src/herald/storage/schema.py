@@ -124,6 +124,8 @@ tenants = Table(
     Column("id", Text, primary_key=True),
     Column("name", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # Set when the tenant's data keys were destroyed (crypto-shredding).
+    Column("shredded_at", UtcDateTime, nullable=True),
     UniqueConstraint("name"),
 )
 
@@ -161,6 +163,31 @@ signing_keys = Table(
     Column("wrapped_private_key", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("retired_at", UtcDateTime, nullable=True),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("public_key", LargeBinary, nullable=False),  # raw X25519 public key (HPKE)
+    Column("label", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "tenant_id", "recipient"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("tenant_id", Text, nullable=False),
+    Column("cursor", BigInteger, nullable=False),  # last message seq done
+    Column("target", Integer, nullable=False),  # the key version rows move to
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    PrimaryKeyConstraint("name", "tenant_id"),
 )
 
 app_keys = Table(

@@ -64,7 +64,9 @@ from herald.storage.base import (
     AuditEntryRecord,
     AuditSink,
     DeliveryRecord,
+    DeviceRecord,
     IdempotencyRecord,
+    JobRecord,
     MessageRecord,
     PublishResult,
     SigningKeyRecord,
@@ -237,6 +239,142 @@ class SqlStore:
         t = s.tenant_keys
         query = select(t).where(t.c.tenant_id == tenant_id).order_by(t.c.version.desc())
         return await self._fetch(query, TenantKeyRecord)
+
+    async def add_tenant_key(self, key: TenantKeyRecord) -> None:
+        """Store a new data-key version; IntegrityConflict when the version exists."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(insert(s.tenant_keys).values(_fields(key)))
+
+    async def rewrap_keys(
+        self,
+        tenant_keys: list[tuple[TenantKeyRecord, bytes]],
+        signing_keys: list[tuple[SigningKeyRecord, bytes]],
+    ) -> int:
+        """Compare-and-swap wrapped keys (KEK rotation) in one transaction."""
+        changed = 0
+        tk, sk = s.tenant_keys, s.signing_keys
+        async with self._tx(write=True) as conn:
+            for key, new in tenant_keys:
+                result = await conn.execute(
+                    update(tk)
+                    .where(
+                        tk.c.tenant_id == key.tenant_id,
+                        tk.c.version == key.version,
+                        tk.c.wrapped_key == key.wrapped_key,
+                    )
+                    .values(wrapped_key=new)
+                )
+                changed += result.rowcount or 0
+            for skey, new in signing_keys:
+                result = await conn.execute(
+                    update(sk)
+                    .where(
+                        sk.c.kid == skey.kid, sk.c.wrapped_private_key == skey.wrapped_private_key
+                    )
+                    .values(wrapped_private_key=new)
+                )
+                changed += result.rowcount or 0
+        return changed
+
+    async def shred_tenant(self, tenant_id: str, now: datetime) -> bool:
+        """Delete the tenant's data keys, mark it shredded and disable its apps."""
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(s.tenants).where(s.tenants.c.id == tenant_id).values(shredded_at=now)
+            )
+            if not result.rowcount:
+                return False
+            await conn.execute(delete(s.tenant_keys).where(s.tenant_keys.c.tenant_id == tenant_id))
+            await conn.execute(
+                update(s.apps).where(s.apps.c.tenant_id == tenant_id).values(disabled=True)
+            )
+        return True
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant, oldest first."""
+        t = s.tenants
+        return await self._fetch(select(t).order_by(t.c.created_at, t.c.id), TenantRecord)
+
+    async def count_messages(self, tenant_id: str, after_seq: int | None = None) -> int:
+        """How many messages a tenant has (with ``seq > after_seq`` when given)."""
+        t = s.messages
+        query = select(func.count()).where(t.c.tenant_id == tenant_id)
+        if after_seq is not None:
+            query = query.where(t.c.seq > after_seq)
+        async with self._tx() as conn:
+            value = await conn.scalar(query)
+        return int(value or 0)
+
+    async def replace_contents(
+        self, tenant_id: str, changes: list[tuple[str, bytes, bytes]], job: JobRecord
+    ) -> int:
+        """Swap contents where unchanged and record the job's progress, atomically."""
+        t = s.messages
+        changed = 0
+        async with self._tx(write=True) as conn:
+            for message_id, old, new in changes:
+                result = await conn.execute(
+                    update(t)
+                    .where(t.c.tenant_id == tenant_id, t.c.id == message_id, t.c.content == old)
+                    .values(content=new)
+                )
+                changed += result.rowcount or 0
+            await self._save_job(conn, job)
+        return changed
+
+    async def get_job(self, name: str, tenant_id: str) -> JobRecord | None:
+        """A job's progress, or None."""
+        t = s.jobs
+        return await self._first(
+            select(t).where(t.c.name == name, t.c.tenant_id == tenant_id), JobRecord
+        )
+
+    async def save_job(self, job: JobRecord) -> None:
+        """Insert or update a job's progress."""
+        async with self._tx(write=True) as conn:
+            await self._save_job(conn, job)
+
+    async def _save_job(self, conn: AsyncConnection, job: JobRecord) -> None:
+        t = s.jobs
+        result = await conn.execute(
+            update(t)
+            .where(t.c.name == job.name, t.c.tenant_id == job.tenant_id)
+            .values(_fields(job))
+        )
+        if not result.rowcount:
+            await conn.execute(insert(t).values(_fields(job)))
+
+    async def replace_app_key_secret(self, keyid: str, old: bytes, new: bytes) -> bool:
+        """Compare-and-swap a sealed HMAC secret."""
+        t = s.app_keys
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(t).where(t.c.keyid == keyid, t.c.secret == old).values(secret=new)
+            )
+        return bool(result.rowcount)
+
+    async def add_device(self, device: DeviceRecord) -> None:
+        """Register a recipient device key; IntegrityConflict when the id exists."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(insert(s.devices).values(_fields(device)))
+
+    async def devices(self, tenant_id: str, recipient: str) -> list[DeviceRecord]:
+        """The devices of one recipient, oldest first."""
+        t = s.devices
+        query = (
+            select(t)
+            .where(t.c.tenant_id == tenant_id, t.c.recipient == recipient)
+            .order_by(t.c.created_at, t.c.device_id)
+        )
+        return await self._fetch(query, DeviceRecord)
+
+    async def get_devices(self, tenant_id: str, device_ids: list[str]) -> list[DeviceRecord]:
+        """The named devices of this tenant."""
+        if not device_ids:
+            return []
+        t = s.devices
+        query = select(t).where(t.c.tenant_id == tenant_id, t.c.device_id.in_(device_ids))
+        return await self._fetch(query, DeviceRecord)
 
     async def create_app(self, app: AppRecord) -> None:
         """Create an app; IntegrityConflict when the id exists or the tenant does not."""
