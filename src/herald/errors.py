@@ -25,6 +25,7 @@ can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
         ├── Forbidden (403)         forbidden
         ├── NotFound (404)          not-found
         ├── MethodNotAllowed (405)  method-not-allowed
+        ├── Conflict (409)          conflict
         ├── Gone (410)              content-shredded
         ├── PayloadTooLarge (413)   payload-too-large
         ├── UnsupportedMediaType (415) unsupported-media-type
@@ -49,6 +50,7 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "DecryptionFailed",
     "DigestMismatch",
     "Forbidden",
@@ -196,6 +198,14 @@ class MethodNotAllowed(ApiError):
     status = 405
     slug = "method-not-allowed"
     title = "Method not allowed"
+
+
+class Conflict(ApiError):
+    """The request conflicts with what exists (e.g. a client-chosen id already used)."""
+
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
 
 
 class Gone(ApiError):

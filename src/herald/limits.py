@@ -11,6 +11,8 @@ __all__ = [
     "ACCESS_TOKEN_TTL_MAX",
     "BATCH_MAX_MESSAGES",
     "DATA_MAX_DEPTH",
+    "DEVICES_PER_RECIPIENT_MAX",
+    "E2E_PAYLOADS_MAX",
     "HEARTBEAT_INTERVAL",
     "HISTORY_PAGE_MAX",
     "IDEMPOTENCY_KEY_MAX",
@@ -75,3 +77,7 @@ STREAM_FRAME_MAX = 16 * 1024
 HEARTBEAT_INTERVAL = 20.0
 #: Largest page of topic history served at once.
 HISTORY_PAGE_MAX = 1000
+#: End-to-end devices one recipient may register.
+DEVICES_PER_RECIPIENT_MAX = 32
+#: End-to-end payloads (one per recipient device) in one message.
+E2E_PAYLOADS_MAX = 256

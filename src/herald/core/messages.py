@@ -12,10 +12,14 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from herald import limits
+from herald.core.ids import parse_message_id
 from herald.core.topics import validate_topic
 from herald.errors import BadRequest
 
 __all__ = [
+    "DeviceRequest",
+    "E2EContent",
+    "E2EEnvelope",
     "Priority",
     "PublishBatch",
     "PublishRequest",
@@ -35,9 +39,28 @@ RecipientId = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.RECIPI
 Topic = str
 
 
+class E2EEnvelope(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One device's HPKE-sealed copy of the content (opaque to Herald)."""
+
+    recipient: RecipientId
+    device_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    enc: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    ct: Annotated[str, msgspec.Meta(min_length=1, max_length=48 * 1024)]
+
+
+class E2EContent(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """End-to-end content: per-device HPKE ciphertexts (RFC 9180 base mode)."""
+
+    suite: Literal["hpke-base-x25519-sha256-aes128gcm"]
+    payloads: Annotated[
+        list[E2EEnvelope], msgspec.Meta(min_length=1, max_length=limits.E2E_PAYLOADS_MAX)
+    ]
+
+
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One message to publish (``POST /v1/messages``)."""
 
+    id: str | None = None
     topic: Topic
     title: Annotated[str, msgspec.Meta(max_length=limits.TITLE_MAX)] | None = None
     body: str | None = None
@@ -45,6 +68,14 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     priority: Priority = "normal"
     ttl: Annotated[int, msgspec.Meta(ge=1, le=limits.MESSAGE_TTL_MAX)] = 86400
     recipients: list[RecipientId] | None = None
+    e2e: E2EContent | None = None
+
+
+class DeviceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``POST /v1/recipients/{id}/devices``: an X25519 public key (base64url, 32 bytes)."""
+
+    public_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    label: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class PublishBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,9 +136,38 @@ def validate_publish(req: PublishRequest) -> PublishRequest:
             raise BadRequest("recipients must not repeat")
     if req.data is not None and not _depth_ok(req.data, limits.DATA_MAX_DEPTH):
         raise BadRequest(f"data nests deeper than {limits.DATA_MAX_DEPTH} levels")
+    if req.e2e is not None:
+        _validate_e2e(req, req.e2e)
+    elif req.id is not None:
+        raise BadRequest("a client-chosen id is only accepted with end-to-end content (e2e)")
     return req
 
 
+def _validate_e2e(req: PublishRequest, e2e: E2EContent) -> None:
+    # Herald cannot read end-to-end content, so plaintext fields would defeat its purpose.
+    if req.title is not None or req.body is not None or req.data is not None:
+        raise BadRequest("with e2e, title, body and data travel only inside the ciphertexts")
+    if req.id is None:
+        raise BadRequest("e2e messages carry their client-generated UUIDv7 id (it is sealed in)")
+    req.id = parse_message_id(req.id)
+    if not req.recipients:
+        raise BadRequest("e2e messages name their recipients")
+    named = set(req.recipients)
+    seen = set()
+    for envelope in e2e.payloads:
+        if envelope.recipient not in named:
+            raise BadRequest(f"e2e payload for {envelope.recipient!r}, who is not a recipient")
+        if envelope.device_id in seen:
+            raise BadRequest(f"two e2e payloads for device {envelope.device_id!r}")
+        seen.add(envelope.device_id)
+
+
 def content_of(req: PublishRequest) -> dict[str, Any]:
-    """The content fields that are sealed at rest (DESIGN §5)."""
+    """The content fields that are sealed at rest (DESIGN §5).
+
+    End-to-end content is stored as received (opaque per-device ciphertexts), sealed once
+    more at rest like any content.
+    """
+    if req.e2e is not None:
+        return {"title": None, "body": None, "data": None, "e2e": msgspec.to_builtins(req.e2e)}
     return {"title": req.title, "body": req.body, "data": req.data}

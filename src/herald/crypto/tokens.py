@@ -221,6 +221,22 @@ class TokenService:
             tenant, client_id, recipient, patterns, str(claims["jti"]), int(claims["exp"])
         )
 
+    @staticmethod
+    def kind_of(token: str) -> str | None:
+        """``"access"`` or ``"subscriber"`` by the (unverified) ``typ`` header, else None.
+
+        Only chooses which verifier to run; the verifier then checks everything.
+        """
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        try:
+            typ = jwt.get_unverified_header(token).get("typ")
+        except jwt.PyJWTError:
+            return None
+        if typ == SUBSCRIBER_TOKEN_TYP:
+            return "subscriber"
+        return "access"
+
     def jwks(self) -> dict[str, Any]:
         """The JWK Set (RFC 7517 §5) of every published token-signing key."""
         return {"keys": [k.public_jwk() for k in self._by_kid.values()]}

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from herald import limits
 from herald.core.ids import parse_message_id
 from herald.core.messages import (
+    DeviceRequest,
     PublishBatch,
     PublishRequest,
     SubscriberTokenRequest,
@@ -25,13 +26,14 @@ from herald.crypto.tokens import AccessClaims
 from herald.errors import (
     ApiError,
     BadRequest,
+    Forbidden,
     InvalidClient,
     InvalidToken,
     UnsupportedMediaType,
 )
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
-from herald.service import identity, messages, signatures, streams
+from herald.service import devices, identity, messages, signatures, streams
 from herald.service.runtime import Runtime
 
 __all__ = ["routes"]
@@ -278,6 +280,42 @@ async def stream_ticket(request: Request) -> Response:
     return json_response(await streams.issue_stream_ticket(rt, claims), 201, _NO_STORE)
 
 
+async def register_device(request: Request) -> Response:
+    """``POST /v1/recipients/{recipient}/devices``.
+
+    A device registers itself with its recipient's subscriber token (unsigned: it holds no
+    app key), or an app registers one with an ``admin``-scoped, signed access token.
+    """
+    rt = runtime(request)
+    recipient = request.path_params["recipient"]
+    token = bearer_token(request)
+    raw = await read_body(request, 4096)
+    if token is not None and rt.token_service().kind_of(token) == "subscriber":
+        sub = rt.token_service().verify_subscriber(token)
+        if sub.recipient != recipient:
+            raise Forbidden("a subscriber token registers devices of its own recipient only")
+        tenant_id, actor = sub.tenant_id, f"recipient:{recipient}"
+    else:
+        claims = access_claims(request)
+        if not claims.scopes.has("admin"):
+            raise Forbidden("registering a device for a recipient needs the admin scope")
+        await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
+        tenant_id, actor = claims.tenant_id, f"app:{claims.client_id}"
+    require_json(request)
+    req = decode_json(raw, DeviceRequest)
+    body = await devices.register_device(rt, tenant_id, recipient, req, actor=actor)
+    return json_response(body, 201)
+
+
+async def list_devices(request: Request) -> Response:
+    """``GET /v1/recipients/{recipient}/devices``: public keys to seal e2e content to."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    return json_response(
+        await devices.list_devices(rt, claims.tenant_id, request.path_params["recipient"])
+    )
+
+
 def routes() -> list[Route]:
     """The API routes (order matters only for overlapping paths; there are none)."""
     return [
@@ -290,4 +328,6 @@ def routes() -> list[Route]:
         Route("/v1/topics/{topic}/messages", topic_history, methods=["GET"]),
         Route("/v1/subscriber-tokens", subscriber_token, methods=["POST"]),
         Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),
+        Route("/v1/recipients/{recipient}/devices", register_device, methods=["POST"]),
+        Route("/v1/recipients/{recipient}/devices", list_devices, methods=["GET"]),
     ]

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from herald import __version__
-from herald.core.messages import PublishRequest, SubscriberTokenRequest
+from herald.core.messages import DeviceRequest, PublishRequest, SubscriberTokenRequest
 
 __all__ = ["openapi_document"]
 
@@ -41,6 +41,7 @@ _MESSAGE_VIEW = {
         "created_at": {"type": "string", "format": "date-time"},
         "expires_at": {"type": "string", "format": "date-time"},
         "recipients": {"type": "array", "items": {"type": "string"}},
+        "e2e": {"type": "object", "description": "end-to-end content: per-device HPKE payloads"},
         "audit": _ref("AuditRef"),
         "deliveries": {"type": "array", "items": _ref("Delivery")},
     },
@@ -113,6 +114,22 @@ _RESPONSES: dict[str, Any] = {
         },
     },
     "MessageView": _MESSAGE_VIEW,
+    "Device": {
+        "type": "object",
+        "required": ["device_id", "recipient", "public_key", "created_at"],
+        "properties": {
+            "device_id": {"type": "string"},
+            "recipient": {"type": "string"},
+            "public_key": {"type": "string"},
+            "label": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "DeviceList": {
+        "type": "object",
+        "required": ["devices"],
+        "properties": {"devices": {"type": "array", "items": _ref("Device")}},
+    },
     "History": {
         "type": "object",
         "required": ["messages", "next"],
@@ -186,10 +203,9 @@ def _body(schema: str) -> dict[str, Any]:
 
 def openapi_document(base_url: str) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for a server at ``base_url``."""
-    (pub, sub), components = msgspec.json.schema_components(
-        [PublishRequest, SubscriberTokenRequest], ref_template=_REF
+    _, components = msgspec.json.schema_components(
+        [PublishRequest, SubscriberTokenRequest, DeviceRequest], ref_template=_REF
     )
-    del pub, sub
     schemas = {**components, **_RESPONSES}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     idem = {
@@ -340,6 +356,29 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                     **_COMMON,
                 },
             }
+        },
+        "/v1/recipients/{recipient}/devices": {
+            "parameters": [
+                {"name": "recipient", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Register an end-to-end device key (X25519, base64url)",
+                "operationId": "registerDevice",
+                "security": bearer,
+                "requestBody": _body("DeviceRequest"),
+                "responses": {
+                    "201": _json("Device", "the device"),
+                    "413": _problem("body too large"),
+                    "415": _problem("not JSON"),
+                    **_COMMON,
+                },
+            },
+            "get": {
+                "summary": "A recipient's end-to-end device keys",
+                "operationId": "listDevices",
+                "security": bearer,
+                "responses": {"200": _json("DeviceList", "the devices"), **_COMMON},
+            },
         },
         "/v1/stream-tickets": {
             "post": {

@@ -22,10 +22,12 @@ from herald.audit.entry import AuditEvent
 from herald.bus.base import LiveMessage
 from herald.core.messages import PublishRequest, content_of
 from herald.core.topics import TopicPattern
+from herald.crypto.e2e import ENC_LEN, MAX_CIPHERTEXT, b64url_decode
 from herald.crypto.tokens import AccessClaims
 from herald.errors import (
     ApiError,
     BadRequest,
+    Conflict,
     DecryptionFailed,
     Forbidden,
     Gone,
@@ -93,6 +95,7 @@ def _live(record: MessageRecord, content: dict[str, Any]) -> LiveMessage:
             "priority": record.priority,
             "created_at": _iso(record.created_at),
             "audit": _audit_ref(record.seq, record.leaf_hash),
+            **({"e2e": content["e2e"]} if "e2e" in content else {}),
         }
     )
     return LiveMessage(
@@ -127,6 +130,40 @@ async def _replay(
     return Outcome(record.status, body, replayed=True)
 
 
+async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> None:
+    """Envelope sizes, and that every device belongs to the recipient it is addressed to."""
+    assert req.e2e is not None  # noqa: S101 - only called for e2e requests
+    for envelope in req.e2e.payloads:
+        if len(b64url_decode(envelope.enc, name="enc")) != ENC_LEN:
+            raise BadRequest(f"e2e enc must be {ENC_LEN} bytes")
+        if len(b64url_decode(envelope.ct, name="ct")) > MAX_CIPHERTEXT:
+            raise BadRequest("an e2e ciphertext is larger than a message may be")
+    wanted = {e.device_id: e.recipient for e in req.e2e.payloads}
+    found = await rt.store.get_devices(claims.tenant_id, list(wanted))
+    owners = {d.device_id: d.recipient for d in found}
+    for device_id, recipient in wanted.items():
+        if owners.get(device_id) != recipient:
+            raise BadRequest(f"no device {device_id!r} of recipient {recipient!r}")
+    if req.id is not None and await rt.store.get_message(claims.tenant_id, req.id) is not None:
+        raise Conflict(f"a message with id {req.id} exists already")
+
+
+async def _admit(
+    rt: Runtime, claims: AccessClaims, item: PublishRequest | ApiError
+) -> PublishRequest | ApiError:
+    """Scope (DESIGN §4 step 5) and e2e checks; a refusal becomes the item's problem."""
+    if isinstance(item, ApiError):
+        return item
+    if not claims.scopes.can_publish(item.topic):
+        return Forbidden(f"the token may not publish to topic {item.topic!r}")
+    if item.e2e is not None:
+        try:
+            await _check_e2e(rt, claims, item)
+        except ApiError as exc:
+            return exc
+    return item
+
+
 async def publish(
     rt: Runtime,
     claims: AccessClaims,
@@ -151,15 +188,13 @@ async def publish(
     events: list[AuditEvent] = []
     results: list[dict[str, Any]] = []
     for candidate in items:
-        item = candidate
-        if isinstance(item, PublishRequest) and not claims.scopes.can_publish(item.topic):
-            item = Forbidden(f"the token may not publish to topic {item.topic!r}")
+        item = await _admit(rt, claims, candidate)
         if isinstance(item, ApiError):
             if single:
                 raise item
             results.append({"error": _problem(item)})
             continue
-        message_id = rt.ids.new_str()
+        message_id = item.id or rt.ids.new_str()
         content = content_of(item)
         sealed = await rt.keyring.seal(
             claims.tenant_id, message_id, "content", msgspec.json.encode(content)
@@ -216,7 +251,8 @@ async def publish(
                 else None
             )
             if existing is None:
-                raise
+                # The only other unique value a client chooses: an e2e message id.
+                raise Conflict("a message with this id exists already") from None
             return await _replay(rt, claims, existing, request_hash)
         done = [
             _with_seq(r, s, h)
@@ -280,6 +316,7 @@ async def message_view(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
         "expires_at": _iso(record.expires_at),
         "recipients": list(record.recipients),
         "audit": _audit_ref(record.seq, record.leaf_hash),
+        **({"e2e": content["e2e"]} if "e2e" in content else {}),
     }
 
 
