@@ -173,11 +173,12 @@ def _providers(settings: Settings) -> tuple[KekProvider, list[KekProvider]]:
 
     if not settings.aws_kms_key_id:
         raise ConfigError("HERALD_AWS_KMS_KEY_ID is required with HERALD_KEY_PROVIDER=aws-kms")
+    key_ids = [settings.aws_kms_key_id, *settings.aws_kms_previous_key_ids.split(",")]
     kms = [
         AwsKmsProvider(
-            key_id, region=settings.aws_region, endpoint_url=settings.aws_kms_endpoint_url
+            key_id.strip(), region=settings.aws_region, endpoint_url=settings.aws_kms_endpoint_url
         )
-        for key_id in (settings.aws_kms_key_id, *settings.aws_kms_previous_key_ids.split(","))
+        for key_id in key_ids
         if key_id.strip()
     ]
     extra: list[KekProvider] = list(kms[1:])
