@@ -122,11 +122,14 @@ def test_public_names() -> None:
         "make_ssl_context",
         "RequestSigner",
         "sign_request",
+        "DeviceKey",
+        "E2EDecryptionError",
+        "register_device_with_token",
     }
     for name in herald.client.__all__:
         assert getattr(herald.client, name).__doc__
     assert issubclass(AuthenticationError, ProblemError)
-    for error in (ConnectionFailed, ProblemError, StreamClosed):
+    for error in (ConnectionFailed, ProblemError, StreamClosed, herald.client.E2EDecryptionError):
         assert issubclass(error, HeraldClientError)
 
 

@@ -25,6 +25,14 @@ class LiveMessage:
     frame: str
     sse: bytes
     published_at: float
+    #: End-to-end messages: each recipient's own frame (only its devices' payloads).
+    per_recipient: dict[str, tuple[str, bytes]] | None = None
+
+    def for_recipient(self, recipient: str) -> tuple[str, bytes]:
+        """``(frame, sse)`` as ``recipient`` must see it."""
+        if self.per_recipient is not None:
+            return self.per_recipient[recipient]
+        return self.frame, self.sse
 
 
 class Bus(Protocol):

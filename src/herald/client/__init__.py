@@ -16,10 +16,20 @@ Subscribing (WebSocket, resumes after outages without duplicates)::
         async for message in stream:
             await stream.ack(message.id)
 
+End-to-end mode (Herald forwards content it cannot read; HPKE per device)::
+
+    key = DeviceKey.generate()  # on the device; keep key.private_key secret
+    device = await register_device_with_token(url, sub["token"], "user-42", key.public_key_raw)
+    key = key.with_device_id(device["device_id"])
+    await pub.publish_e2e("orders.shipped", recipients=["user-42"], title="Order 123 shipped")
+    async with AsyncSubscriber(url, sub["token"], device_key=key) as stream:
+        ...  # messages arrive opened; E2EDecryptionError for one this device cannot open
+
 :class:`Publisher` and :class:`Subscriber` are blocking equivalents. TLS certificates are
 always verified; every error raised on purpose is a :class:`HeraldClientError`.
 """
 
+from herald.client._e2e import DeviceKey, E2EDecryptionError, register_device_with_token
 from herald.client._errors import (
     AuthenticationError,
     ConnectionFailed,
@@ -38,6 +48,8 @@ __all__ = [
     "AsyncSubscriber",
     "AuthenticationError",
     "ConnectionFailed",
+    "DeviceKey",
+    "E2EDecryptionError",
     "HeraldClientError",
     "ProblemError",
     "PublishResult",
@@ -47,5 +59,6 @@ __all__ = [
     "StreamMessage",
     "Subscriber",
     "make_ssl_context",
+    "register_device_with_token",
     "sign_request",
 ]

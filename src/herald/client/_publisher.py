@@ -16,6 +16,13 @@ from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
 
+from herald.client._e2e import (
+    Devices,
+    build_e2e_message,
+    devices_path,
+    new_message_id,
+    parse_device_list,
+)
 from herald.client._errors import HeraldClientError, ProblemError, problem_from_http
 from herald.client._signing import RequestSigner
 from herald.client._transport import (
@@ -24,6 +31,7 @@ from herald.client._transport import (
     is_certificate_error,
     make_async_client,
 )
+from herald.crypto.e2e import b64url_encode, is_valid_public_key
 
 __all__ = ["AsyncPublisher", "PublishResult"]
 
@@ -33,6 +41,8 @@ TOKEN_REFRESH_MARGIN = 30.0
 TOKEN_REFRESH_FRACTION = 0.1
 #: A ``Retry-After`` longer than this (seconds) is not waited for: the error is raised.
 RETRY_AFTER_MAX = 60.0
+#: ``publish_e2e`` fetches at most this many recipients' device lists at once.
+DEVICE_FETCH_CONCURRENCY = 8
 
 _JSON = "application/json"
 _UNAUTHORIZED = 401
@@ -359,6 +369,132 @@ class AsyncPublisher:
         key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
         response = await self._request("POST", "/v1/messages", json=message, idempotency_key=key)
         return _publish_result(_json_object(response), topic)
+
+    async def publish_e2e(
+        self,
+        topic: str,
+        *,
+        recipients: list[str],
+        title: str | None = None,
+        body: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        priority: str | None = None,
+        ttl: int | None = None,
+        devices: Devices | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        """Publish one end-to-end encrypted message (``POST /v1/messages`` with ``e2e``).
+
+        Title, body and data are sealed with HPKE (RFC 9180, suite
+        ``hpke-base-x25519-sha256-aes128gcm``) to every device of every recipient, each
+        payload bound to the message id, the recipient and the device; Herald stores and
+        forwards them without being able to read them. The message id is generated here
+        (a UUIDv7) because it is sealed into the payloads. Topic, recipients, priority and
+        ttl travel in clear: the server needs them to route the message.
+
+        Args:
+            topic: The topic, e.g. ``orders.shipped``.
+            recipients: Recipient ids; each must have at least one registered device.
+            title: Short title (sealed).
+            body: Message text (sealed).
+            data: A JSON object (sealed).
+            priority: ``low``, ``normal`` (server default), ``high`` or ``urgent``.
+            ttl: Seconds the message stays deliverable.
+            devices: For each recipient, ``(device_id, public_key_raw)`` pairs to seal to.
+                By default each recipient's devices are fetched from the server
+                (:meth:`list_devices`); pass keys verified out of band to not depend on
+                the server for them.
+            idempotency_key: As for :meth:`publish`; a random UUID by default. Retries
+                resend the very same sealed body. A *new* call with the same key seals
+                anew (new message id, new ciphertexts), so the server answers
+                ``idempotency-key-reused`` instead of publishing twice.
+
+        Returns:
+            The receipt of the durably stored message.
+
+        Raises:
+            HeraldClientError: A recipient has no device, a key is invalid, or the content
+                is larger than 32 KiB as JSON.
+            ProblemError: The server refused the message (or a device list).
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        if devices is None:
+            devices = await self._fetch_devices(recipients)
+        message = build_e2e_message(
+            message_id=new_message_id(),
+            topic=topic,
+            recipients=recipients,
+            devices=devices,
+            title=title,
+            body=body,
+            data=data,
+            priority=priority,
+            ttl=ttl,
+        )
+        key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
+        response = await self._request("POST", "/v1/messages", json=message, idempotency_key=key)
+        return _publish_result(_json_object(response), topic)
+
+    async def _fetch_devices(self, recipients: list[str]) -> dict[str, list[tuple[str, bytes]]]:
+        limit = asyncio.Semaphore(DEVICE_FETCH_CONCURRENCY)
+
+        async def fetch(recipient: str) -> list[tuple[str, bytes]]:
+            async with limit:
+                response = await self._request("GET", devices_path(recipient))
+            return parse_device_list(_json_object(response), recipient)
+
+        unique = list(dict.fromkeys(recipients))
+        tasks = [asyncio.ensure_future(fetch(recipient)) for recipient in unique]
+        try:
+            lists = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one list failed: the publish fails, stop the other fetches
+                task.cancel()
+            raise
+        return dict(zip(unique, lists, strict=True))
+
+    async def list_devices(self, recipient: str) -> list[dict[str, Any]]:
+        """List a recipient's registered devices (``GET /v1/recipients/{recipient}/devices``).
+
+        Args:
+            recipient: The recipient id.
+
+        Returns:
+            The device objects as the server sent them: ``{"device_id", "public_key"
+            (unpadded base64url), "created_at"}``.
+        """
+        response = await self._request("GET", devices_path(recipient))
+        devices = _json_object(response).get("devices")
+        if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+            raise HeraldClientError("the server answered an unexpected body")
+        return devices
+
+    async def register_device(
+        self, recipient: str, public_key_raw: bytes, label: str | None = None
+    ) -> dict[str, Any]:
+        """Register a device public key for a recipient, as the app (needs ``admin`` scope).
+
+        Devices that enrol themselves use
+        :func:`~herald.client.register_device_with_token` instead. Not retried: a repeat
+        after a lost answer could register the key twice.
+
+        Args:
+            recipient: The recipient the device belongs to.
+            public_key_raw: The device's 32-byte X25519 public key.
+            label: A human label for the device.
+
+        Returns:
+            ``{"device_id", "recipient", "public_key", "created_at"}``.
+
+        Raises:
+            HeraldClientError: ``public_key_raw`` is not a valid X25519 public key.
+            ProblemError: The server refused the registration.
+        """
+        if not is_valid_public_key(public_key_raw):
+            raise HeraldClientError("public_key_raw is not a valid 32-byte X25519 public key")
+        payload = _without_none({"public_key": b64url_encode(public_key_raw), "label": label})
+        response = await self._request("POST", devices_path(recipient), json=payload)
+        return _json_object(response)
 
     async def publish_batch(
         self, messages: list[dict[str, Any]], *, idempotency_key: str | None = None

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -21,6 +21,7 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
+from herald.client._e2e import DeviceKey, E2EDecryptionError, open_e2e_frame
 from herald.client._errors import HeraldClientError, StreamClosed, problem_from_http
 from herald.client._transport import (
     USER_AGENT,
@@ -29,6 +30,7 @@ from herald.client._transport import (
     is_certificate_error,
     make_ssl_context,
 )
+from herald.errors import DecryptionFailed
 
 __all__ = [
     "FATAL_CLOSE_CODES",
@@ -77,6 +79,9 @@ class StreamMessage:
         audit_index: Index of its audit-log entry.
         leaf_hash: Hex leaf hash of its audit-log entry.
         raw: The whole frame as received.
+        e2e: Whether the message was end-to-end encrypted. With a subscriber's
+            ``device_key`` its title, body and data were opened from this device's payload;
+            without one they are ``None`` and ``raw["e2e"]`` holds the sealed payloads.
     """
 
     id: str
@@ -89,6 +94,7 @@ class StreamMessage:
     audit_index: int | None
     leaf_hash: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    e2e: bool = False
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> StreamMessage | None:
@@ -111,6 +117,7 @@ class StreamMessage:
             audit_index=audit.get("index") if isinstance(audit.get("index"), int) else None,
             leaf_hash=_optional_str(audit.get("leaf_hash")),
             raw=frame,
+            e2e=frame.get("e2e") is not None,
         )
 
 
@@ -147,6 +154,16 @@ class AsyncSubscriber:
         max_backoff: Longest wait between reconnection attempts (seconds).
         open_timeout: Longest wait for the connection and WebSocket handshake (seconds).
         auto_ack: Acknowledge each message once the caller asks for the next one (or closes).
+        device_key: This device's registered end-to-end key. End-to-end messages are then
+            opened: their title, body and data are filled in from this device's payload.
+            When a message has no payload for this device or it does not open,
+            ``__anext__`` raises :class:`~herald.client.E2EDecryptionError` for it; the
+            iterator stays usable and the next call continues with the next message (the
+            failed one is not re-sent on resume, nor acknowledged automatically). Without
+            a key, end-to-end messages are yielded sealed (see :attr:`StreamMessage.e2e`).
+
+    Raises:
+        ValueError: ``device_key`` has no ``device_id`` (register the device first).
     """
 
     def __init__(
@@ -161,7 +178,10 @@ class AsyncSubscriber:
         max_backoff: float = 10.0,
         open_timeout: float = 10.0,
         auto_ack: bool = False,
+        device_key: DeviceKey | None = None,
     ) -> None:
+        if device_key is not None and not device_key.device_id:
+            raise ValueError("device_key has no device_id: register the device first")
         self._base_url = base_url.rstrip("/")
         self._stream_url, secure = _stream_url(self._base_url)
         self._ssl = make_ssl_context(ca) if secure else None
@@ -172,6 +192,7 @@ class AsyncSubscriber:
         self._max_backoff = max_backoff
         self._open_timeout = open_timeout
         self._auto_ack = auto_ack
+        self._device_key = device_key
         self._ws: ClientConnection | None = None
         self._connected_once = False
         self._failures = 0
@@ -184,7 +205,10 @@ class AsyncSubscriber:
 
     @property
     def last_id(self) -> str | None:
-        """Id of the last message yielded (initially ``since``): the cursor to resume from."""
+        """Id of the last message received (initially ``since``): the cursor to resume from.
+
+        That is the last message yielded, or one refused with ``E2EDecryptionError``.
+        """
         return self._last_id
 
     @property
@@ -231,6 +255,9 @@ class AsyncSubscriber:
                 continue  # re-sent after a resume: already yielded
             self._remember(message.id)
             self._last_id = message.id
+            if message.e2e and self._device_key is not None:
+                # Raised after the cursor moved on: the next call reads the next message.
+                message = self._open_e2e(message, self._device_key)
             if self._auto_ack:
                 self._pending_acks.append(message.id)
             return message
@@ -263,6 +290,14 @@ class AsyncSubscriber:
             await ws.close()
 
     # -- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _open_e2e(message: StreamMessage, key: DeviceKey) -> StreamMessage:
+        try:
+            title, body, data = open_e2e_frame(message.raw, message.id, key)
+        except DecryptionFailed:
+            raise E2EDecryptionError(message) from None
+        return replace(message, title=title, body=body, data=data)
 
     async def _flush_acks(self, ws: ClientConnection) -> None:
         while self._pending_acks:

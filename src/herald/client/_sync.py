@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
+from herald.client._e2e import DeviceKey, Devices
 from herald.client._errors import ProblemError
 from herald.client._publisher import AsyncPublisher, PublishResult, Sleep
 from herald.client._signing import RequestSigner
@@ -130,6 +131,44 @@ class Publisher(_Blocking):
             )
         )
 
+    def publish_e2e(
+        self,
+        topic: str,
+        *,
+        recipients: list[str],
+        title: str | None = None,
+        body: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        priority: str | None = None,
+        ttl: int | None = None,
+        devices: Devices | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        """See :meth:`AsyncPublisher.publish_e2e <herald.client.AsyncPublisher.publish_e2e>`."""
+        return self._run(
+            self._publisher.publish_e2e(
+                topic,
+                recipients=recipients,
+                title=title,
+                body=body,
+                data=data,
+                priority=priority,
+                ttl=ttl,
+                devices=devices,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def list_devices(self, recipient: str) -> list[dict[str, Any]]:
+        """See :meth:`AsyncPublisher.list_devices <herald.client.AsyncPublisher.list_devices>`."""
+        return self._run(self._publisher.list_devices(recipient))
+
+    def register_device(
+        self, recipient: str, public_key_raw: bytes, label: str | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.register_device`."""
+        return self._run(self._publisher.register_device(recipient, public_key_raw, label))
+
     def publish_batch(
         self, messages: list[dict[str, Any]], *, idempotency_key: str | None = None
     ) -> list[PublishResult | ProblemError]:
@@ -161,6 +200,9 @@ class Subscriber(_Blocking):
         with Subscriber(url, token, topics=["orders.>"], ca=ca) as sub:
             for message in sub:
                 print(message.topic, message.title)
+
+    With ``device_key``, ``next()`` raises :class:`~herald.client.E2EDecryptionError` for an
+    end-to-end message this device cannot open, and the following ``next()`` continues.
     """
 
     def __init__(
@@ -175,6 +217,7 @@ class Subscriber(_Blocking):
         max_backoff: float = 10.0,
         open_timeout: float = 10.0,
         auto_ack: bool = False,
+        device_key: DeviceKey | None = None,
     ) -> None:
         super().__init__()
         self._subscriber = AsyncSubscriber(
@@ -187,6 +230,7 @@ class Subscriber(_Blocking):
             max_backoff=max_backoff,
             open_timeout=open_timeout,
             auto_ack=auto_ack,
+            device_key=device_key,
         )
 
     @property

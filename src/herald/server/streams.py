@@ -171,7 +171,7 @@ async def _ws_sender(rt: Runtime, websocket: WebSocket, session: StreamSession) 
             continue
         if message.seq <= session.last_seq:
             continue
-        await websocket.send_text(message.frame)
+        await websocket.send_text(message.for_recipient(session.recipient)[0])
         session.last_seq = message.seq
         rt.metrics.observe_fanout(time.monotonic() - message.published_at)
 
@@ -278,7 +278,8 @@ class _SseResponse(Response):
                 continue
             if message.seq <= session.last_seq:
                 continue
-            await send({"type": "http.response.body", "body": message.sse, "more_body": True})
+            sse = message.for_recipient(session.recipient)[1]
+            await send({"type": "http.response.body", "body": sse, "more_body": True})
             session.last_seq = message.seq
             rt.metrics.observe_fanout(time.monotonic() - message.published_at)
 

@@ -83,7 +83,7 @@ def can_read(claims: AccessClaims, topic: str) -> bool:
     )
 
 
-def _live(record: MessageRecord, content: dict[str, Any]) -> LiveMessage:
+def _frames(record: MessageRecord, content: dict[str, Any], e2e: Any = None) -> tuple[str, bytes]:
     frame = msgspec.json.encode(
         {
             "type": "message",
@@ -95,18 +95,42 @@ def _live(record: MessageRecord, content: dict[str, Any]) -> LiveMessage:
             "priority": record.priority,
             "created_at": _iso(record.created_at),
             "audit": _audit_ref(record.seq, record.leaf_hash),
-            **({"e2e": content["e2e"]} if "e2e" in content else {}),
+            **({"e2e": e2e} if e2e is not None else {}),
         }
     )
+    sse = b"id: " + record.id.encode() + b"\nevent: message\ndata: " + frame + b"\n\n"
+    return frame.decode("utf-8"), sse
+
+
+def _live(record: MessageRecord, content: dict[str, Any]) -> LiveMessage:
+    """Frame a committed message once (per recipient for end-to-end content)."""
+    frame, sse = _frames(record, content)
+    per_recipient = None
+    e2e = content.get("e2e")
+    if e2e is not None:
+        # Each recipient gets only its own devices' payloads: nobody learns who else a
+        # message went to, and a frame never carries every device's ciphertext.
+        per_recipient = {
+            recipient: _frames(
+                record,
+                content,
+                {
+                    "suite": e2e["suite"],
+                    "payloads": [p for p in e2e["payloads"] if p["recipient"] == recipient],
+                },
+            )
+            for recipient in record.recipients
+        }
     return LiveMessage(
         tenant_id=record.tenant_id,
         topic=record.topic,
         seq=record.seq,
         id=record.id,
         recipients=record.recipients,
-        frame=frame.decode("utf-8"),
-        sse=b"id: " + record.id.encode() + b"\nevent: message\ndata: " + frame + b"\n\n",
+        frame=frame,
+        sse=sse,
         published_at=time.monotonic(),
+        per_recipient=per_recipient,
     )
 
 

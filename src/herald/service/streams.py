@@ -110,7 +110,8 @@ async def catch_up(
             if not any(p.matches(record.topic) for p in session.patterns):
                 continue
             live = _live(record, await open_content(rt, record))
-            yield record.seq, live.frame, live.sse
+            frame, sse = live.for_recipient(session.recipient)
+            yield record.seq, frame, sse
         if len(page) < _CATCH_UP_PAGE:
             return
 

@@ -21,6 +21,7 @@ __all__ = [
     "AppRecord",
     "AuditEntryRecord",
     "AuditSink",
+    "CheckpointRecord",
     "DeliveryRecord",
     "DeviceRecord",
     "IdempotencyRecord",
@@ -164,6 +165,16 @@ class AuditEntryRecord:
     index: int
     entry: bytes
     leaf_hash: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A signed checkpoint (C2SP tlog-checkpoint in a signed note) of the audit log."""
+
+    size: int
+    root: bytes
+    note: str
     created_at: datetime
 
 
@@ -385,6 +396,24 @@ class Store(Protocol):
 
     async def purge_idempotency(self, before: datetime) -> int:
         """Delete idempotency records older than ``before``; returns how many."""
+        ...
+
+    async def audit_nodes(self, nodes: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored perfect-subtree hashes by (level, index); absent ones are left out."""
+        ...
+
+    async def add_checkpoint(self, checkpoint: CheckpointRecord) -> None:
+        """Store a signed checkpoint; IntegrityConflict when one exists for that size."""
+        ...
+
+    async def checkpoints(
+        self, *, after_size: int = -1, limit: int = 1000
+    ) -> list[CheckpointRecord]:
+        """Checkpoints with ``size > after_size``, smallest first."""
+        ...
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The checkpoint with the largest size, or None."""
         ...
 
     async def audit_size(self) -> int:

@@ -252,6 +252,25 @@ audit_entries = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    # Hash of the perfect, aligned subtree covering leaves [idx·2^level, (idx+1)·2^level).
+    Column("level", Integer, nullable=False, autoincrement=False),
+    Column("idx", BigInteger, nullable=False, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("level", "idx"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),  # the signed C2SP checkpoint note
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 idempotency = Table(
     "idempotency",
     metadata,

@@ -47,6 +47,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -63,6 +64,7 @@ from herald.storage.base import (
     AppRecord,
     AuditEntryRecord,
     AuditSink,
+    CheckpointRecord,
     DeliveryRecord,
     DeviceRecord,
     IdempotencyRecord,
@@ -549,6 +551,45 @@ class SqlStore:
         async with self._tx(write=True) as conn:
             result = await conn.execute(delete(t).where(t.c.created_at < before))
         return int(result.rowcount or 0)
+
+    async def audit_nodes(self, nodes: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored subtree hashes for ``nodes`` (one query)."""
+        async with self._tx() as conn:
+            return await self._nodes(conn, nodes)
+
+    async def _nodes(
+        self, conn: AsyncConnection, nodes: set[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        if not nodes:
+            return {}
+        t = s.audit_nodes
+        found: dict[tuple[int, int], bytes] = {}
+        ordered = sorted(nodes)
+        # Bounded IN lists: proofs need O(log n) nodes, appends a handful per entry.
+        for chunk in range(0, len(ordered), 500):
+            part = ordered[chunk : chunk + 500]
+            query = select(t.c.level, t.c.idx, t.c.hash).where(tuple_(t.c.level, t.c.idx).in_(part))
+            for level, idx, digest in (await conn.execute(query)).all():
+                found[(int(level), int(idx))] = bytes(digest)
+        return found
+
+    async def add_checkpoint(self, checkpoint: CheckpointRecord) -> None:
+        """Store a signed checkpoint; IntegrityConflict when that size has one."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(insert(s.audit_checkpoints).values(_fields(checkpoint)))
+
+    async def checkpoints(
+        self, *, after_size: int = -1, limit: int = 1000
+    ) -> list[CheckpointRecord]:
+        """Checkpoints with ``size > after_size``, smallest first."""
+        t = s.audit_checkpoints
+        query = select(t).where(t.c.size > after_size).order_by(t.c.size).limit(limit)
+        return await self._fetch(query, CheckpointRecord)
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The largest checkpoint, or None."""
+        t = s.audit_checkpoints
+        return await self._first(select(t).order_by(t.c.size.desc()), CheckpointRecord)
 
     async def audit_size(self) -> int:
         """Number of audit entries (``max(idx) + 1``: indices are gap-free)."""
