@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=limits.MAX_BODY_BYTES, ge=1024, le=1024 * 1024)
     stream_queue_size: int = Field(default=limits.STREAM_QUEUE_MAX, ge=8, le=1_000_000)
     heartbeat_interval: float = Field(default=limits.HEARTBEAT_INTERVAL, gt=0, le=300)
+    audit_origin: str = ""
+    audit_checkpoint_entries: int = Field(default=1000, ge=1, le=10_000_000)
+    audit_checkpoint_seconds: float = Field(default=10.0, gt=0, le=86400)
+    audit_witness_dir: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -126,6 +130,18 @@ class Settings(BaseSettings):
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        """The audit log's origin line (C2SP tlog-checkpoint): schema-less, stable."""
+        return self.audit_origin or urlsplit(self.base_url).netloc + "/herald-audit"
+
+    @property
+    def witness_dir(self) -> Path:
+        """Where checkpoint copies go: outside the data dir unless configured otherwise."""
+        if self.audit_witness_dir is not None:
+            return self.audit_witness_dir
+        return self.data_dir.parent / (self.data_dir.name + "-witness")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -15,9 +16,10 @@ from starlette.routing import Route
 
 from herald import __version__, limits
 from herald.config import Settings
-from herald.errors import ServiceUnavailable, StorageError
+from herald.errors import HeraldError, IntegrityConflict, ServiceUnavailable, StorageError
 from herald.observability.logging import get_logger
 from herald.server import api
+from herald.server.audit_api import audit_routes
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_document
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
@@ -77,6 +79,31 @@ async def openapi(request: Request) -> Response:
     return json_response(openapi_document(rt.settings.base_url))
 
 
+async def _checkpointer(rt: Runtime) -> None:
+    """Sign a checkpoint every N entries or T seconds (DESIGN §6), whichever comes first."""
+    settings = rt.settings
+    last_time = time.monotonic()
+    while True:
+        await asyncio.sleep(min(1.0, settings.audit_checkpoint_seconds))
+        if rt.audit is None:
+            continue
+        try:
+            size = await rt.store.audit_size()
+            latest = await rt.store.latest_checkpoint()
+            signed = latest.size if latest is not None else 0
+            due = size - signed >= settings.audit_checkpoint_entries or (
+                size > signed and time.monotonic() - last_time >= settings.audit_checkpoint_seconds
+            )
+            if due:
+                await rt.audit.checkpoint(utcnow())
+                last_time = time.monotonic()
+        except (StorageError, IntegrityConflict):
+            # Unavailable, or another node signed this size first: try again next tick.
+            _log.warning("checkpoint skipped")
+        except HeraldError as exc:
+            _log.error("checkpoint refused", error=type(exc).__name__)
+
+
 async def _maintenance(rt: Runtime) -> None:
     """Hourly housekeeping: forget idempotency records older than 24 h."""
     while True:
@@ -102,11 +129,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         _log.info("herald ready", url=settings.base_url, version=__version__)
         maintenance = asyncio.create_task(_maintenance(rt))
         heartbeats = asyncio.create_task(rt.hub.run_heartbeats(settings.heartbeat_interval))
+        checkpointer = asyncio.create_task(_checkpointer(rt))
         try:
             yield
         finally:
             maintenance.cancel()
             heartbeats.cancel()
+            checkpointer.cancel()
             if runtime is None:
                 await rt.close()
             else:
@@ -118,6 +147,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.routes(),
+        *audit_routes(),
         *stream_routes(),
     ]
     app = Starlette(

@@ -72,6 +72,7 @@ async def ensure_signing_keys(rt: Runtime) -> list[str]:
             )
             created.append(record.kid)
     await rt.reload_token_keys()
+    await rt.load_audit_key()
     return created
 
 

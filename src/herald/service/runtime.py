@@ -19,7 +19,9 @@ from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
 from herald.crypto.keyring import TenantKeyRing
 from herald.crypto.providers import KekRouter, build_router
-from herald.crypto.signing import PURPOSE_TOKEN, unwrap_signing_key
+from herald.audit.log import AuditLog, DirectoryWitness
+from herald.audit.note import NoteSigner
+from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, unwrap_signing_key
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
 from herald.observability.metrics import Metrics
@@ -55,6 +57,7 @@ class Runtime:
     #: restart (embedded mode); None with a durable shared store (Redis).
     nonce_not_before: float | None
     tokens: TokenService | None = None
+    audit: AuditLog | None = None
     #: Serialises commit + fan-out on this node so that live order equals commit order.
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started_at: float = field(default_factory=time.time)
@@ -102,7 +105,26 @@ class Runtime:
             nonce_not_before=float(math.ceil(time.time())) if nonces.volatile else None,
         )
         await runtime.reload_token_keys()
+        await runtime.load_audit_key()
         return runtime
+
+    async def load_audit_key(self) -> None:
+        """Load the audit-signing key (newest) and wire the audit log."""
+        records = [r for r in await self.store.signing_keys(PURPOSE_AUDIT) if r.retired_at is None]
+        if records:
+            key = await unwrap_signing_key(self.provider, records[0])
+            self.audit = AuditLog(
+                store=self.store,
+                signer=NoteSigner(self.settings.origin, key.private_key),
+                origin=self.settings.origin,
+                witness=DirectoryWitness(self.settings.witness_dir),
+            )
+
+    def audit_log(self) -> AuditLog:
+        """The audit log; a clear error when ``herald init`` has not been run."""
+        if self.audit is None:
+            raise ConfigError("no audit-signing key in the database: run `herald init` first")
+        return self.audit
 
     async def reload_token_keys(self) -> None:
         """(Re)load the token-signing keys; without one, token routes are unavailable."""

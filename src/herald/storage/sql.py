@@ -56,6 +56,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from herald.audit import merkle
 from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import migrate as _migrate
 from herald.storage import schema as s
@@ -198,7 +199,33 @@ class SqlStore:
             rows.append({"idx": index, "entry": entry, "leaf_hash": leaf_hash, "created_at": now})
             leaves.append(leaf_hash)
         await _insert_many(conn, s.audit_entries, rows)
+        await self._grow_tree(conn, start, leaves)
         return indices, leaves
+
+    async def _grow_tree(self, conn: AsyncConnection, start: int, leaves: list[bytes]) -> None:
+        """Store the perfect subtrees the new leaves complete (amortised < 2 per leaf).
+
+        The left siblings they need come from earlier appends (one query for the batch)
+        or from this batch; nothing is ever recomputed from the leaves.
+        """
+        wanted = {
+            node
+            for offset in range(len(leaves))
+            for node in merkle.append_requires(start + offset)
+            # Complete before this batch; siblings completed within it are computed below.
+            if (node[1] + 1) << node[0] <= start
+        }
+        lookup = await self._nodes(conn, wanted)
+        new: dict[tuple[int, int], bytes] = {}
+        for offset, leaf in enumerate(leaves):
+            made = merkle.new_node_hashes(start + offset, leaf, lookup)
+            lookup.update(made)
+            new.update(made)
+        await _insert_many(
+            conn,
+            s.audit_nodes,
+            [{"level": level, "idx": idx, "hash": digest} for (level, idx), digest in new.items()],
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def migrate(self) -> None:
