@@ -135,6 +135,22 @@ class Server:
         assert response.status_code == 200, response.text
         return str(response.json()["access_token"])
 
+    def audit_actions(self, since: int = 0) -> list[tuple[int, str, dict[str, object]]]:
+        """``(index, action, details)`` of the audit entries from index ``since``."""
+        with sqlite3.connect(self.data_dir / "herald.db") as conn:
+            rows = conn.execute(
+                "SELECT idx, entry FROM audit_entries WHERE idx >= ? ORDER BY idx", (since,)
+            ).fetchall()
+        out = []
+        for idx, entry in rows:
+            parsed = json.loads(entry)
+            out.append((int(idx), str(parsed["action"]), dict(parsed["details"])))
+        return out
+
+    def state_count(self) -> int:
+        """Audit entries other than refusals: refusals are recorded, nothing else may be."""
+        return sum(1 for _, action, _ in self.audit_actions() if action != "message.refused")
+
     def db_count(self, table: str) -> int:
         with sqlite3.connect(self.data_dir / "herald.db") as conn:
             (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608

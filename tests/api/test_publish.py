@@ -487,7 +487,11 @@ def test_idempotency_key_with_another_body_is_422(server, client, demo_token):
     )
     assert_problem(response, 422, "idempotency-key-reused")
     assert server.db_count("messages") == messages_before
-    assert server.db_count("audit_entries") == audit_before
+    # Only the refusal itself is recorded, with its reason and no content.
+    added = server.audit_actions(since=audit_before)
+    assert [(action, details["reasons"]) for _, action, details in added] == [
+        ("message.refused", ["idempotency-key-reused"])
+    ]
     # The first answer is still what the key replays.
     again = publish(client, demo_token, {"topic": topic, "title": "a"}, **{"Idempotency-Key": key})
     assert again.status_code == 202

@@ -470,13 +470,15 @@ def verify_consistency(
     if not 0 <= first <= second:
         raise ProofInvalid("need 0 <= first <= second")
     _check_hashes(first_root, second_root, *proof)
+    if first == 0 and not _same(first_root, EMPTY_ROOT):
+        raise ProofInvalid("the empty tree's head is the empty root")
     if first == second:
         if proof or not _same(first_root, second_root):
             raise ProofInvalid("equal sizes need an empty proof and equal roots")
         return
     if first == 0:
-        if proof or not _same(first_root, EMPTY_ROOT):
-            raise ProofInvalid("the empty tree needs an empty proof and the empty root")
+        if proof:
+            raise ProofInvalid("the empty tree needs an empty proof")
         return
     # Step 1.
     if not proof:

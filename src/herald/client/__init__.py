@@ -25,6 +25,12 @@ End-to-end mode (Herald forwards content it cannot read; HPKE per device)::
     async with AsyncSubscriber(url, sub["token"], device_key=key) as stream:
         ...  # messages arrive opened; E2EDecryptionError for one this device cannot open
 
+Verifiable delivery receipts (the message is in the signed audit log; pin the audit key
+once, e.g. from ``/.well-known/herald-audit-key``, and never re-fetch it to verify)::
+
+    receipt = await stream.verify_receipt(message, audit_key=PINNED_AUDIT_KEY)
+    # ReceiptInvalid when the server cannot prove the message was logged
+
 :class:`Publisher` and :class:`Subscriber` are blocking equivalents. TLS certificates are
 always verified; every error raised on purpose is a :class:`HeraldClientError`.
 """
@@ -38,6 +44,7 @@ from herald.client._errors import (
     StreamClosed,
 )
 from herald.client._publisher import AsyncPublisher, PublishResult
+from herald.client._receipts import Receipt, ReceiptInvalid
 from herald.client._signing import RequestSigner, sign_request
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
 from herald.client._sync import Publisher, Subscriber
@@ -54,6 +61,8 @@ __all__ = [
     "ProblemError",
     "PublishResult",
     "Publisher",
+    "Receipt",
+    "ReceiptInvalid",
     "RequestSigner",
     "StreamClosed",
     "StreamMessage",

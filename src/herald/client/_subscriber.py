@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -23,11 +24,13 @@ from websockets.exceptions import (
 
 from herald.client._e2e import DeviceKey, E2EDecryptionError, open_e2e_frame
 from herald.client._errors import HeraldClientError, StreamClosed, problem_from_http
+from herald.client._receipts import Receipt, verify_receipt
 from herald.client._transport import (
     USER_AGENT,
     backoff_delay,
     connection_failed,
     is_certificate_error,
+    make_async_client,
     make_ssl_context,
 )
 from herald.errors import DecryptionFailed
@@ -185,6 +188,8 @@ class AsyncSubscriber:
         self._base_url = base_url.rstrip("/")
         self._stream_url, secure = _stream_url(self._base_url)
         self._ssl = make_ssl_context(ca) if secure else None
+        self._ca = ca
+        self._http: httpx.AsyncClient | None = None  # for receipts, created on first use
         self._token = token
         self._topics = list(topics) if topics is not None else None
         self._last_id = since
@@ -278,16 +283,64 @@ class AsyncSubscriber:
             with contextlib.suppress(ConnectionClosed):
                 await self._flush_acks(self._ws)
 
+    async def verify_receipt(
+        self, message: StreamMessage, *, audit_key: str, wait: float = 15.0
+    ) -> Receipt:
+        """Prove that ``message`` is in Herald's audit log (a verifiable delivery receipt).
+
+        Herald logs every message it accepts; the message carries the index and leaf hash of
+        its ``message.published`` entry. This reads the latest signed checkpoint (waiting up
+        to ``wait`` seconds for one that covers the entry), verifies its note with
+        ``audit_key``, checks that the entry at ``message.audit_index`` hashes to
+        ``message.leaf_hash`` and records the publication of ``message.id``, and verifies
+        the entry's RFC 9162 inclusion proof against the signed root. So the platform cannot
+        deliver a message it did not log.
+
+        The requests use this subscriber's token and TLS settings.
+
+        **Pin the key.** ``audit_key`` is the audit verifier key you trust, obtained once
+        — for example from ``GET /.well-known/herald-audit-key`` when the app is set up, or
+        shipped with it — and stored. Never fetch it from the server at verification time:
+        a server able to forge receipts could then serve a key of its own as well.
+
+        Args:
+            message: A message received on this stream (or one just like it).
+            audit_key: The pinned verifier key, ``<origin>+<key id>+<base64 key>``.
+            wait: Longest wait (seconds) for a signed checkpoint that covers the entry;
+                Herald signs one every few seconds.
+
+        Returns:
+            The :class:`~herald.client.Receipt`: index, leaf hash, and the signed checkpoint
+            (size, root, note) the entry was proven against. Keep it as evidence.
+
+        Raises:
+            ReceiptInvalid: Any check failed or could not be made in time (the cause is
+                chained); an unverified receipt must not be trusted.
+            HeraldClientError: The subscriber is closed.
+        """
+        if self._closed:
+            raise HeraldClientError("the subscriber is closed")
+        if self._http is None:
+            self._http = make_async_client(_http_url(self._base_url), ca=self._ca)
+        return await verify_receipt(
+            self._http, self._token, message, audit_key=audit_key, wait=wait
+        )
+
     async def close(self) -> None:
         """Send outstanding acks (best effort) and close the connection."""
         if self._closed:
             return
         self._closed = True
         ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await self._flush_acks(ws)
-            await ws.close()
+        http, self._http = self._http, None
+        try:
+            if ws is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._flush_acks(ws)
+                await ws.close()
+        finally:
+            if http is not None:
+                await http.aclose()
 
     # -- internals -----------------------------------------------------------------------
 
@@ -427,6 +480,13 @@ class AsyncSubscriber:
 
 def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _http_url(base_url: str) -> str:
+    """The REST base URL of ``base_url`` (a ``ws``/``wss`` URL maps to ``http``/``https``)."""
+    parts = urlsplit(base_url)
+    schemes = {"https": "https", "wss": "https", "http": "http", "ws": "http"}
+    return urlunsplit((schemes[parts.scheme.lower()], parts.netloc, parts.path, "", ""))
 
 
 def _stream_url(base_url: str) -> tuple[str, bool]:

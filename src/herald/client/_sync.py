@@ -20,6 +20,7 @@ import httpx
 from herald.client._e2e import DeviceKey, Devices
 from herald.client._errors import ProblemError
 from herald.client._publisher import AsyncPublisher, PublishResult, Sleep
+from herald.client._receipts import Receipt
 from herald.client._signing import RequestSigner
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
 
@@ -266,6 +267,16 @@ class Subscriber(_Blocking):
     def ack(self, message_id: str) -> None:
         """Acknowledge a message (see :meth:`AsyncSubscriber.ack`)."""
         self._run(self._subscriber.ack(message_id))
+
+    def verify_receipt(
+        self, message: StreamMessage, *, audit_key: str, wait: float = 15.0
+    ) -> Receipt:
+        """Prove that ``message`` is in the audit log (see :meth:`AsyncSubscriber.verify_receipt`).
+
+        ``audit_key`` is the verifier key you pinned beforehand, never one fetched from the
+        server at verification time.
+        """
+        return self._run(self._subscriber.verify_receipt(message, audit_key=audit_key, wait=wait))
 
     def close(self) -> None:
         """Close the connection and the private event loop."""

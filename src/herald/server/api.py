@@ -24,21 +24,39 @@ from herald.core.messages import (
 from herald.core.topics import validate_topic
 from herald.crypto.tokens import AccessClaims
 from herald.errors import (
+    PROBLEM_TYPE_PREFIX,
     ApiError,
     BadRequest,
+    DigestMismatch,
     Forbidden,
     InvalidClient,
     InvalidToken,
+    KeyRevoked,
+    KeyUnknown,
+    ReplayedRequest,
+    RequestExpired,
+    SignatureInvalid,
+    SignatureMissing,
     UnsupportedMediaType,
 )
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
-from herald.service import devices, identity, messages, signatures, streams
+from herald.service import audit, devices, identity, messages, signatures, streams
 from herald.service.runtime import Runtime
 
 __all__ = ["routes"]
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: Refusals that service.signatures already recorded in the audit log.
+_SIGNATURE_REFUSALS = (
+    SignatureMissing,
+    SignatureInvalid,
+    DigestMismatch,
+    RequestExpired,
+    ReplayedRequest,
+    KeyUnknown,
+    KeyRevoked,
+)
 
 
 def runtime(request: Request) -> Runtime:
@@ -183,10 +201,33 @@ async def oauth_metadata(request: Request) -> Response:
 
 
 # -- messages ---------------------------------------------------------------------------------
+async def _refused(rt: Runtime, claims: AccessClaims, reasons: list[str]) -> None:
+    """Audit refused publishes of an authenticated app (the reason slug, never the body)."""
+    await audit.record(
+        rt,
+        tenant=claims.tenant_id,
+        actor=f"app:{claims.client_id}",
+        action="message.refused",
+        obj=f"app:{claims.client_id}",
+        reasons=sorted(set(reasons)),
+        count=len(reasons),
+    )
+    rt.metrics.record_publish("refused", len(reasons))
+
+
 async def publish_one(request: Request) -> Response:
     """``POST /v1/messages``."""
     rt = runtime(request)
     claims = access_claims(request)
+    try:
+        return await _publish_one(rt, request, claims)
+    except ApiError as exc:
+        if not isinstance(exc, _SIGNATURE_REFUSALS):  # those are audited where raised
+            await _refused(rt, claims, [exc.slug])
+        raise
+
+
+async def _publish_one(rt: Runtime, request: Request, claims: AccessClaims) -> Response:
     raw = await read_body(request, rt.settings.max_body_bytes)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
@@ -208,6 +249,20 @@ async def publish_batch(request: Request) -> Response:
     """``POST /v1/messages:batch``: valid messages are stored, invalid ones answered."""
     rt = runtime(request)
     claims = access_claims(request)
+    try:
+        response, refusals = await _publish_batch(rt, request, claims)
+    except ApiError as exc:
+        if not isinstance(exc, _SIGNATURE_REFUSALS):
+            await _refused(rt, claims, [exc.slug])
+        raise
+    if refusals:
+        await _refused(rt, claims, refusals)
+    return response
+
+
+async def _publish_batch(
+    rt: Runtime, request: Request, claims: AccessClaims
+) -> tuple[Response, list[str]]:
     raw = await read_body(request, limits.MAX_BATCH_BODY_BYTES)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
@@ -228,7 +283,11 @@ async def publish_batch(request: Request) -> Response:
         request_hash=hashlib.sha256(raw).digest(),
     )
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return json_response(outcome.body, outcome.status, headers)
+    results = [] if outcome.replayed else outcome.body.get("results", [])
+    refusals = [
+        r["error"]["type"].removeprefix(PROBLEM_TYPE_PREFIX) for r in results if "error" in r
+    ]
+    return json_response(outcome.body, outcome.status, headers), refusals
 
 
 async def get_message(request: Request) -> Response:

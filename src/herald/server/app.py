@@ -24,6 +24,7 @@ from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddlewar
 from herald.server.openapi import openapi_document
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
+from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 
 __all__ = ["create_app"]
@@ -124,8 +125,18 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         rt = runtime or await Runtime.open(settings)
         app.state.runtime = rt
-        for warning in settings.security_summary()["warnings"]:
+        for warning in settings.security_warnings():
             _log.warning("insecure setting", setting=warning)
+            # DESIGN §6: configuration that weakens security is an audit event.
+            with contextlib.suppress(StorageError):
+                await audit.record(
+                    rt,
+                    tenant=None,
+                    actor="operator",
+                    action="config.weakened",
+                    obj="node",
+                    setting=warning.split(":", 1)[0].split(" ", 1)[0],
+                )
         _log.info("herald ready", url=settings.base_url, version=__version__)
         maintenance = asyncio.create_task(_maintenance(rt))
         heartbeats = asyncio.create_task(rt.hub.run_heartbeats(settings.heartbeat_interval))

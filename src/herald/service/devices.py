@@ -6,10 +6,10 @@ import secrets
 from typing import Any
 
 from herald import limits
-from herald.audit.entry import AuditEvent
 from herald.core.messages import DeviceRequest
 from herald.crypto.e2e import b64url_encode, parse_public_key
 from herald.errors import BadRequest
+from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import DeviceRecord
 
@@ -48,17 +48,13 @@ async def register_device(
         created_at=utcnow(),
     )
     await rt.store.add_device(device)
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=device.created_at,
-                tenant=tenant_id,
-                actor=actor,
-                action="device.registered",
-                object=f"device:{device.device_id}",
-                details={"recipient": recipient},
-            )
-        ]
+    await audit.record(
+        rt,
+        tenant=tenant_id,
+        actor=actor,
+        action="device.registered",
+        obj=f"device:{device.device_id}",
+        recipient=recipient,
     )
     return device_view(device)
 

@@ -14,11 +14,11 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from herald.audit.entry import AuditEvent
 from herald.core.scopes import ScopeSet
 from herald.crypto.keyring import wrap_new_data_key
 from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, new_signing_key
 from herald.errors import BadRequest, InvalidClient
+from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import AppRecord, TenantKeyRecord, TenantRecord
 
@@ -58,17 +58,14 @@ async def ensure_signing_keys(rt: Runtime) -> list[str]:
         if not await rt.store.signing_keys(purpose):
             record, _ = await new_signing_key(rt.provider, purpose, utcnow())
             await rt.store.add_signing_key(record)
-            await rt.store.append_audit(
-                [
-                    AuditEvent(
-                        time=record.created_at,
-                        tenant=None,
-                        actor="operator",
-                        action="key.created",
-                        object=f"signing-key:{record.kid}",
-                        details={"purpose": purpose, "algorithm": record.algorithm},
-                    )
-                ]
+            await audit.record(
+                rt,
+                tenant=None,
+                actor="operator",
+                action="key.created",
+                obj=f"signing-key:{record.kid}",
+                purpose=purpose,
+                algorithm=record.algorithm,
             )
             created.append(record.kid)
     await rt.reload_token_keys()
@@ -82,17 +79,8 @@ async def create_tenant(rt: Runtime, name: str) -> TenantRecord:
     tenant = TenantRecord(id=_new_id("tnt"), name=_check_name(name), created_at=now)
     wrapped = await wrap_new_data_key(rt.provider, tenant.id, 1, os.urandom)
     await rt.store.create_tenant(tenant, TenantKeyRecord(tenant.id, 1, wrapped, now))
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=now,
-                tenant=tenant.id,
-                actor="operator",
-                action="tenant.created",
-                object=f"tenant:{tenant.id}",
-                details={"name": name},
-            )
-        ]
+    await audit.record(
+        rt, tenant=tenant.id, actor="operator", action="tenant.created", obj=f"tenant:{tenant.id}"
     )
     return tenant
 
@@ -121,17 +109,13 @@ async def create_app(rt: Runtime, tenant_id: str, name: str, scopes: ScopeSet) -
         created_at=now,
     )
     await rt.store.create_app(app)
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=now,
-                tenant=tenant_id,
-                actor="operator",
-                action="app.created",
-                object=f"app:{app.id}",
-                details={"name": name, "scopes": str(scopes)},
-            )
-        ]
+    await audit.record(
+        rt,
+        tenant=tenant_id,
+        actor="operator",
+        action="app.created",
+        obj=f"app:{app.id}",
+        scopes=str(scopes),
     )
     return CreatedApp(app, secret)
 
@@ -148,6 +132,15 @@ async def authenticate_client(rt: Runtime, client_id: str, client_secret: str) -
     ok = hmac.compare_digest(expected, hash_secret(client_secret))
     if app is None or not ok or app.disabled:
         rt.metrics.record_auth_failure("invalid_client")
+        # The client id is what the caller claimed; no secret is ever recorded.
+        await audit.record(
+            rt,
+            tenant=app.tenant_id if app is not None else None,
+            actor=f"client:{client_id[:64]}",
+            action="token.refused",
+            obj=f"app:{client_id[:64]}",
+            reason="disabled" if app is not None and ok else "invalid_client",
+        )
         raise InvalidClient
     return app
 
@@ -165,17 +158,14 @@ async def issue_access_token(
         ttl=rt.settings.access_token_ttl,
     )
     rt.metrics.record_token("access")
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=utcnow(),
-                tenant=app.tenant_id,
-                actor=f"app:{app.id}",
-                action="token.issued",
-                object=f"app:{app.id}",
-                details={"scope": str(scopes), "expires_in": expires_in},
-            )
-        ]
+    await audit.record(
+        rt,
+        tenant=app.tenant_id,
+        actor=f"app:{app.id}",
+        action="token.issued",
+        obj=f"app:{app.id}",
+        scope=str(scopes),
+        expires_in=expires_in,
     )
     return {
         "access_token": token,

@@ -18,12 +18,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from herald.audit.entry import AuditEvent
 from herald.crypto.aead import aad_for, peek_key_version
 from herald.crypto.keyring import dek_context, wrap_new_data_key
 from herald.crypto.providers import KekRouter
 from herald.crypto.signing import signing_context
 from herald.errors import BadRequest, NotFound
+from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import JobRecord, SigningKeyRecord, TenantKeyRecord
 
@@ -40,18 +40,7 @@ REENCRYPT_JOB = "reencrypt"
 
 
 async def _audit(rt: Runtime, tenant: str | None, action: str, obj: str, **details: object) -> None:
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=utcnow(),
-                tenant=tenant,
-                actor="operator",
-                action=action,
-                object=obj,
-                details=details,
-            )
-        ]
-    )
+    await audit.record(rt, tenant=tenant, actor="operator", action=action, obj=obj, **details)
 
 
 async def _live_tenant(rt: Runtime, tenant_id: str) -> list[TenantKeyRecord]:

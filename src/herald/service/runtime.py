@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from herald.audit.log import AuditLog, DirectoryWitness
+from herald.audit.note import NoteSigner
 from herald.bus.base import Bus
 from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
 from herald.crypto.keyring import TenantKeyRing
 from herald.crypto.providers import KekRouter, build_router
-from herald.audit.log import AuditLog, DirectoryWitness
-from herald.audit.note import NoteSigner
 from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, unwrap_signing_key
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError

@@ -21,7 +21,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from herald.audit.entry import AuditEvent
 from herald.core.signatures import (
     ParsedSignature,
     check_content_digest,
@@ -38,6 +37,7 @@ from herald.errors import (
     ReplayedRequest,
     SignatureInvalid,
 )
+from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 from herald.state.nonces import nonce_key
 from herald.storage.base import AppKeyRecord
@@ -169,17 +169,13 @@ async def verify_request(
 async def _audit_refusal(
     rt: Runtime, tenant_id: str, app_id: str, exc: ApiError, req: SignedRequest
 ) -> None:
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=utcnow(),
-                tenant=tenant_id,
-                actor=f"app:{app_id}",
-                action="request.refused",
-                object=f"route:{req.method.upper()} {req.path[:128]}",
-                details={"reason": exc.slug},
-            )
-        ]
+    await audit.record(
+        rt,
+        tenant=tenant_id,
+        actor=f"app:{app_id}",
+        action="request.refused",
+        obj=f"route:{req.method.upper()} {req.path[:128]}",
+        reason=exc.slug,
     )
 
 
@@ -210,17 +206,14 @@ def parse_ed25519_public_key(pem: bytes) -> bytes:
 
 
 async def _audit_key(rt: Runtime, record: AppKeyRecord, action: str) -> None:
-    await rt.store.append_audit(
-        [
-            AuditEvent(
-                time=utcnow(),
-                tenant=record.tenant_id,
-                actor="operator",
-                action=action,
-                object=f"app-key:{record.keyid}",
-                details={"app": record.app_id, "algorithm": record.algorithm},
-            )
-        ]
+    await audit.record(
+        rt,
+        tenant=record.tenant_id,
+        actor="operator",
+        action=action,
+        obj=f"app-key:{record.keyid}",
+        app=record.app_id,
+        algorithm=record.algorithm,
     )
 
 

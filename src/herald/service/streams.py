@@ -10,6 +10,7 @@ from herald.core.messages import SubscriberTokenRequest
 from herald.core.topics import TopicPattern
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import BadRequest, Forbidden, InvalidToken, NotFound
+from herald.service import audit
 from herald.service.messages import _live, ensure_not_shredded, invalid_cursor, open_content
 from herald.service.runtime import Runtime, utcnow
 from herald.streams.hub import StreamSession
@@ -125,5 +126,14 @@ async def ack(rt: Runtime, session: StreamSession, message_id: str) -> None:
         or not any(p.matches(record.topic) for p in session.patterns)
     ):
         raise NotFound(f"no message {message_id} on this stream")
-    await rt.store.ack(session.tenant_id, message_id, session.recipient, utcnow())
+    delivery = await rt.store.ack(session.tenant_id, message_id, session.recipient, utcnow())
     rt.metrics.record_delivery("inapp", "delivered")
+    await audit.record(
+        rt,
+        tenant=session.tenant_id,
+        actor=f"recipient:{session.recipient}",
+        action="delivery.acked",
+        obj=f"message:{message_id}",
+        delivery=delivery.id,
+        channel="inapp",
+    )
