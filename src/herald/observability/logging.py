@@ -370,6 +370,14 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             routed.removeHandler(old)
         routed.setLevel(logging.NOTSET)
         routed.propagate = True
+    # Never below INFO, even when Herald logs at DEBUG: these libraries print bound SQL
+    # parameters (ids, topics, idempotency keys) and raw WebSocket frames at DEBUG.
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+
+
+#: Third-party loggers whose DEBUG output would carry request data.
+_CHATTY_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "asyncpg", "websockets", "httpx", "httpcore")
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -120,7 +120,8 @@ async def reencrypt(
         scanned += len(page)
         batches += 1
         if progress is not None:
-            progress(done_before + scanned, total)
+            # Messages published meanwhile can push the count past the first total.
+            progress(done_before + scanned, max(total, done_before + scanned))
     else:
         return ReencryptResult(target, scanned, changed, total, resumed_from)
     changed += await _reencrypt_app_keys(rt, tenant_id, target)
