@@ -42,6 +42,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.publish_deliver $(BENCH_ARGS)
+	$(BIN)/python -m bench.publish_security
+	$(BIN)/python -m bench.encryption
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

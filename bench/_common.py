@@ -1,0 +1,217 @@
+"""Helpers shared by the benchmarks: a throw-away ``herald serve``, CPU accounting, output.
+
+Everything here stays on 127.0.0.1. ``start_server`` runs ``herald serve`` in its own session
+(so Ctrl-C reaches the benchmark, which stops it) and waits for ``/healthz``; ``stop_server``
+terminates it, then kills it after 10 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+HERALD = [sys.executable, "-m", "herald.cli"]
+HOST = "127.0.0.1"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SATURATED = 0.9  # CPU seconds per wall second above which a process counts as saturated
+LOG_TAIL_LINES = 25
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit when below ``needed``; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (``None`` when empty)."""
+    if not ordered:
+        return None
+    rank = max(0, math.ceil(q / 100.0 * len(ordered)) - 1)
+    return ordered[min(rank, len(ordered) - 1)]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000.0, 3)
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid``, all threads (Linux /proc; else ``None``)."""
+    return proc_cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (Linux /proc/stat)."""
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    values = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def server_env(data_dir: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(
+        HERALD_DATA_DIR=str(data_dir),
+        HERALD_HOST=HOST,
+        HERALD_PORT=str(port),
+        HERALD_LOG_LEVEL="info",
+    )
+    return env
+
+
+def herald_init(env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [*HERALD, "init", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"herald init failed ({done.returncode}): {done.stderr.strip()}")
+    return dict(json.loads(done.stdout))
+
+
+def start_server(
+    env: dict[str, str], url: str, ca: str, deadline: float
+) -> subprocess.Popen[bytes]:
+    """Start ``herald serve`` (own session: Ctrl-C reaches us, we stop it) and await /healthz."""
+    log_path = Path(env["HERALD_DATA_DIR"]) / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*HERALD, "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(
+            process, url, ssl.create_default_context(cafile=ca), min(deadline, time.time() + 30)
+        )
+    except BaseException:
+        stop_server(process)
+        raise
+    return process
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes], url: str, verify: ssl.SSLContext, give_up: float
+) -> None:
+    import httpx
+
+    while time.time() < give_up:
+        if process.poll() is not None:
+            raise RuntimeError(f"herald serve exited with {process.returncode}")
+        try:
+            if (
+                httpx.get(url + "/healthz", verify=verify, timeout=1.0, trust_env=False).status_code
+                == 200
+            ):
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("herald serve did not answer /healthz in time")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def log_summary(path: Path) -> dict[str, Any]:
+    """Counts of log records by level, the last lines, and the last warnings and errors."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"levels": {}, "tail": [], "problems": []}
+    levels: Counter[str] = Counter()
+    problems: list[str] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        level = str(record.get("level", "?")) if isinstance(record, dict) else "(not json)"
+        levels[level] += 1
+        if level not in {"debug", "info"}:
+            problems.append(line)
+    return {
+        "levels": dict(levels),
+        "tail": lines[-LOG_TAIL_LINES:],
+        "problems": problems[-LOG_TAIL_LINES:],
+    }
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.1f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return text + unit
+
+
+def machine_facts() -> dict[str, Any]:
+    import herald
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "herald": herald.__version__,
+        "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+def raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so ``finally`` blocks stop the servers."""
+    raise KeyboardInterrupt
+
+
+def main_thread_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of the main thread of ``pid`` (its event loop, for herald)."""
+    return proc_cpu_seconds_of(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def proc_cpu_seconds_of(path: Path) -> float | None:
+    try:
+        stat = path.read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
