@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     egress_allow: str = ""
     egress_ca_file: Path | None = None
     smtp_url: SecretStr | None = None
+    smtp_from: str = ""
 
     insecure_http: bool = False
     tls_cert_file: Path | None = None

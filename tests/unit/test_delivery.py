@@ -26,6 +26,9 @@ ALLOWED = {
     (S.SENDING, S.DELIVERED),
     (S.SENDING, S.FAILED),
     (S.SENDING, S.RETRYING),
+    (S.SENDING, S.DEAD),
+    (S.SENDING, S.EXPIRED),
+    (S.DEAD, S.RETRYING),
     (S.RETRYING, S.SENDING),
     (S.RETRYING, S.DELIVERED),
     (S.RETRYING, S.EXPIRED),
@@ -93,7 +96,7 @@ def test_pair_count() -> None:
 
 @pytest.mark.parametrize("state", list(DeliveryState))
 def test_terminal(state: DeliveryState) -> None:
-    expected = state in {S.DELIVERED, S.DEAD, S.EXPIRED}
+    expected = state in {S.DELIVERED, S.EXPIRED}
     assert is_terminal(state) is expected
     assert (state in TERMINAL_STATES) is expected
     # Terminal states have no way out; the others always have one.
@@ -130,6 +133,10 @@ def test_every_state_reachable_and_every_path_can_end() -> None:
 def test_a_typical_life() -> None:
     state = S.PENDING
     for target in (S.SENDING, S.FAILED, S.RETRYING, S.SENDING, S.RETRYING, S.DEAD):
+        state = transition(state, target)
+    assert state == S.DEAD
+    assert not is_terminal(state)  # an operator may still retry a dead letter
+    for target in (S.RETRYING, S.SENDING, S.DELIVERED):
         state = transition(state, target)
     assert is_terminal(state)
 

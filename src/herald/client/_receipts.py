@@ -24,7 +24,7 @@ import httpx
 from herald.audit.merkle import HASH_SIZE, ProofInvalid, leaf_hash, verify_inclusion
 from herald.audit.note import Checkpoint, NoteInvalid, NoteVerifier, open_checkpoint
 from herald.client._errors import HeraldClientError, ProblemError, problem_from_http
-from herald.client._transport import connection_failed
+from herald.client._transport import connection_failed, is_certificate_error
 
 __all__ = ["CHECKPOINT_POLL_INTERVAL", "Receipt", "ReceiptInvalid", "verify_receipt"]
 
@@ -153,7 +153,8 @@ class _Api:
 
 def _retryable(error: HeraldClientError) -> bool:
     if not isinstance(error, ProblemError):
-        return True  # ConnectionFailed: the server may be restarting
+        # ConnectionFailed: the server may be restarting; an untrusted certificate stays so.
+        return not is_certificate_error(error)
     status = error.status
     return status in {_NOT_FOUND, _TOO_MANY_REQUESTS} or (
         status >= 500 and status != _NOT_IMPLEMENTED

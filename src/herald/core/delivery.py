@@ -5,14 +5,20 @@ path is ``pending → sending → delivered | failed → retrying → … → de
 full table (:data:`ALLOWED_TRANSITIONS`) is::
 
     pending   → sending | delivered (in-app ack) | expired
-    sending   → delivered | failed | retrying
+    sending   → delivered | failed | retrying | dead | expired
     failed    → retrying | dead
     retrying  → sending | delivered (in-app ack) | expired | dead
-    delivered, dead, expired: terminal
+    dead      → retrying (an operator retries a dead letter)
+    delivered, expired: terminal
+
+The dispatcher goes ``sending → dead`` directly for a permanent failure or an exhausted
+attempt/age budget and ``sending → expired`` past the TTL (the instantaneous ``failed``
+step between them is not stored).
 
 ``delivered`` on the in-app channel means *acknowledged* by the recipient, which may
 happen straight from ``pending`` or ``retrying`` (the client acknowledged a message it
-fetched from history). ``delivered``, ``dead`` and ``expired`` are terminal.
+fetched from history). ``delivered`` and ``expired`` are terminal; ``dead`` is final
+unless an operator retries it.
 """
 
 from __future__ import annotations
@@ -52,11 +58,11 @@ _S = DeliveryState
 ALLOWED_TRANSITIONS: Mapping[DeliveryState, frozenset[DeliveryState]] = MappingProxyType(
     {
         _S.PENDING: frozenset({_S.SENDING, _S.DELIVERED, _S.EXPIRED}),
-        _S.SENDING: frozenset({_S.DELIVERED, _S.FAILED, _S.RETRYING}),
+        _S.SENDING: frozenset({_S.DELIVERED, _S.FAILED, _S.RETRYING, _S.DEAD, _S.EXPIRED}),
         _S.RETRYING: frozenset({_S.SENDING, _S.DELIVERED, _S.EXPIRED, _S.DEAD}),
         _S.FAILED: frozenset({_S.RETRYING, _S.DEAD}),
         _S.DELIVERED: frozenset(),
-        _S.DEAD: frozenset(),
+        _S.DEAD: frozenset({_S.RETRYING}),
         _S.EXPIRED: frozenset(),
     }
 )

@@ -68,6 +68,14 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     priority: Priority = "normal"
     ttl: Annotated[int, msgspec.Meta(ge=1, le=limits.MESSAGE_TTL_MAX)] = 86400
     recipients: list[RecipientId] | None = None
+    #: Channel policy: deliver only on these channels (default: every endpoint).
+    channels: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1, max_length=32)]],
+            msgspec.Meta(max_length=16),
+        ]
+        | None
+    ) = None
     e2e: E2EContent | None = None
 
 

@@ -370,10 +370,11 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             routed.removeHandler(old)
         routed.setLevel(logging.NOTSET)
         routed.propagate = True
-    # Never below INFO, even when Herald logs at DEBUG: these libraries print bound SQL
-    # parameters (ids, topics, idempotency keys) and raw WebSocket frames at DEBUG.
+    # Never below WARNING, even when Herald logs at DEBUG: these libraries print SQL (with
+    # bound parameters: ids, topics, idempotency keys) at INFO/DEBUG and raw WebSocket
+    # frames at DEBUG.
     for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
 #: Third-party loggers whose DEBUG output would carry request data.

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from herald import __version__, limits
+from herald.channels.registry import build_registry
 from herald.config import Settings
 from herald.errors import HeraldError, IntegrityConflict, ServiceUnavailable, StorageError
 from herald.observability.logging import get_logger
@@ -22,9 +23,11 @@ from herald.server import api
 from herald.server.audit_api import audit_routes
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_document
+from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
 from herald.service import audit
+from herald.service.delivery import Dispatcher
 from herald.service.runtime import Runtime, utcnow
 
 __all__ = ["create_app"]
@@ -138,15 +141,24 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                     setting=warning.split(":", 1)[0].split(" ", 1)[0],
                 )
         _log.info("herald ready", url=settings.base_url, version=__version__)
-        maintenance = asyncio.create_task(_maintenance(rt))
-        heartbeats = asyncio.create_task(rt.hub.run_heartbeats(settings.heartbeat_interval))
-        checkpointer = asyncio.create_task(_checkpointer(rt))
+        rt.channels = build_registry(settings)
+        rt.dispatcher = Dispatcher(rt, rt.channels)
+        background = [
+            asyncio.create_task(work)
+            for work in (
+                rt.dispatcher.run(),
+                _maintenance(rt),
+                rt.hub.run_heartbeats(settings.heartbeat_interval),
+                _checkpointer(rt),
+            )
+        ]
         try:
             yield
         finally:
-            maintenance.cancel()
-            heartbeats.cancel()
-            checkpointer.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await rt.dispatcher.stop()
             if runtime is None:
                 await rt.close()
             else:
@@ -159,6 +171,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.routes(),
         *audit_routes(),
+        *recipient_routes(),
         *stream_routes(),
     ]
     app = Starlette(

@@ -20,6 +20,7 @@ import msgspec
 from herald import limits
 from herald.audit.entry import AuditEvent
 from herald.bus.base import LiveMessage
+from herald.channels.registry import INAPP
 from herald.core.messages import PublishRequest, content_of
 from herald.core.topics import TopicPattern
 from herald.crypto.e2e import ENC_LEN, MAX_CIPHERTEXT, b64url_decode
@@ -41,6 +42,7 @@ from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord
 __all__ = [
     "Outcome",
     "can_read",
+    "delivery_view",
     "ensure_not_shredded",
     "get_message",
     "history",
@@ -172,6 +174,46 @@ async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> 
         raise Conflict(f"a message with id {req.id} exists already")
 
 
+async def _route(
+    rt: Runtime,
+    tenant_id: str,
+    records: list[MessageRecord],
+    policies: list[list[str] | None],
+    now: datetime,
+) -> list[DeliveryRecord]:
+    """One pending delivery per (message, enabled endpoint of its recipients, allowed channel).
+
+    The unique (message, channel, endpoint) rule of the store makes this the only delivery
+    an endpoint ever gets for a message.
+    """
+    wanted = sorted({r for record in records for r in record.recipients})
+    endpoints = await rt.store.active_endpoints(tenant_id, wanted) if wanted else []
+    routed: list[DeliveryRecord] = []
+    for record, policy in zip(records, policies, strict=True):
+        for endpoint in endpoints:
+            if endpoint.recipient not in record.recipients:
+                continue
+            if policy is not None and endpoint.channel not in policy:
+                continue
+            routed.append(
+                DeliveryRecord(
+                    id=rt.ids.new_str(),
+                    message_id=record.id,
+                    tenant_id=tenant_id,
+                    channel=endpoint.channel,
+                    endpoint=endpoint.id,
+                    state="pending",
+                    attempts=0,
+                    last_error=None,
+                    created_at=now,
+                    updated_at=now,
+                    recipient=endpoint.recipient,
+                    next_attempt_at=now,
+                )
+            )
+    return routed
+
+
 async def _admit(
     rt: Runtime, claims: AccessClaims, item: PublishRequest | ApiError
 ) -> PublishRequest | ApiError:
@@ -180,6 +222,10 @@ async def _admit(
         return item
     if not claims.scopes.can_publish(item.topic):
         return Forbidden(f"the token may not publish to topic {item.topic!r}")
+    if item.channels is not None and rt.channels is not None:
+        unknown = [c for c in item.channels if c != INAPP and c not in rt.channels]
+        if unknown:
+            return BadRequest(f"unknown channel {unknown[0][:32]!r}")
     if item.e2e is not None:
         try:
             await _check_e2e(rt, claims, item)
@@ -211,6 +257,7 @@ async def publish(
     contents: list[dict[str, Any]] = []
     events: list[AuditEvent] = []
     results: list[dict[str, Any]] = []
+    policies: list[list[str] | None] = []
     for candidate in items:
         item = await _admit(rt, claims, candidate)
         if isinstance(item, ApiError):
@@ -237,6 +284,8 @@ async def publish(
         )
         records.append(record)
         contents.append(content)
+        # End-to-end content can only travel where the device opens it: the streams.
+        policies.append([] if item.e2e is not None else item.channels)
         events.append(
             AuditEvent(
                 time=now,
@@ -264,9 +313,10 @@ async def publish(
             response=msgspec.json.encode(template),
             created_at=now,
         )
+    routed = await _route(rt, claims.tenant_id, records, policies, now)
     async with rt.publish_lock:
         try:
-            committed = await rt.store.publish(records, list(events), idem)
+            committed = await rt.store.publish(records, list(events), idem, routed)
         except IntegrityConflict:
             # A concurrent request with the same key won the race; answer as its replay.
             existing = (
@@ -283,6 +333,8 @@ async def publish(
             for r, s, h in zip(records, committed.seqs, committed.leaf_hashes, strict=True)
         ]
         await rt.bus.publish([_live(r, c) for r, c in zip(done, contents, strict=True)])
+    if routed and rt.dispatcher is not None:
+        rt.dispatcher.wake()
     rt.metrics.record_publish("accepted", len(done))
     by_id = {r.id: r for r in done}
     for result in results:
@@ -344,7 +396,8 @@ async def message_view(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
     }
 
 
-def _delivery_view(d: DeliveryRecord) -> dict[str, Any]:
+def delivery_view(d: DeliveryRecord) -> dict[str, Any]:
+    """The JSON view of a delivery (no endpoint secrets: the endpoint is an id)."""
     return {
         "id": d.id,
         "channel": d.channel,
@@ -365,7 +418,7 @@ async def get_message(rt: Runtime, claims: AccessClaims, message_id: str) -> dic
     await ensure_not_shredded(rt, claims.tenant_id)
     view = await message_view(rt, record)
     view["deliveries"] = [
-        _delivery_view(d) for d in await rt.store.deliveries(claims.tenant_id, message_id)
+        delivery_view(d) for d in await rt.store.deliveries(claims.tenant_id, message_id)
     ]
     return view
 

@@ -12,11 +12,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from herald.audit.log import AuditLog, DirectoryWitness
 from herald.audit.note import NoteSigner
 from herald.bus.base import Bus
 from herald.bus.memory import MemoryBus
+from herald.channels.registry import ChannelRegistry
 from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
 from herald.crypto.keyring import TenantKeyRing
@@ -30,6 +32,9 @@ from herald.state.tickets import MemoryTicketStore
 from herald.storage.base import Store
 from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
+
+if TYPE_CHECKING:  # the dispatcher imports the runtime
+    from herald.service.delivery import Dispatcher
 
 __all__ = ["Runtime", "utcnow"]
 
@@ -58,6 +63,9 @@ class Runtime:
     nonce_not_before: float | None
     tokens: TokenService | None = None
     audit: AuditLog | None = None
+    #: Channel plugins and the delivery worker; set by the server (not admin commands).
+    channels: ChannelRegistry | None = None
+    dispatcher: Dispatcher | None = None
     #: Serialises commit + fan-out on this node so that live order equals commit order.
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started_at: float = field(default_factory=time.time)

@@ -24,10 +24,12 @@ __all__ = [
     "CheckpointRecord",
     "DeliveryRecord",
     "DeviceRecord",
+    "EndpointRecord",
     "IdempotencyRecord",
     "JobRecord",
     "MessageRecord",
     "PublishResult",
+    "RecipientRecord",
     "SigningKeyRecord",
     "Store",
     "TenantKeyRecord",
@@ -155,6 +157,33 @@ class DeliveryRecord:
     attempts: int
     last_error: str | None
     created_at: datetime
+    updated_at: datetime
+    recipient: str | None = None
+    next_attempt_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    """A recipient's address on one channel; ``config`` is sealed (contact data, secrets)."""
+
+    id: str
+    tenant_id: str
+    recipient: str
+    channel: str
+    config: bytes
+    created_at: datetime
+    disabled_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRecord:
+    """A recipient's preferences (JSON text; contact data lives in sealed endpoints)."""
+
+    tenant_id: str
+    id: str
+    preferences: str
     updated_at: datetime
 
 
@@ -346,6 +375,7 @@ class Store(Protocol):
         messages: list[MessageRecord],
         audit: list[AuditSink],
         idempotency: IdempotencyRecord | None = None,
+        channel_deliveries: list[DeliveryRecord] | None = None,
     ) -> PublishResult:
         """Persist messages, their in-app deliveries and audit entries in ONE transaction.
 
@@ -356,6 +386,71 @@ class Store(Protocol):
         the same (app, key) exists the transaction is rolled back and
         IntegrityConflict is raised.
         """
+        ...
+
+    # -- recipients, endpoints, delivery queue (storage/_queue.py) -------------------------
+    async def put_recipient(
+        self, recipient: RecipientRecord, endpoints: list[EndpointRecord]
+    ) -> None:
+        """Create or replace a recipient's preferences and endpoints."""
+        ...
+
+    async def get_recipient(
+        self, tenant_id: str, recipient: str
+    ) -> tuple[RecipientRecord, list[EndpointRecord]] | None:
+        """A recipient and its endpoints, or None."""
+        ...
+
+    async def active_endpoints(self, tenant_id: str, recipients: list[str]) -> list[EndpointRecord]:
+        """The enabled endpoints of these recipients."""
+        ...
+
+    async def get_endpoint(self, tenant_id: str, endpoint_id: str) -> EndpointRecord | None:
+        """One endpoint of this tenant, or None."""
+        ...
+
+    async def disable_endpoint(self, endpoint_id: str, now: datetime) -> None:
+        """Stop delivering to an endpoint."""
+        ...
+
+    async def claim_deliveries(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DeliveryRecord]:
+        """Lease due channel deliveries to ``owner``."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        state: str,
+        attempts: int,
+        last_error: str | None,
+        next_attempt_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Record an attempt's result while ``owner`` holds the lease."""
+        ...
+
+    async def release_leases(self, owner: str, now: datetime) -> int:
+        """Give back every lease of ``owner``."""
+        ...
+
+    async def list_deliveries(
+        self, tenant_id: str, state: str | None, limit: int, after_id: str | None = None
+    ) -> list[DeliveryRecord]:
+        """A tenant's deliveries, optionally in one state."""
+        ...
+
+    async def get_delivery(self, tenant_id: str, delivery_id: str) -> DeliveryRecord | None:
+        """One delivery of this tenant, or None."""
+        ...
+
+    async def requeue_delivery(
+        self, tenant_id: str, delivery_id: str, now: datetime, from_states: tuple[str, ...]
+    ) -> bool:
+        """Make a finished delivery due again."""
         ...
 
     async def append_audit(self, audit: list[AuditSink]) -> list[int]:

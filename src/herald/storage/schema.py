@@ -238,8 +238,38 @@ deliveries = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Channel deliveries: the recipient, when the next attempt is due, and the node that
+    # holds it (a lease: another node reclaims it once lease_until has passed).
+    Column("recipient", Text, nullable=True),
+    Column("next_attempt_at", UtcDateTime, nullable=True),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_until", UtcDateTime, nullable=True),
     UniqueConstraint("message_id", "channel", "endpoint"),
     Index(None, "tenant_id", "message_id"),
+    Index(None, "state", "next_attempt_at"),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("id", Text, nullable=False),
+    Column("preferences", Text, nullable=False),  # JSON; no contact data
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("config", LargeBinary, nullable=False),  # sealed: addresses, URLs, secrets
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("disabled_at", UtcDateTime, nullable=True),
+    Index(None, "tenant_id", "recipient"),
 )
 
 audit_entries = Table(

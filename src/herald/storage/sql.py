@@ -60,6 +60,7 @@ from herald.audit import merkle
 from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import migrate as _migrate
 from herald.storage import schema as s
+from herald.storage._queue import QueueMixin
 from herald.storage.base import (
     AppKeyRecord,
     AppRecord,
@@ -108,7 +109,7 @@ _UNAVAILABLE = "database unavailable"
 _R = TypeVar("_R")
 
 
-class SqlStore:
+class SqlStore(QueueMixin):
     """:class:`~herald.storage.base.Store` over SQLAlchemy Core (SQLite or PostgreSQL).
 
     Args:
@@ -471,6 +472,7 @@ class SqlStore:
         messages: list[MessageRecord],
         audit: list[AuditSink],
         idempotency: IdempotencyRecord | None = None,
+        channel_deliveries: list[DeliveryRecord] | None = None,
     ) -> PublishResult:
         """Persist messages, their in-app deliveries and audit entries in ONE transaction.
 
@@ -499,6 +501,7 @@ class SqlStore:
                     for recipient in dict.fromkeys(message.recipients)  # unique, in order
                 )
             await _insert_many(conn, s.messages, rows)
+            deliveries.extend(_fields(x) for x in channel_deliveries or ())
             await _insert_many(conn, s.deliveries, deliveries)
         return PublishResult(seqs=tuple(seqs), leaf_hashes=tuple(leaves))
 
@@ -645,6 +648,11 @@ class SqlStore:
             "last_error": None,
             "created_at": now,
             "updated_at": now,
+            # Every row of one executemany must name the same columns.
+            "recipient": endpoint,
+            "next_attempt_at": None,
+            "lease_owner": None,
+            "lease_until": None,
         }
 
     async def _fetch(self, query: Select[Any], make: Callable[..., _R]) -> list[_R]:

@@ -1,0 +1,109 @@
+"""Recipients, endpoints and deliveries (dead letters and manual retries)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from herald import limits
+from herald.channels.registry import ChannelRegistry
+from herald.core.messages import decode_json
+from herald.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from herald.server.api import access_claims, runtime, verify_signature
+from herald.server.requests import read_body, require_json
+from herald.server.responses import json_response
+from herald.service import recipients
+from herald.service.messages import delivery_view
+from herald.service.runtime import Runtime, utcnow
+
+__all__ = ["recipient_routes"]
+
+_STATES = ("pending", "sending", "delivered", "failed", "retrying", "dead", "expired")
+
+
+def _channels(rt: Runtime) -> ChannelRegistry:
+    if rt.channels is None:
+        raise ServiceUnavailable("delivery channels are not running on this node")
+    return rt.channels
+
+
+async def put_recipient(request: Request) -> Response:
+    """``PUT /v1/recipients/{recipient}`` (``admin`` scope, signed)."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    if not claims.scopes.has("admin"):
+        raise Forbidden("managing recipients needs the admin scope")
+    raw = await read_body(request, rt.settings.max_body_bytes)
+    await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
+    require_json(request)
+    req = decode_json(raw, recipients.RecipientRequest)
+    body = await recipients.put_recipient(
+        rt,
+        _channels(rt),
+        claims.tenant_id,
+        request.path_params["recipient"],
+        req,
+        actor=f"app:{claims.client_id}",
+    )
+    return json_response(body)
+
+
+async def get_recipient(request: Request) -> Response:
+    """``GET /v1/recipients/{recipient}`` (``admin`` or ``messages:read``)."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
+        raise Forbidden("reading recipients needs admin or messages:read")
+    body = await recipients.get_recipient(
+        rt, _channels(rt), claims.tenant_id, request.path_params["recipient"]
+    )
+    return json_response(body)
+
+
+async def list_deliveries(request: Request) -> Response:
+    """``GET /v1/deliveries?state=dead&limit=&after=``: dead letters and the rest."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
+        raise Forbidden("listing deliveries needs admin or messages:read")
+    state = request.query_params.get("state")
+    if state is not None and state not in _STATES:
+        raise BadRequest(f"state must be one of {', '.join(_STATES)}")
+    text = request.query_params.get("limit", "100")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= limits.HISTORY_PAGE_MAX:
+        raise BadRequest(f"limit must be an integer from 1 to {limits.HISTORY_PAGE_MAX}")
+    after = request.query_params.get("after")
+    found = await rt.store.list_deliveries(claims.tenant_id, state, int(text), after)
+    views = [delivery_view(d) for d in found]
+    return json_response({"deliveries": views, "next": views[-1]["id"] if views else None})
+
+
+async def retry_delivery(request: Request) -> Response:
+    """``POST /v1/deliveries/{id}:retry``: a dead (or failed/expired) delivery is due again."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    if not claims.scopes.has("admin"):
+        raise Forbidden("retrying deliveries needs the admin scope")
+    raw = await read_body(request, 1024)
+    await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
+    delivery_id = request.path_params["delivery_id"]
+    if not await rt.store.requeue_delivery(
+        claims.tenant_id, delivery_id, utcnow(), ("dead", "failed")
+    ):
+        raise NotFound(f"no dead delivery {delivery_id[:64]}")
+    if rt.dispatcher is not None:
+        rt.dispatcher.wake()
+    record = await rt.store.get_delivery(claims.tenant_id, delivery_id)
+    assert record is not None  # noqa: S101 - just requeued under this tenant
+    return json_response(delivery_view(record), 202)
+
+
+def recipient_routes() -> list[Route]:
+    """The recipient and delivery routes."""
+    return [
+        Route("/v1/recipients/{recipient}", put_recipient, methods=["PUT"]),
+        Route("/v1/recipients/{recipient}", get_recipient, methods=["GET"]),
+        Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{delivery_id}:retry", retry_delivery, methods=["POST"]),
+    ]
