@@ -39,6 +39,7 @@ Outcomes: Apprise reports only success or failure, so success → ``Delivered``,
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Final
 
@@ -87,6 +88,17 @@ _REFUSED_REASON: Final = "destination refused by the SSRF guard"
 _UNREACHABLE: Final = "the Apprise target refused or was unreachable"
 
 
+def _load_plugins() -> None:
+    """Import Apprise's plugins now, at start-up, not in the first request's event loop.
+
+    Apprise imports them on first use (~0.3 s); its e-mail plugin imports the deprecated
+    ``imghdr`` module, whose DeprecationWarning is Apprise's to fix, not Herald's to log.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
+        Apprise.instantiate("json://localhost/")
+
+
 def _schemes(values: Iterable[str]) -> frozenset[str]:
     schemes = frozenset(value.strip().lower() for value in values)
     if not all(scheme.isascii() and scheme.isalnum() for scheme in schemes):
@@ -108,7 +120,8 @@ class AppriseChannel:
         timeout: Seconds a whole notification may take (default: the policy's total).
 
     Raises:
-        ValueError: A scheme that is not letters and digits.
+        ValueError: A scheme that is not letters and digits, or a timeout that is not
+            positive.
     """
 
     name: ClassVar[str] = "apprise"
@@ -129,6 +142,7 @@ class AppriseChannel:
         self._timeout = policy.total_timeout if timeout is None else timeout
         if self._timeout <= 0:
             raise ValueError("the Apprise timeout must be positive")
+        _load_plugins()
 
     @property
     def schemes(self) -> frozenset[str]:

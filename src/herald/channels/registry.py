@@ -61,11 +61,25 @@ class ChannelRegistry:
 
 def _builtin(settings: Settings) -> list[Channel]:
     # Imported here: each channel pulls in its own client library.
+    from herald.channels.apprise import AppriseChannel  # noqa: PLC0415
     from herald.channels.egress import EgressPolicy  # noqa: PLC0415
+    from herald.channels.robots import (  # noqa: PLC0415
+        DingTalkChannel,
+        FeishuChannel,
+        SlackChannel,
+        WeComChannel,
+    )
     from herald.channels.webhook import WebhookChannel  # noqa: PLC0415
 
     policy = EgressPolicy.from_settings(settings)
-    channels: list[Channel] = [WebhookChannel(policy)]
+    channels: list[Channel] = [
+        WebhookChannel(policy),
+        DingTalkChannel(policy),
+        FeishuChannel(policy),
+        WeComChannel(policy),
+        SlackChannel(policy),
+        AppriseChannel(policy),
+    ]
     if settings.smtp_url is not None:
         from herald.channels.email import EmailChannel  # noqa: PLC0415
 

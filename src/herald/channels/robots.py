@@ -350,7 +350,9 @@ class DingTalkChannel(RobotChannel):
 
     Endpoint: ``{"webhook": "https://oapi.dingtalk.com/robot/send?access_token=…",
     "secret": "SEC…"}``. With a secret, ``&timestamp=<ms>&sign=<…>`` is appended to the URL
-    (the "加签" security setting). Error code 130101 ("send too fast") is retried.
+    (the "加签" security setting). The markdown ``title`` (the conversation-list preview) is
+    the message title, or the topic when there is none. Error code 130101 ("send too
+    fast") is retried.
     """
 
     name: ClassVar[str] = "dingtalk"
