@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     egress_ca_file: Path | None = None
     smtp_url: SecretStr | None = None
     smtp_from: str = ""
+    webpush_subject: str = ""
 
     insecure_http: bool = False
     tls_cert_file: Path | None = None
@@ -131,6 +132,11 @@ class Settings(BaseSettings):
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def vapid_subject(self) -> str:
+        """RFC 8292 ``sub``: who push services contact about this sender."""
+        return self.webpush_subject or self.base_url
 
     @property
     def origin(self) -> str:

@@ -193,8 +193,8 @@ def _canonical(value: object) -> bytes:
     ).encode("utf-8")
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def _entries(count: int) -> str:
+    return "1 entry" if count == 1 else f"{count} entries"
 
 
 class _Run:
@@ -314,12 +314,13 @@ class _Run:
             continues = next_claim == claim + 1 if following is not None else claim == position - 1
             if continues:
                 # The original sequence resumes here: positions [claim, position) are extra.
-                count = position - claim
+                extra = (
+                    f"the entry at position {claim} was inserted"
+                    if position - claim == 1
+                    else f"the entries at positions {claim} to {position - 1} were inserted"
+                )
                 return VerifyFailure(
-                    claim,
-                    "inserted",
-                    f"{here} and the entries after it follow on, so "
-                    f"{_plural(count, 'entry')} from position {claim} were inserted",
+                    claim, "inserted", f"{here} and the entries after it follow on: {extra}"
                 )
             return VerifyFailure(position, "inserted", f"{here}, which entry {claim} already holds")
         # claim > position: the entry claiming `position` is missing or further on.
@@ -346,8 +347,8 @@ class _Run:
             return VerifyFailure(
                 position,
                 "inserted",
-                f"{here}, which is not its place (the entry that claims {position} follows "
-                f"at position {found_at})",
+                f"{here}, a copy or a foreign entry (the entry that claims index {position} "
+                f"follows at position {found_at})",
             )
         return VerifyFailure(
             position,
@@ -440,12 +441,8 @@ class _Run:
         if expected is None or expected == size:
             return None
         if size < expected:
-            return VerifyFailure(
-                size, "truncated", f"{_plural(expected, 'entry')} expected, {size} found"
-            )
-        return VerifyFailure(
-            expected, "inserted", f"{_plural(expected, 'entry')} expected, {size} found"
-        )
+            return VerifyFailure(size, "truncated", f"{_entries(expected)} expected, {size} found")
+        return VerifyFailure(expected, "inserted", f"{_entries(expected)} expected, {size} found")
 
 
 def _earliest(

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from herald.channels.base import Channel
 from herald.config import Settings
 from herald.errors import BadRequest, ConfigError
@@ -59,7 +61,7 @@ class ChannelRegistry:
         return name in self._channels
 
 
-def _builtin(settings: Settings) -> list[Channel]:
+def _builtin(settings: Settings, vapid: ec.EllipticCurvePrivateKey | None) -> list[Channel]:
     # Imported here: each channel pulls in its own client library.
     from herald.channels.apprise import AppriseChannel  # noqa: PLC0415
     from herald.channels.egress import EgressPolicy  # noqa: PLC0415
@@ -80,6 +82,10 @@ def _builtin(settings: Settings) -> list[Channel]:
         SlackChannel(policy),
         AppriseChannel(policy),
     ]
+    if vapid is not None:
+        from herald.channels.webpush import WebPushChannel  # noqa: PLC0415
+
+        channels.append(WebPushChannel(policy, vapid, subject=settings.vapid_subject))
     if settings.smtp_url is not None:
         from herald.channels.email import EmailChannel  # noqa: PLC0415
 
@@ -91,10 +97,13 @@ def _builtin(settings: Settings) -> list[Channel]:
 
 
 def build_registry(
-    settings: Settings, *, extra: Iterable[Callable[[Settings], Channel]] = ()
+    settings: Settings,
+    *,
+    vapid: ec.EllipticCurvePrivateKey | None = None,
+    extra: Iterable[Callable[[Settings], Channel]] = (),
 ) -> ChannelRegistry:
     """Built-in channels, then entry-point plugins, then ``extra`` factories."""
-    registry = ChannelRegistry(_builtin(settings))
+    registry = ChannelRegistry(_builtin(settings, vapid))
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         registry.register(entry.load()(settings))
     for factory in extra:

@@ -213,7 +213,10 @@ def _key_from_master(settings: Settings) -> str:
         finally:
             await rt.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except HeraldError as exc:
+        _cannot(f"no --key given and the audit key cannot be loaded ({_first_line(exc)})")
 
 
 def _witness_notes(witness: Path | None, settings: Callable[[], Settings]) -> dict[int, str]:
@@ -342,9 +345,16 @@ def verify(
                 settings,
                 as_json=as_json,
             )
+    except sa_exc.DBAPIError as exc:
+        _cannot(f"database error: {_first_line(exc.orig or exc)}")
     except (HeraldError, sa_exc.SQLAlchemyError, OSError) as exc:
-        _cannot(str(exc) or type(exc).__name__)
+        _cannot(_first_line(exc))
     _print_report(report, as_json=as_json)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _verify_bundle(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from herald.crypto.aead import aad_for
@@ -23,14 +24,18 @@ from herald.storage.base import SigningKeyRecord
 __all__ = [
     "PURPOSE_AUDIT",
     "PURPOSE_TOKEN",
+    "PURPOSE_VAPID",
     "LoadedSigningKey",
     "b64url",
     "jwk_thumbprint",
     "new_signing_key",
+    "new_vapid_key",
     "signing_context",
     "unwrap_signing_key",
+    "unwrap_vapid_key",
 ]
 
+PURPOSE_VAPID = "vapid"
 PURPOSE_TOKEN = "token"  # noqa: S105 - a key purpose, not a secret
 PURPOSE_AUDIT = "audit"
 
@@ -115,3 +120,40 @@ async def unwrap_signing_key(provider: KeyProvider, record: SigningKeyRecord) ->
     return LoadedSigningKey(
         record.kid, record.purpose, private, record.public_key, record.created_at
     )
+
+
+async def new_vapid_key(
+    provider: KeyProvider, now: datetime
+) -> tuple[SigningKeyRecord, ec.EllipticCurvePrivateKey]:
+    """A Web Push VAPID key (RFC 8292: ECDSA P-256), wrapped like every signing key."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    point = private.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    kid = b64url(hashlib.sha256(point).digest()[:16])
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    wrapped = await provider.wrap(der, signing_context(kid, PURPOSE_VAPID))
+    record = SigningKeyRecord(
+        kid=kid,
+        purpose=PURPOSE_VAPID,
+        algorithm="ES256",
+        public_key=point,
+        wrapped_private_key=wrapped,
+        created_at=now,
+    )
+    return record, private
+
+
+async def unwrap_vapid_key(
+    provider: KeyProvider, record: SigningKeyRecord
+) -> ec.EllipticCurvePrivateKey:
+    """Unwrap a stored VAPID key."""
+    der = await provider.unwrap(
+        record.wrapped_private_key, signing_context(record.kid, record.purpose)
+    )
+    key = serialization.load_der_private_key(der, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the stored VAPID key is not an EC key")
+    return key

@@ -26,7 +26,7 @@ from herald.server.openapi import openapi_document
 from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
-from herald.service import audit
+from herald.service import audit, identity
 from herald.service.delivery import Dispatcher
 from herald.service.runtime import Runtime, utcnow
 
@@ -141,7 +141,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                     setting=warning.split(":", 1)[0].split(" ", 1)[0],
                 )
         _log.info("herald ready", url=settings.base_url, version=__version__)
-        rt.channels = build_registry(settings)
+        await identity.ensure_signing_keys(rt)
+        rt.channels = build_registry(settings, vapid=await rt.vapid_key())
         rt.dispatcher = Dispatcher(rt, rt.channels)
         background = [
             asyncio.create_task(work)

@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from herald import limits
 from herald.channels.registry import ChannelRegistry
+from herald.channels.webpush import vapid_public_key_b64url
 from herald.core.messages import decode_json
 from herald.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from herald.server.api import access_claims, runtime, verify_signature
@@ -99,6 +100,17 @@ async def retry_delivery(request: Request) -> Response:
     return json_response(delivery_view(record), 202)
 
 
+async def vapid_key(request: Request) -> Response:
+    """``GET /v1/webpush/vapid-key``: the applicationServerKey for ``pushManager.subscribe``."""
+    rt = runtime(request)
+    key = await rt.vapid_key()
+    if key is None:
+        raise ServiceUnavailable("no VAPID key yet")
+    return json_response(
+        {"public_key": vapid_public_key_b64url(key)}, headers={"Cache-Control": "max-age=300"}
+    )
+
+
 def recipient_routes() -> list[Route]:
     """The recipient and delivery routes."""
     return [
@@ -106,4 +118,5 @@ def recipient_routes() -> list[Route]:
         Route("/v1/recipients/{recipient}", get_recipient, methods=["GET"]),
         Route("/v1/deliveries", list_deliveries, methods=["GET"]),
         Route("/v1/deliveries/{delivery_id}:retry", retry_delivery, methods=["POST"]),
+        Route("/v1/webpush/vapid-key", vapid_key, methods=["GET"]),
     ]

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 from herald.core.scopes import ScopeSet
 from herald.crypto.keyring import wrap_new_data_key
-from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, new_signing_key
+from herald.crypto.signing import (
+    PURPOSE_AUDIT,
+    PURPOSE_TOKEN,
+    PURPOSE_VAPID,
+    new_signing_key,
+    new_vapid_key,
+)
 from herald.errors import BadRequest, InvalidClient
 from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
@@ -52,7 +58,11 @@ def _check_name(name: str) -> str:
 
 
 async def ensure_signing_keys(rt: Runtime) -> list[str]:
-    """Create the token- and audit-signing keys that do not exist yet; return new kids."""
+    """Create the token, audit and VAPID keys that do not exist yet; return new kids.
+
+    Idempotent: the server runs it at start-up, so a data dir made by an older version
+    gains the keys it lacks.
+    """
     created = []
     for purpose in (PURPOSE_TOKEN, PURPOSE_AUDIT):
         if not await rt.store.signing_keys(purpose):
@@ -68,6 +78,19 @@ async def ensure_signing_keys(rt: Runtime) -> list[str]:
                 algorithm=record.algorithm,
             )
             created.append(record.kid)
+    if not await rt.store.signing_keys(PURPOSE_VAPID):
+        vapid, _ = await new_vapid_key(rt.provider, utcnow())
+        await rt.store.add_signing_key(vapid)
+        await audit.record(
+            rt,
+            tenant=None,
+            actor="operator",
+            action="key.created",
+            obj=f"signing-key:{vapid.kid}",
+            purpose=PURPOSE_VAPID,
+            algorithm=vapid.algorithm,
+        )
+        created.append(vapid.kid)
     await rt.reload_token_keys()
     await rt.load_audit_key()
     return created

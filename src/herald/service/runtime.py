@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from herald.audit.log import AuditLog, DirectoryWitness
 from herald.audit.note import NoteSigner
 from herald.bus.base import Bus
@@ -23,7 +25,13 @@ from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
 from herald.crypto.keyring import TenantKeyRing
 from herald.crypto.providers import KekRouter, build_router
-from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, unwrap_signing_key
+from herald.crypto.signing import (
+    PURPOSE_AUDIT,
+    PURPOSE_TOKEN,
+    PURPOSE_VAPID,
+    unwrap_signing_key,
+    unwrap_vapid_key,
+)
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
 from herald.observability.metrics import Metrics
@@ -127,6 +135,11 @@ class Runtime:
                 origin=self.settings.origin,
                 witness=DirectoryWitness(self.settings.witness_dir),
             )
+
+    async def vapid_key(self) -> ec.EllipticCurvePrivateKey | None:
+        """The newest Web Push VAPID key, unwrapped (None before it exists)."""
+        records = [r for r in await self.store.signing_keys(PURPOSE_VAPID) if r.retired_at is None]
+        return await unwrap_vapid_key(self.provider, records[0]) if records else None
 
     def audit_log(self) -> AuditLog:
         """The audit log; a clear error when ``herald init`` has not been run."""
