@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     smtp_url: SecretStr | None = None
     smtp_from: str = ""
     webpush_subject: str = ""
+    delivery_lease: float = Field(default=60.0, ge=1, le=3600)
+    delivery_retry_base: float = Field(default=2.0, gt=0, le=3600)
+    delivery_retry_cap: float = Field(default=600.0, gt=0, le=86400)
+    delivery_max_attempts: int = Field(default=8, ge=1, le=100)
 
     insecure_http: bool = False
     tls_cert_file: Path | None = None

@@ -125,11 +125,19 @@ def test_public_names() -> None:
         "DeviceKey",
         "E2EDecryptionError",
         "register_device_with_token",
+        "Receipt",
+        "ReceiptInvalid",
     }
     for name in herald.client.__all__:
         assert getattr(herald.client, name).__doc__
     assert issubclass(AuthenticationError, ProblemError)
-    for error in (ConnectionFailed, ProblemError, StreamClosed, herald.client.E2EDecryptionError):
+    for error in (
+        ConnectionFailed,
+        ProblemError,
+        StreamClosed,
+        herald.client.E2EDecryptionError,
+        herald.client.ReceiptInvalid,
+    ):
         assert issubclass(error, HeraldClientError)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "Channel",
@@ -126,8 +127,27 @@ class Channel(Protocol):
 
 
 def redact_endpoint(channel: Channel, endpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The endpoint with every secret field replaced (for API views and logs)."""
-    return {
-        key: ("[redacted]" if key in channel.secret_fields and value is not None else value)
-        for key, value in endpoint.items()
-    }
+    """The endpoint with every secret field replaced (for API views and logs).
+
+    A ``url`` that is not itself secret still loses its userinfo, query and fragment: those
+    are where receivers put tokens.
+    """
+    shown: dict[str, Any] = {}
+    for key, value in endpoint.items():
+        if key in channel.secret_fields and value is not None:
+            shown[key] = "[redacted]"
+        elif key == "url" and isinstance(value, str):
+            shown[key] = _strip_url(value)
+        else:
+            shown[key] = value
+    return shown
+
+
+def _strip_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    tail = "?[redacted]" if parts.query or parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + tail

@@ -27,7 +27,7 @@ from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
 from herald.service import audit, identity
-from herald.service.delivery import Dispatcher
+from herald.service.delivery import Dispatcher, RetryPolicy
 from herald.service.runtime import Runtime, utcnow
 
 __all__ = ["create_app"]
@@ -143,7 +143,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         _log.info("herald ready", url=settings.base_url, version=__version__)
         await identity.ensure_signing_keys(rt)
         rt.channels = build_registry(settings, vapid=await rt.vapid_key())
-        rt.dispatcher = Dispatcher(rt, rt.channels)
+        rt.dispatcher = Dispatcher(
+            rt,
+            rt.channels,
+            policy=RetryPolicy(
+                max_attempts=settings.delivery_max_attempts,
+                base=settings.delivery_retry_base,
+                cap=settings.delivery_retry_cap,
+            ),
+            lease=settings.delivery_lease,
+        )
         background = [
             asyncio.create_task(work)
             for work in (

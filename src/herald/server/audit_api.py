@@ -2,8 +2,11 @@
 
 Every route needs a token of the tenant (an app's access token, or a subscriber token so
 that a receiving device can check its receipts). Tenants see and prove their own entries;
-an ``admin`` token sees all. Checkpoints and consistency proofs concern the whole log and
-reveal only hashes.
+an ``admin`` token sees all (issue 5). Until the operator role of the identity issue
+exists, ``admin`` is an app scope, so an admin app of one tenant sees other tenants'
+entry metadata (ids, actions, topics — never content): grant ``admin`` to operators' apps
+only. The operator role will take this over. Checkpoints and consistency proofs concern
+the whole log and reveal only hashes.
 """
 
 from __future__ import annotations

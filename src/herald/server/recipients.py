@@ -10,7 +10,7 @@ from herald import limits
 from herald.channels.registry import ChannelRegistry
 from herald.channels.webpush import vapid_public_key_b64url
 from herald.core.messages import decode_json
-from herald.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from herald.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from herald.server.api import access_claims, runtime, verify_signature
 from herald.server.requests import read_body, require_json
 from herald.server.responses import json_response
@@ -81,7 +81,10 @@ async def list_deliveries(request: Request) -> Response:
 
 
 async def retry_delivery(request: Request) -> Response:
-    """``POST /v1/deliveries/{id}:retry``: a dead (or failed/expired) delivery is due again."""
+    """``POST /v1/deliveries/{id}:retry``: a dead delivery is due again.
+
+    409 when its endpoint was removed or disabled: retrying could not succeed.
+    """
     rt = runtime(request)
     claims = access_claims(request)
     if not claims.scopes.has("admin"):
@@ -89,6 +92,11 @@ async def retry_delivery(request: Request) -> Response:
     raw = await read_body(request, 1024)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     delivery_id = request.path_params["delivery_id"]
+    current = await rt.store.get_delivery(claims.tenant_id, delivery_id)
+    if current is not None and current.channel != "inapp":
+        endpoint = await rt.store.get_endpoint(claims.tenant_id, current.endpoint)
+        if endpoint is None or endpoint.disabled_at is not None:
+            raise Conflict("the delivery's endpoint was removed or disabled; update the recipient")
     if not await rt.store.requeue_delivery(
         claims.tenant_id, delivery_id, utcnow(), ("dead", "failed")
     ):

@@ -172,7 +172,7 @@ class Dispatcher:
             tenant_id=message.tenant_id,
             recipient=endpoint.recipient,
             topic=message.topic,
-            attempt=record.attempts + 1,
+            attempt=record.attempts,  # counted when claimed
             title=content.get("title"),
             body=content.get("body"),
             html=None,
@@ -208,7 +208,8 @@ class Dispatcher:
         if attempt >= self.policy.max_attempts or age >= self.policy.max_age:
             await self._finish(record, "dead", f"gave up: {outcome.reason}", attempts=attempt)
             return
-        delay = self.policy.next_delay(attempt, outcome.after)
+        # backoff_delay's attempt 0 is the first retry.
+        delay = self.policy.next_delay(attempt - 1, outcome.after)
         await self._finish(
             record,
             "retrying",

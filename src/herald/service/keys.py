@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from herald.crypto.aead import aad_for, peek_key_version
 from herald.crypto.keyring import dek_context, wrap_new_data_key
 from herald.crypto.providers import KekRouter
-from herald.crypto.signing import signing_context
+from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, PURPOSE_VAPID, signing_context
 from herald.errors import BadRequest, NotFound
 from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
@@ -162,7 +162,7 @@ async def rotate_kek(rt: Runtime, router: KekRouter) -> int:
                 context = dek_context(key.tenant_id, key.version)
                 plain = await router.unwrap(key.wrapped_key, context)
                 tenant_changes.append((key, await router.wrap(plain, context)))
-    for purpose in ("token", "audit"):
+    for purpose in (PURPOSE_TOKEN, PURPOSE_AUDIT, PURPOSE_VAPID):
         for skey in await rt.store.signing_keys(purpose):
             if router.kek_of(skey.wrapped_private_key) != target:
                 context = signing_context(skey.kid, skey.purpose)

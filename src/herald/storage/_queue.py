@@ -121,7 +121,7 @@ class QueueMixin:
     async def claim_deliveries(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[DeliveryRecord]:
-        """Lease up to ``limit`` due channel deliveries to ``owner`` and mark them sending."""
+        """Lease up to ``limit`` due channel deliveries to ``owner``: sending, attempts + 1."""
         d = s.deliveries
         due = and_(
             d.c.channel != _INAPP,
@@ -138,10 +138,17 @@ class QueueMixin:
             ids = [row[0] for row in (await conn.execute(pick)).all()]
             if not ids:
                 return []
+            # The attempt is counted when it starts, so one cut short by a crash still shows.
             await conn.execute(
                 update(d)
                 .where(d.c.id.in_(ids))
-                .values(state=_SENDING, lease_owner=owner, lease_until=lease_until, updated_at=now)
+                .values(
+                    state=_SENDING,
+                    attempts=d.c.attempts + 1,
+                    lease_owner=owner,
+                    lease_until=lease_until,
+                    updated_at=now,
+                )
             )
             rows = (await conn.execute(select(d).where(d.c.id.in_(ids)))).all()
         return [DeliveryRecord(**row._asdict()) for row in rows]
