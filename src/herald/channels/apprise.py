@@ -51,7 +51,7 @@ from apprise import (
     NotifyFormat,
 )
 
-from herald.channels import egress
+from herald.channels import _http, egress
 from herald.channels.base import Delivered, DeliveryJob, Failed, Outcome, Retry
 from herald.errors import BadRequest
 
@@ -84,7 +84,6 @@ DEFAULT_SERVICE_SCHEMES: Final = frozenset(
 URL_MAX: Final = 4096
 
 _SCHEME_MAX = 32
-_REFUSED_REASON: Final = "destination refused by the SSRF guard"
 _UNREACHABLE: Final = "the Apprise target refused or was unreachable"
 
 
@@ -280,7 +279,7 @@ class AppriseChannel:
         try:
             await egress.check_url(self._target(plugin), self._policy)
         except egress.EgressRefused:
-            return Failed(_REFUSED_REASON)
+            return Failed(_http.REFUSED_REASON)
         except egress.EgressUnavailable:
             return Retry("the Apprise target's host does not resolve")
         return None

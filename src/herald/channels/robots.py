@@ -33,13 +33,12 @@ import html
 import re
 import time
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Final
 from urllib.parse import SplitResult, parse_qs, quote, urlsplit
 
 import msgspec
 
-from herald.channels import egress
+from herald.channels import _http, egress
 from herald.channels.base import Delivered, DeliveryJob, Failed, Outcome, Retry
 from herald.errors import BadRequest
 
@@ -71,15 +70,12 @@ SLACK_TEXT_MAX: Final = 4_000
 #: Seconds to wait after a rate-limit answer: the services count messages per minute
 #: (DingTalk 20/min, WeCom 20/min, Feishu 100/min and 5/s).
 RATE_LIMIT_RETRY_AFTER: Final = 60.0
-#: Longest ``Retry-After`` honoured (seconds); anything longer is ignored, not obeyed.
-RETRY_AFTER_MAX: Final = 24 * 3600
 #: Longest webhook URL accepted.
 URL_MAX: Final = 2048
 USER_AGENT: Final = "Herald-Robots/1"
 
 ELLIPSIS: Final = "…"
 _HEADERS: Final = {"content-type": "application/json; charset=utf-8", "user-agent": USER_AGENT}
-_REFUSED_REASON: Final = "destination refused by the SSRF guard"
 _SLACK_ERROR: Final = re.compile(rb"[a-z_]{1,64}")
 _ENCODER = msgspec.json.Encoder()
 
@@ -153,24 +149,6 @@ def _compose(head: str, sep: str, body: str, limit: int, size: Callable[[str], i
     if room >= size(ELLIPSIS) * 8:  # keep the title when a useful part of the body fits
         return head + sep + _fit(body, room, size)
     return _fit(whole, limit, size)
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds asked by ``Retry-After`` (RFC 9110 §10.2.3), or None when absent or not sane."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        seconds = float(value) if len(value) <= 10 else -1.0
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - now)
-    return seconds if 0 <= seconds <= RETRY_AFTER_MAX else None
 
 
 def _json_code(body: bytes, *fields: str) -> int | None:
@@ -307,24 +285,29 @@ class RobotChannel:
         except BadRequest as exc:
             return Failed(f"invalid {self.name} endpoint: {exc.detail}")
         url, body = self.request(endpoint, job)
-        try:
-            response = await egress.post(url, content=body, headers=_HEADERS, policy=self._policy)
-        except egress.EgressRefused:
-            return Failed(_REFUSED_REASON)
-        except (egress.EgressUnavailable, TimeoutError, OSError):
-            return Retry(f"{self.label} unreachable or too slow")
-        return self._outcome(response)
+        sent = await _http.send(
+            self._policy,
+            url,
+            content=body,
+            headers=_HEADERS,
+            unreachable=f"{self.label} unreachable or too slow",
+            detail=False,
+        )
+        if not isinstance(sent, egress.EgressResponse):
+            return sent
+        return self._outcome(sent)
 
     def _outcome(self, response: egress.EgressResponse) -> Outcome:
-        status = response.status
-        if 300 <= status < 400:  # a redirect could point anywhere: never followed
-            return Failed("redirects are not followed")
-        if status in {408, 429} or 500 <= status < 600:
-            after = _retry_after(response.headers.get("retry-after"), self._clock())
-            return Retry(f"{self.label} answered HTTP {status}", after=after)
-        if not 200 <= status < 300:
-            return self._refused(response)
-        return self._answer(response)
+        if 200 <= response.status < 300:
+            return self._answer(response)  # the service's own code says what happened
+        outcome = _http.status_outcome(
+            response.status,
+            response.headers,
+            peer=self.label,
+            clock=self._clock,
+            gone=frozenset(),  # Slack words its own "gone", with Slack's error
+        )
+        return outcome or self._refused(response)
 
     def _refused(self, response: egress.EgressResponse) -> Outcome:
         return Failed(f"{self.label} refused the message (HTTP {response.status})")

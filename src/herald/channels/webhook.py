@@ -29,15 +29,15 @@ import secrets as _secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from herald.channels import egress
-from herald.channels.base import Delivered, DeliveryJob, Failed, Outcome, Retry
+from herald.channels import _http, egress
+from herald.channels._http import RETRY_AFTER_MAX
+from herald.channels.base import DeliveryJob, Failed, Outcome
 from herald.errors import BadRequest
 
 __all__ = [
@@ -72,12 +72,9 @@ PREVIOUS_SECRETS_MAX: Final = 4
 ED25519_SEED_BYTES: Final = 32
 #: Longest webhook URL accepted (the de-facto limit of browsers and proxies).
 URL_MAX: Final = 2048
-#: Longest ``Retry-After`` honoured (seconds); anything longer is ignored, not obeyed.
-RETRY_AFTER_MAX: Final = 24 * 3600
 USER_AGENT: Final = "Herald-Webhooks/1"
 
 _FIELDS: Final = frozenset({"url", "secret", "secrets", "ed25519_private_key"})
-_REFUSED_REASON = "destination refused by the SSRF guard"
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -251,26 +248,6 @@ def _allowed_literal(host: str, policy: egress.EgressPolicy) -> bool:
 # -- the channel ----------------------------------------------------------------------------
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds asked by ``Retry-After`` (RFC 9110 §10.2.3), or None when absent or not sane."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        if len(value) > 10:  # far beyond a day; also keeps int() cheap
-            return None
-        seconds = float(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - now)
-    return seconds if 0 <= seconds <= RETRY_AFTER_MAX else None
-
-
 class WebhookChannel:
     """Standard Webhooks delivery through the SSRF-guarded :mod:`~herald.channels.egress`.
 
@@ -325,7 +302,7 @@ class WebhookChannel:
         try:
             endpoint = self.validate(job.endpoint)  # the policy may have changed since saving
         except egress.EgressRefused:
-            return Failed(_REFUSED_REASON)
+            return Failed(_http.REFUSED_REASON)
         except BadRequest as exc:
             return Failed(f"invalid webhook endpoint: {exc.detail}")
         body = _ENCODER.encode(job.payload())
@@ -337,24 +314,17 @@ class WebhookChannel:
             "content-type": "application/json",
             "user-agent": USER_AGENT,
         }
-        try:
-            response = await egress.post(
-                endpoint["url"], content=body, headers=headers, policy=self._policy
-            )
-        except egress.EgressRefused:
-            return Failed(_REFUSED_REASON)
-        except egress.EgressUnavailable as exc:  # its reason names no URL, by contract
-            return Retry(f"receiver unreachable: {exc.reason}")
-        return self._outcome(response.status, response.headers)
-
-    def _outcome(self, status: int, headers: Mapping[str, str]) -> Outcome:
-        if 200 <= status < 300:
-            return Delivered(f"HTTP {status}")
-        if status == 410:  # Standard Webhooks: 410 Gone means "stop sending here"
-            return Failed("receiver says the endpoint is gone (HTTP 410)", disable_endpoint=True)
-        if 300 <= status < 400:  # a redirect could point anywhere: never followed
-            return Failed("redirects are not followed")
-        if status in {408, 429} or 500 <= status < 600:
-            after = _retry_after(headers.get("retry-after"), self._clock())
-            return Retry(f"receiver answered HTTP {status}", after=after)
-        return Failed(f"receiver refused the delivery (HTTP {status})")
+        sent = await _http.send(
+            self._policy,
+            endpoint["url"],
+            content=body,
+            headers=headers,
+            unreachable="receiver unreachable",
+        )
+        if not isinstance(sent, egress.EgressResponse):
+            return sent
+        # Standard Webhooks: 410 Gone means "stop sending here"; the rest is the common map.
+        outcome = _http.status_outcome(
+            sent.status, sent.headers, peer="receiver", clock=self._clock
+        )
+        return outcome or Failed(f"receiver refused the delivery (HTTP {sent.status})")

@@ -55,7 +55,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Final, cast
 from urllib.parse import urlsplit
 
@@ -65,8 +64,9 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from herald.channels import egress
-from herald.channels.base import Delivered, DeliveryJob, Failed, Outcome, Retry
+from herald.channels import _http, egress
+from herald.channels._http import RETRY_AFTER_MAX
+from herald.channels.base import DeliveryJob, Failed, Outcome
 from herald.errors import BadRequest
 
 __all__ = [
@@ -117,14 +117,13 @@ URGENCY: Final[Mapping[str, str]] = {
 }
 #: Longest push endpoint accepted (the de-facto limit of browsers and proxies).
 URL_MAX: Final = 2048
-#: Longest ``Retry-After`` honoured (seconds); anything longer is ignored, not obeyed.
-RETRY_AFTER_MAX: Final = 24 * 3600
 USER_AGENT: Final = "Herald-WebPush/1"
 
 _FIELDS: Final = frozenset({"subscription"})
 _SUBSCRIPTION_FIELDS: Final = frozenset({"endpoint", "expirationTime", "keys"})
 _KEY_FIELDS: Final = frozenset({"p256dh", "auth"})
-_REFUSED_REASON = "destination refused by the SSRF guard"
+#: RFC 8030 §7.3: 404 and 410 mean the subscription expired or was removed.
+_GONE: Final = frozenset({404, 410})
 _ENCODER = msgspec.json.Encoder()
 _ELLIPSIS: Final = "…"
 _B64URL_ALPHABET: Final = frozenset(
@@ -388,26 +387,6 @@ def push_topic(message_id: str) -> str:
     return _b64url(raw)[:_TOPIC_MAX]
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds asked by ``Retry-After`` (RFC 9110 §10.2.3), or None when absent or not sane."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        if len(value) > 10:  # far beyond a day; also keeps int() cheap
-            return None
-        seconds = float(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = max(0.0, when.timestamp() - now)
-    return seconds if 0 <= seconds <= RETRY_AFTER_MAX else None
-
-
 # -- endpoint validation --------------------------------------------------------------------
 
 
@@ -576,7 +555,7 @@ class WebPushChannel:
         try:
             subscription = self._parse(job.endpoint)  # the policy may have changed since saving
         except egress.EgressRefused:
-            return Failed(_REFUSED_REASON)
+            return Failed(_http.REFUSED_REASON)
         except BadRequest as exc:
             return Failed(f"invalid web push subscription: {exc.detail}")
         plaintext = fit_payload(job.payload())
@@ -584,34 +563,28 @@ class WebPushChannel:
             return Failed(f"the push payload cannot fit in {MAX_PLAINTEXT} bytes")
         body = encrypt(plaintext, subscription.p256dh, subscription.auth)
         url = subscription.endpoint
-        try:
-            response = await egress.post(
-                url, content=body, headers=self.headers(job, url), policy=self._policy
-            )
-        except egress.EgressRefused:
-            return Failed(_REFUSED_REASON)
-        except egress.EgressUnavailable as exc:  # its reason names no URL, by contract
-            return Retry(f"push service unreachable: {exc.reason}")
-        return self._outcome(response.status, response.headers)
-
-    def _outcome(self, status: int, headers: Mapping[str, str]) -> Outcome:
-        if 200 <= status < 300:
-            return Delivered(f"HTTP {status}")
-        if status in {404, 410}:  # RFC 8030 §7.3: the subscription expired or was removed
-            return Failed(
-                f"push service says the subscription is gone (HTTP {status})",
-                disable_endpoint=True,
-            )
-        if status in {408, 429} or 500 <= status < 600:
-            after = _retry_after(headers.get("retry-after"), self._clock())
-            return Retry(f"push service answered HTTP {status}", after=after)
-        return Failed(_refusal(status))
+        sent = await _http.send(
+            self._policy,
+            url,
+            content=body,
+            headers=self.headers(job, url),
+            unreachable="push service unreachable",
+        )
+        if not isinstance(sent, egress.EgressResponse):
+            return sent
+        outcome = _http.status_outcome(
+            sent.status,
+            sent.headers,
+            peer="push service",
+            clock=self._clock,
+            gone=_GONE,
+            what="subscription",
+        )
+        return outcome or Failed(_refusal(sent.status))
 
 
 def _refusal(status: int) -> str:
-    """Why a push service's permanent refusal failed the delivery."""
-    if 300 <= status < 400:  # a redirect could point anywhere: never followed
-        return "redirects are not followed"
+    """Why a push service's permanent refusal (a 4xx, or an odd status) failed the delivery."""
     if status == 413:
         return "push service refused the payload as too large (HTTP 413)"
     if status in {400, 401, 403}:  # a retry will not fix the signature or the payload
