@@ -140,12 +140,11 @@ class Settings(BaseSettings):
     @property
     def vapid_subject(self) -> str:
         """RFC 8292 ``sub``: who push services contact about this sender."""
-        return self.webpush_subject or self.base_url
-
-    @property
-    def origin(self) -> str:
-        """The audit log's origin line (C2SP tlog-checkpoint): schema-less, stable."""
-        return self.audit_origin or urlsplit(self.base_url).netloc + "/herald-audit"
+        if self.webpush_subject:
+            return self.webpush_subject
+        if self.base_url.startswith("https://"):
+            return self.base_url
+        return f"mailto:webpush@{urlsplit(self.base_url).hostname or 'localhost'}"
 
     @property
     def witness_dir(self) -> Path:

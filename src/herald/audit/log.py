@@ -11,6 +11,7 @@ Herald never signs two inconsistent checkpoints.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -50,19 +51,29 @@ class DirectoryWitness:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = self.path / f"{size:020d}.checkpoint"
         data = note.encode("utf-8")
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            if target.read_bytes() != data:
-                raise WitnessConflict(
-                    f"the witness holds another checkpoint of size {size}"
-                ) from None
-            return
+        # Written whole to a private temporary name, then linked into place: a crash never
+        # leaves a partial copy under the final name, and an existing one is never replaced.
+        temporary = self.path / f".{size:020d}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            if target.read_bytes() != data:
+                raise WitnessConflict(
+                    f"the witness holds another checkpoint of size {size}"
+                ) from None
+        finally:
+            temporary.unlink()
+        directory = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def notes(self) -> dict[int, str]:
         """Every stored note by size."""
@@ -120,9 +131,11 @@ class AuditLog:
             return None
         root = await self.root(size)
         if latest is not None:
-            # Never sign a head that is not an extension of the previous one.
-            proof = await self.consistency(latest.size, size)
-            verify_consistency(latest.size, size, latest.root, root, proof)
+            # Never sign a head that is not an extension of the previous *signed* one (the
+            # note, not the unsigned root column, is what others rely on).
+            previous = self.open(latest.note)
+            proof = await self.consistency(previous.size, size)
+            verify_consistency(previous.size, size, previous.root, root, proof)
         note = sign_checkpoint(self.signer, Checkpoint(self.origin, size, root))
         record = CheckpointRecord(size=size, root=root, note=note, created_at=now)
         # Witness first: a checkpoint that exists only in the main store is the weaker copy.

@@ -85,7 +85,10 @@ def _builtin(settings: Settings, vapid: ec.EllipticCurvePrivateKey | None) -> li
     if vapid is not None:
         from herald.channels.webpush import WebPushChannel  # noqa: PLC0415
 
-        channels.append(WebPushChannel(policy, vapid, subject=settings.vapid_subject))
+        try:
+            channels.append(WebPushChannel(policy, vapid, subject=settings.vapid_subject))
+        except ValueError as exc:
+            raise ConfigError(f"HERALD_WEBPUSH_SUBJECT: {exc}") from None
     if settings.smtp_url is not None:
         from herald.channels.email import EmailChannel  # noqa: PLC0415
 

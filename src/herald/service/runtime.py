@@ -129,10 +129,13 @@ class Runtime:
         records = [r for r in await self.store.signing_keys(PURPOSE_AUDIT) if r.retired_at is None]
         if records:
             key = await unwrap_signing_key(self.provider, records[0])
+            # The origin names the log and the key; derived from the key itself unless set,
+            # so a new host, port or public URL never changes either.
+            origin = self.settings.audit_origin or f"herald-audit/{key.kid[:16]}"
             self.audit = AuditLog(
                 store=self.store,
-                signer=NoteSigner(self.settings.origin, key.private_key),
-                origin=self.settings.origin,
+                signer=NoteSigner(origin, key.private_key),
+                origin=origin,
                 witness=DirectoryWitness(self.settings.witness_dir),
             )
 
