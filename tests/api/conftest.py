@@ -1,5 +1,9 @@
-"""A real Herald server for API tests: ``herald init`` + ``herald serve`` as a subprocess,
+"""Real Herald servers for API tests: ``herald init`` + ``herald serve`` as a subprocess,
 TLS on a loopback port, talked to with real HTTP and WebSocket clients.
+
+``server`` is the session's shared server; a test (or module) that needs a server of its own
+(own data dir, own settings, restarts, crashes) gets one from ``node_factory`` (or
+``module_node_factory``), which stops it at the end.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import sqlite3
 import ssl
@@ -14,8 +19,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
@@ -75,31 +82,89 @@ def _client_id_of(request: httpx.Request) -> str | None:
 
 
 @dataclass
-class Server:
-    """A running test server and what tests need to talk to it."""
+class Node:
+    """A Herald server of a test's own: a data dir made by ``herald init`` and, while started,
+    its ``herald serve`` process on a loopback TLS port.
+
+    Made by :class:`NodeFactory` (the ``node_factory`` fixtures), which stops every node it
+    made when its scope ends. ``with node:`` stops the node at the end of the block.
+    """
 
     url: str
     ca: Path
     data_dir: Path
     env: dict[str, str]
-    demo: App
-    other: App  # an app of a second tenant
-    narrow: App  # tenant "demo", scopes publish:orders.> subscribe:orders.> only
+    init: dict[str, Any]  # what ``herald init --json`` printed
+    demo: App  # the app ``herald init`` created
+    apps: dict[str, App] = field(default_factory=dict)  # by name, "demo" included
+    reuse_tokens: bool = False  # token() gets one token per app and scope, then reuses it
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _tokens: dict[tuple[str, str | None], str] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        self.apps.setdefault("demo", self.demo)
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- the process --------------------------------------------------------------------------
+    def start(self) -> None:
+        """``herald serve``, once ``/healthz`` answers."""
+        self.process = start_server(self.env, self.url, self.ca)
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 10 s); nothing when not running."""
+        if self.process is not None:
+            stop_server(self.process)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler, no flush, no lifespan — a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        assert self.process.returncode == -signal.SIGKILL
+        self.process = None
+
+    # -- the CLI ------------------------------------------------------------------------------
+    def run(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``herald ARGS`` against this data dir."""
+        return run_cli(self.env, *args, check=check, stdin=stdin)
+
+    def cli(self, *args: str) -> Any:
+        """``herald ARGS --json`` against this data dir; the parsed output."""
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def add_app(self, name: str, *scopes: str, tenant: str | None = None) -> App:
+        """``herald app create`` (in the demo tenant unless ``tenant``); signed for by name."""
+        tenant = tenant or self.demo.tenant
+        options = [item for scope in scopes for item in ("--scope", scope)]
+        app = App.from_cli(self.cli("app", "create", "--tenant", tenant, *options), tenant)
+        self.apps[name] = app
+        return app
+
+    def app(self, name: str) -> App:
+        return self.apps[name]
+
+    # -- HTTP ---------------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
-
-    @property
-    def apps(self) -> list[App]:
-        return [self.demo, self.other, self.narrow]
 
     def sign(self, request: httpx.Request) -> None:
         """Sign a state-changing request with the key of the app it speaks for (if ours)."""
         if request.method in {"GET", "HEAD"} or "signature" in request.headers:
             return
         client_id = _client_id_of(request)
-        for app in self.apps:
+        for app in self.apps.values():
             if app.client_id == client_id:
                 app.signer.sign(request)
 
@@ -123,21 +188,36 @@ class Server:
             base_url=self.url, verify=self.ssl_context(), event_hooks=hooks, **options
         )
 
-    def token(self, app: App | None = None, scope: str | None = None) -> str:
+    def token_response(self, app: App | None = None, scope: str | None = None) -> httpx.Response:
+        """The answer to a client-credentials grant for ``app`` (default: demo)."""
         app = app or self.demo
         data = {"grant_type": "client_credentials"}
         if scope:
             data["scope"] = scope
         with self.client() as client:
-            response = client.post(
-                "/oauth/token", data=data, auth=(app.client_id, app.client_secret)
-            )
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
+            return client.post("/oauth/token", data=data, auth=(app.client_id, app.client_secret))
+
+    def token(self, app: App | None = None, scope: str | None = None) -> str:
+        """An access token of ``app`` (default: demo); a new one unless ``reuse_tokens``."""
+        key = ((app or self.demo).client_id, scope)
+        if not self.reuse_tokens or key not in self._tokens:
+            response = self.token_response(app, scope)
+            assert response.status_code == 200, response.text
+            self._tokens[key] = str(response.json()["access_token"])
+        return self._tokens[key]
+
+    # -- storage (SQLite) ---------------------------------------------------------------------
+    def db(self) -> closing[sqlite3.Connection]:
+        return closing(sqlite3.connect(self.data_dir / "herald.db", timeout=10))
+
+    def db_count(self, table: str) -> int:
+        with self.db() as conn:
+            (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(count)
 
     def audit_actions(self, since: int = 0) -> list[tuple[int, str, dict[str, object]]]:
         """``(index, action, details)`` of the audit entries from index ``since``."""
-        with sqlite3.connect(self.data_dir / "herald.db") as conn:
+        with self.db() as conn:
             rows = conn.execute(
                 "SELECT idx, entry FROM audit_entries WHERE idx >= ? ORDER BY idx", (since,)
             ).fetchall()
@@ -151,18 +231,101 @@ class Server:
         """Audit entries other than refusals: refusals are recorded, nothing else may be."""
         return sum(1 for _, action, _ in self.audit_actions() if action != "message.refused")
 
-    def db_count(self, table: str) -> int:
-        with sqlite3.connect(self.data_dir / "herald.db") as conn:
-            (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
-        return int(count)
+    @property
+    def witness_dir(self) -> Path:
+        """Where the node's witness keeps its copies of the checkpoints (the default)."""
+        return self.data_dir.parent / (self.data_dir.name + "-witness")
+
+
+class Server(Node):
+    """The session's server: a node with the apps ``other`` and ``narrow``."""
+
+    @property
+    def other(self) -> App:
+        """An app of a second tenant."""
+        return self.apps["other"]
+
+    @property
+    def narrow(self) -> App:
+        """Tenant "demo", scopes publish:orders.> subscribe:orders.> only."""
+        return self.apps["narrow"]
+
+
+class NodeFactory:
+    """Makes nodes, each with a data dir and a port of its own, and stops them all at the end."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self.nodes: list[Node] = []
+
+    def __call__(
+        self,
+        *,
+        name: str = "node",
+        start: bool = True,
+        port: int | None = None,
+        reuse_tokens: bool = False,
+        cls: type[Node] = Node,
+        **settings: str,
+    ) -> Node:
+        """``herald init`` with ``settings`` (``HERALD_*`` variables); started unless told."""
+        data_dir = self._tmp_path_factory.mktemp(name) / "data"
+        env = base_env(data_dir, port or free_port(), **settings)
+        init = json.loads(run_cli(env, "init", "--json").stdout)
+        node = cls(
+            url=init["url"],
+            ca=Path(init["ca_cert"]),
+            data_dir=data_dir,
+            env=env,
+            init=init,
+            demo=App.from_cli(init),
+            reuse_tokens=reuse_tokens,
+        )
+        self.nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    def peer(self, node: Node, **settings: str) -> Node:
+        """Another, started, ``herald serve`` of ``node``'s data dir on a port of its own
+        (with a shared database and Redis: a second cluster node)."""
+        port = free_port()
+        peer = type(node)(
+            url=f"https://127.0.0.1:{port}",
+            ca=node.ca,
+            data_dir=node.data_dir,
+            env={**node.env, "HERALD_PORT": str(port), **settings},
+            init=node.init,
+            demo=node.demo,
+            apps=dict(node.apps),
+            reuse_tokens=node.reuse_tokens,
+        )
+        self.nodes.append(peer)
+        peer.start()
+        return peer
+
+    @staticmethod
+    def free_port() -> int:
+        """A free loopback port: for a peer service of a test, or for nothing to listen on."""
+        return free_port()
+
+    def stop_all(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
 
 
 def run_cli(
-    env: dict[str, str], *args: str, check: bool = True
+    env: dict[str, str], *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``herald ARGS`` with ``env``; returns the completed process."""
+    """Run ``herald ARGS`` with ``env`` (and ``stdin`` as its input); the completed process."""
     result = subprocess.run(
-        [*HERALD, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [*HERALD, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"herald {' '.join(args)} failed: {result.stderr}")
@@ -218,57 +381,37 @@ def base_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def _node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path_factory)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
+    """Servers of a test's own (``node_factory(**settings)``), stopped when the test ends."""
+    yield from _node_factory(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
+    """Servers of a module's own, stopped when the module's tests are done."""
+    yield from _node_factory(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One initialised TLS server for the API tests of this session."""
-    data_dir = tmp_path_factory.mktemp("herald") / "data"
-    port = free_port()
-    env = base_env(data_dir, port)
-    init = json.loads(run_cli(env, "init", "--json").stdout)
-    demo = App.from_cli(init)
-    other_tenant = json.loads(run_cli(env, "tenant", "create", "other", "--json").stdout)["tenant"]
-    other = json.loads(
-        run_cli(
-            env,
-            "app",
-            "create",
-            "--tenant",
-            other_tenant,
-            "--scope",
-            "publish:>",
-            "--scope",
-            "subscribe:>",
-            "--scope",
-            "messages:read",
-            "--json",
-        ).stdout
-    )
-    narrow = json.loads(
-        run_cli(
-            env,
-            "app",
-            "create",
-            "--tenant",
-            demo.tenant,
-            "--scope",
-            "publish:orders.>",
-            "--scope",
-            "subscribe:orders.>",
-            "--json",
-        ).stdout
-    )
-    url = init["url"]
-    process = start_server(env, url, Path(init["ca_cert"]))
+    nodes = NodeFactory(tmp_path_factory)
     try:
-        yield Server(
-            url=url,
-            ca=Path(init["ca_cert"]),
-            data_dir=data_dir,
-            env=env,
-            demo=demo,
-            other=App.from_cli(other, other_tenant),
-            narrow=App.from_cli(narrow, demo.tenant),
-            process=process,
-        )
+        node = nodes(name="herald", start=False, cls=Server)
+        assert isinstance(node, Server)
+        other_tenant = node.cli("tenant", "create", "other")["tenant"]
+        node.add_app("other", "publish:>", "subscribe:>", "messages:read", tenant=other_tenant)
+        node.add_app("narrow", "publish:orders.>", "subscribe:orders.>")
+        node.start()
+        yield node
     finally:
-        stop_server(process)
+        nodes.stop_all()

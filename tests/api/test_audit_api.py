@@ -14,17 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib.util
 import json
-import ssl
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import cache
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,29 +28,12 @@ from herald.audit.merkle import root_hash
 from herald.audit.note import Checkpoint, NoteVerifier, open_checkpoint
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
-    from tests.api.conftest import App
+    from tests.api.conftest import App, Node, NodeFactory
 
 WAIT = 10.0  # seconds: the bound of every single wait in this module
 PROBLEM = "urn:herald:problem:"
 CONCURRENT_PUBLISHES = 200
-
-
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
+LIMITS = httpx.Limits(max_connections=CONCURRENT_PUBLISHES)
 
 
 # -- RFC 9162, written from the RFC's text ---------------------------------------------------
@@ -217,125 +194,49 @@ def test_rfc_verifiers_refuse_what_they_should() -> None:
 # -- our own server ----------------------------------------------------------------------------
 
 
-@dataclass
-class Node:
-    url: str
-    ca: Path
-    data_dir: Path
-    demo: App
-    other: App  # an app of a second tenant
-    admin: App  # an admin-scoped app of tenant "demo"
-    apps: list[App] = field(default_factory=list)
-    _tokens: dict[str, str] = field(default_factory=dict)
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-    def _sign(self, request: httpx.Request) -> None:
-        if request.method in {"GET", "HEAD"} or "signature" in request.headers:
-            return
-        client_id = _api._client_id_of(request)
-        for app in self.apps:
-            if app.client_id == client_id:
-                app.signer.sign(request)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            verify=self.ssl_context(),
-            timeout=WAIT,
-            event_hooks={"request": [self._sign]},
-        )
-
-    def async_client(self) -> httpx.AsyncClient:
-        async def hook(request: httpx.Request) -> None:
-            self._sign(request)
-
-        return httpx.AsyncClient(
-            base_url=self.url,
-            verify=self.ssl_context(),
-            timeout=WAIT,
-            event_hooks={"request": [hook]},
-            limits=httpx.Limits(max_connections=CONCURRENT_PUBLISHES),
-        )
-
-    def token(self, app: App) -> str:
-        if app.client_id not in self._tokens:
-            with self.client() as client:
-                response = client.post(
-                    "/oauth/token",
-                    data={"grant_type": "client_credentials"},
-                    auth=(app.client_id, app.client_secret),
-                )
-            assert response.status_code == 200, response.text
-            self._tokens[app.client_id] = response.json()["access_token"]
-        return self._tokens[app.client_id]
-
-    def subscriber_token(self, app: App, recipient: str) -> str:
-        with self.client() as client:
-            response = client.post(
-                "/v1/subscriber-tokens",
-                json={"recipient": recipient, "topics": [">"]},
-                headers=auth(self.token(app)),
-            )
-        assert response.status_code == 201, response.text
-        return str(response.json()["token"])
-
-    def publish(self, app: App, **message: Any) -> dict[str, Any]:
-        with self.client() as client:
-            response = client.post("/v1/messages", json=message, headers=auth(self.token(app)))
-        assert response.status_code == 202, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def get(self, path: str, token: str | None, **params: Any) -> httpx.Response:
-        with self.client() as client:
-            return client.get(path, params=params, headers=auth(token) if token else {})
-
-    @property
-    def witness_dir(self) -> Path:
-        return self.data_dir.parent / (self.data_dir.name + "-witness")
-
-
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    data_dir = tmp_path_factory.mktemp("audit-api") / "data"
-    env = _api.base_env(data_dir, _api.free_port(), HERALD_AUDIT_CHECKPOINT_SECONDS="1")
-    init = json.loads(_api.run_cli(env, "init", "--json").stdout)
-    demo = _api.App.from_cli(init)
-    other_tenant = json.loads(_api.run_cli(env, "tenant", "create", "other", "--json").stdout)
-    other_tenant_id = other_tenant["tenant"]
-    other = json.loads(
-        _api.run_cli(
-            env,
-            *("app", "create", "--tenant", other_tenant_id),
-            *("--scope", "publish:>", "--scope", "subscribe:>", "--scope", "messages:read"),
-            "--json",
-        ).stdout
+def node(module_node_factory: NodeFactory) -> Node:
+    """The module's server: apps ``other`` (a second tenant) and ``admin`` (tenant "demo")."""
+    node = module_node_factory(
+        name="audit-api", start=False, reuse_tokens=True, HERALD_AUDIT_CHECKPOINT_SECONDS="1"
     )
-    admin = json.loads(
-        _api.run_cli(
-            env, "app", "create", "--tenant", demo.tenant, "--scope", "admin", "--json"
-        ).stdout
-    )
-    process = _api.start_server(env, init["url"], Path(init["ca_cert"]))
-    try:
-        apps = [
-            demo,
-            _api.App.from_cli(other, other_tenant_id),
-            _api.App.from_cli(admin, demo.tenant),
-        ]
-        yield Node(init["url"], Path(init["ca_cert"]), data_dir, *apps, apps=apps)
-    finally:
-        _api.stop_server(process)
+    other_tenant = node.cli("tenant", "create", "other")["tenant"]
+    node.add_app("other", "publish:>", "subscribe:>", "messages:read", tenant=other_tenant)
+    node.add_app("admin", "admin")
+    node.start()
+    return node
+
+
+def subscriber_token(node: Node, app: App, recipient: str) -> str:
+    with node.client() as client:
+        response = client.post(
+            "/v1/subscriber-tokens",
+            json={"recipient": recipient, "topics": [">"]},
+            headers=auth(node.token(app)),
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"])
+
+
+def publish(node: Node, app: App, **message: Any) -> dict[str, Any]:
+    with node.client() as client:
+        response = client.post("/v1/messages", json=message, headers=auth(node.token(app)))
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def get(node: Node, path: str, token: str | None, **params: Any) -> httpx.Response:
+    with node.client() as client:
+        return client.get(path, params=params, headers=auth(token) if token else {})
 
 
 def audit_key(node: Node) -> str:
-    response = node.get("/.well-known/herald-audit-key", None)
+    response = get(node, "/.well-known/herald-audit-key", None)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return response.text.strip()
@@ -343,7 +244,7 @@ def audit_key(node: Node) -> str:
 
 def verified_checkpoint(node: Node, token: str, key: str) -> Checkpoint:
     """The latest checkpoint, its note verified with ``key``; the JSON agrees with it."""
-    response = node.get("/v1/audit/checkpoint", token)
+    response = get(node, "/v1/audit/checkpoint", token)
     assert response.status_code == 200, response.text
     body = response.json()
     checkpoint = open_checkpoint(NoteVerifier.from_key(key), body["note"], origin=body["origin"])
@@ -356,7 +257,7 @@ def checkpoint_covering(node: Node, token: str, key: str, size: int) -> Checkpoi
     """Wait (bounded) for a checkpoint of at least ``size`` entries."""
     deadline = time.monotonic() + WAIT
     while True:
-        response = node.get("/v1/audit/checkpoint", token)
+        response = get(node, "/v1/audit/checkpoint", token)
         if response.status_code == 200:
             checkpoint = verified_checkpoint(node, token, key)
             if checkpoint.size >= size:
@@ -371,7 +272,7 @@ def all_entries(node: Node, token: str, end: int | None = None) -> list[dict[str
     start: int | None = 0
     while start is not None and (end is None or start < end):
         params = {"from": start} if end is None else {"from": start, "to": end}
-        response = node.get("/v1/audit/entries", token, **params)
+        response = get(node, "/v1/audit/entries", token, **params)
         assert response.status_code == 200, response.text
         body = response.json()
         found.extend(body["entries"])
@@ -380,7 +281,8 @@ def all_entries(node: Node, token: str, end: int | None = None) -> list[dict[str
 
 
 def log_size(node: Node) -> int:
-    response = node.get("/v1/audit/entries", node.token(node.admin), **{"from": 0, "to": 0})
+    admin = node.token(node.app("admin"))
+    response = get(node, "/v1/audit/entries", admin, **{"from": 0, "to": 0})
     assert response.status_code == 200, response.text
     return int(response.json()["size"])
 
@@ -398,16 +300,18 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> None:
 
 
 def test_checkpoint_note_verifies_with_the_published_key(node: Node) -> None:
-    node.publish(node.demo, topic="audit.checkpoint", title="so the log grows")
+    publish(node, node.demo, topic="audit.checkpoint", title="so the log grows")
     key = audit_key(node)
     token = node.token(node.demo)
     checkpoint = checkpoint_covering(node, token, key, log_size(node))
     assert checkpoint.origin == key.split("+", 1)[0]
     # Every token kind reads the (tenant-neutral) checkpoint; all get the same note.
-    notes = {
-        node.get("/v1/audit/checkpoint", t).json()["note"]
-        for t in (token, node.token(node.other), node.subscriber_token(node.demo, "cp-user"))
-    }
+    tokens = (
+        token,
+        node.token(node.app("other")),
+        subscriber_token(node, node.demo, "cp-user"),
+    )
+    notes = {get(node, "/v1/audit/checkpoint", t).json()["note"] for t in tokens}
     for note in notes:
         open_checkpoint(NoteVerifier.from_key(key), note)
     # The witness holds a copy of every checkpoint, each signed by the same key.
@@ -419,11 +323,12 @@ def test_checkpoint_note_verifies_with_the_published_key(node: Node) -> None:
 
 
 def test_every_inclusion_proof_verifies(node: Node) -> None:
+    other = node.app("other")
     for n in range(3):
-        node.publish(node.demo, topic="audit.inclusion", title=f"demo {n}")
-        node.publish(node.other, topic="audit.inclusion", title=f"other {n}")
+        publish(node, node.demo, topic="audit.inclusion", title=f"demo {n}")
+        publish(node, other, topic="audit.inclusion", title=f"other {n}")
     key = audit_key(node)
-    admin = node.token(node.admin)
+    admin = node.token(node.app("admin"))
     checkpoint = checkpoint_covering(node, admin, key, log_size(node))
     entries = all_entries(node, admin, checkpoint.size)
     assert [e["index"] for e in entries] == list(range(checkpoint.size))
@@ -434,7 +339,7 @@ def test_every_inclusion_proof_verifies(node: Node) -> None:
 
     tenant_tokens = {
         node.demo.tenant: node.token(node.demo),
-        node.other.tenant: node.token(node.other),
+        other.tenant: node.token(other),
     }
     with node.client() as client:
         for index, entry in enumerate(entries):
@@ -470,13 +375,13 @@ def test_every_inclusion_proof_verifies(node: Node) -> None:
 
 def test_consistency_between_every_pair_of_checkpoints(node: Node) -> None:
     key = audit_key(node)
-    admin = node.token(node.admin)
+    admin = node.token(node.app("admin"))
     seen: dict[int, Checkpoint] = {}
     # Grow the log across several checkpoints (one per second) and watch them come.
     deadline = time.monotonic() + 4 * WAIT
     while len(seen) < 5:
         assert time.monotonic() < deadline, f"only {len(seen)} checkpoints seen"
-        node.publish(node.demo, topic="audit.consistency", title="grow")
+        publish(node, node.demo, topic="audit.consistency", title="grow")
         checkpoint = checkpoint_covering(node, admin, key, log_size(node))
         seen[checkpoint.size] = checkpoint
     # ... and every checkpoint the witness kept, signed by the same key.
@@ -509,7 +414,7 @@ def test_consistency_between_every_pair_of_checkpoints(node: Node) -> None:
             response = client.get(
                 "/v1/audit/proof/consistency",
                 params={"first": first, "second": first},
-                headers=auth(node.token(node.other)),
+                headers=auth(node.token(node.app("other"))),
             )
             assert response.status_code == 200, response.text
             assert response.json()["proof"] == []
@@ -525,21 +430,22 @@ def tenant_of(item: dict[str, Any]) -> str | None:
 
 
 def test_each_tenant_sees_only_its_entries_and_admin_sees_all(node: Node) -> None:
-    mine = node.publish(node.demo, topic="audit.tenants", title="demo's")
-    theirs = node.publish(node.other, topic="audit.tenants", title="other's")
+    other = node.app("other")
+    mine = publish(node, node.demo, topic="audit.tenants", title="demo's")
+    theirs = publish(node, other, topic="audit.tenants", title="other's")
     size = log_size(node)
 
-    everything = all_entries(node, node.token(node.admin))
+    everything = all_entries(node, node.token(node.app("admin")))
     assert [e["index"] for e in everything][:size] == list(range(size))
-    assert {tenant_of(e) for e in everything} >= {None, node.demo.tenant, node.other.tenant}
+    assert {tenant_of(e) for e in everything} >= {None, node.demo.tenant, other.tenant}
     by_tenant: dict[str | None, set[int]] = {}
     for item in everything:
         by_tenant.setdefault(tenant_of(item), set()).add(item["index"])
         assert rfc_leaf_hash(item["entry"].encode()).hex() == item["leaf_hash"]
 
     views = {
-        node.demo.tenant: [node.token(node.demo), node.subscriber_token(node.demo, "u-demo")],
-        node.other.tenant: [node.token(node.other), node.subscriber_token(node.other, "u-other")],
+        node.demo.tenant: [node.token(node.demo), subscriber_token(node, node.demo, "u-demo")],
+        other.tenant: [node.token(other), subscriber_token(node, other, "u-other")],
     }
     for tenant, tokens in views.items():
         for token in tokens:
@@ -551,30 +457,31 @@ def test_each_tenant_sees_only_its_entries_and_admin_sees_all(node: Node) -> Non
                 if other_tenant != tenant:
                     assert not indices & other_indices
     assert mine["audit"]["index"] in by_tenant[node.demo.tenant]
-    assert theirs["audit"]["index"] in by_tenant[node.other.tenant]
+    assert theirs["audit"]["index"] in by_tenant[other.tenant]
 
     # A range that holds only the other tenant's entry: empty for demo, one entry for other.
     index = theirs["audit"]["index"]
-    for token, expected in ((node.token(node.demo), []), (node.token(node.other), [index])):
-        response = node.get("/v1/audit/entries", token, **{"from": index, "to": index + 1})
+    for token, expected in ((node.token(node.demo), []), (node.token(other), [index])):
+        response = get(node, "/v1/audit/entries", token, **{"from": index, "to": index + 1})
         assert response.status_code == 200, response.text
         assert [e["index"] for e in response.json()["entries"]] == expected
 
 
 def test_inclusion_proof_of_another_tenants_entry_is_not_found(node: Node) -> None:
-    theirs = node.publish(node.other, topic="audit.hidden", title="other's")["audit"]["index"]
-    system = next(e["index"] for e in all_entries(node, node.token(node.admin)) if not tenant_of(e))
-    for token in (node.token(node.demo), node.subscriber_token(node.demo, "u-hidden")):
+    other, admin = node.app("other"), node.app("admin")
+    theirs = publish(node, other, topic="audit.hidden", title="other's")["audit"]["index"]
+    system = next(e["index"] for e in all_entries(node, node.token(admin)) if not tenant_of(e))
+    for token in (node.token(node.demo), subscriber_token(node, node.demo, "u-hidden")):
         for index in (theirs, system):
-            response = node.get("/v1/audit/proof/inclusion", token, index=index)
+            response = get(node, "/v1/audit/proof/inclusion", token, index=index)
             assert_problem(response, 404, "not-found")
     # ... while the entry's own tenant and the admin get the proof.
-    for token in (node.token(node.other), node.token(node.admin)):
-        assert node.get("/v1/audit/proof/inclusion", token, index=theirs).status_code == 200
+    for token in (node.token(other), node.token(admin)):
+        assert get(node, "/v1/audit/proof/inclusion", token, index=theirs).status_code == 200
 
 
 def test_bad_parameters_are_400_problems(node: Node) -> None:
-    admin = node.token(node.admin)
+    admin = node.token(node.app("admin"))
     size = log_size(node)
     bad = [
         ("/v1/audit/entries", {"from": "abc"}),
@@ -627,7 +534,8 @@ def test_tokens_are_required(node: Node) -> None:
 
 def test_entries_never_contain_message_content(node: Node) -> None:
     marker = "MARKER" + uuid.uuid4().hex
-    sent = node.publish(
+    sent = publish(
+        node,
         node.demo,
         topic="audit.content",
         title=f"title {marker}",
@@ -635,9 +543,9 @@ def test_entries_never_contain_message_content(node: Node) -> None:
         data={"secret": marker, marker: 1},
         recipients=["content-user"],
     )
-    token = node.token(node.admin)
+    token = node.token(node.app("admin"))
     index = sent["audit"]["index"]
-    response = node.get("/v1/audit/entries", token, **{"from": index, "to": index + 1})
+    response = get(node, "/v1/audit/entries", token, **{"from": index, "to": index + 1})
     assert response.status_code == 200, response.text
     (item,) = response.json()["entries"]
     entry = json.loads(item["entry"])
@@ -646,8 +554,8 @@ def test_entries_never_contain_message_content(node: Node) -> None:
     # Nothing of the content, in any encoding a careless log might use.
     needles = [marker, marker.encode().hex(), base64.b64encode(marker.encode()).decode()]
     texts = [
-        node.get("/v1/audit/entries", token, **{"from": 0, "to": log_size(node)}).text,
-        node.get("/v1/audit/entries", node.token(node.demo), **{"from": 0}).text,
+        get(node, "/v1/audit/entries", token, **{"from": 0, "to": log_size(node)}).text,
+        get(node, "/v1/audit/entries", node.token(node.demo), **{"from": 0}).text,
     ]
     for text in texts:
         for needle in needles:
@@ -661,9 +569,9 @@ async def test_concurrent_publishes_get_gap_free_indices_and_the_log_verifies(
     node: Node,
 ) -> None:
     token = await asyncio.to_thread(node.token, node.demo)
-    other = await asyncio.to_thread(node.token, node.other)
+    other = await asyncio.to_thread(node.token, node.app("other"))
 
-    async def publish(client: httpx.AsyncClient, n: int) -> dict[str, Any]:
+    async def publish_one(client: httpx.AsyncClient, n: int) -> dict[str, Any]:
         # Alternate tenants: two apps write the log at once.
         bearer = token if n % 2 else other
         response = await client.post(
@@ -675,10 +583,10 @@ async def test_concurrent_publishes_get_gap_free_indices_and_the_log_verifies(
         body: dict[str, Any] = response.json()
         return body
 
-    async with node.async_client() as client:
+    async with node.async_client(limits=LIMITS) as client:
         async with asyncio.timeout(6 * WAIT):
             results = await asyncio.gather(
-                *(publish(client, n) for n in range(CONCURRENT_PUBLISHES))
+                *(publish_one(client, n) for n in range(CONCURRENT_PUBLISHES))
             )
     indices = sorted(r["audit"]["index"] for r in results)
     assert len(set(indices)) == CONCURRENT_PUBLISHES
@@ -686,7 +594,7 @@ async def test_concurrent_publishes_get_gap_free_indices_and_the_log_verifies(
     assert indices == list(range(indices[0], indices[0] + CONCURRENT_PUBLISHES))
 
     key = await asyncio.to_thread(audit_key, node)
-    admin = await asyncio.to_thread(node.token, node.admin)
+    admin = await asyncio.to_thread(node.token, node.app("admin"))
     size = await asyncio.to_thread(log_size, node)
     checkpoint = await asyncio.to_thread(checkpoint_covering, node, admin, key, size)
     entries = await asyncio.to_thread(all_entries, node, admin, checkpoint.size)

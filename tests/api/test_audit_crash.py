@@ -16,21 +16,11 @@ and checks that
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import random
-import signal
-import sqlite3
-import ssl
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -40,7 +30,7 @@ from herald.audit.merkle import leaf_hash, root_hash
 from herald.audit.note import NoteVerifier, open_checkpoint
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
-    from tests.api.conftest import App
+    from tests.api.conftest import Node, NodeFactory
 
 WAIT = 10.0  # seconds: the bound of every single HTTP wait in this module
 ROUNDS = 3  # kill/restart cycles
@@ -48,125 +38,13 @@ WORKERS = 24  # publishes in flight at once
 PUBLISH_PHASE = 30.0  # seconds: bound of one round's publishing (it normally takes < 2 s)
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
-
-
-@dataclass
-class Node:
-    env: dict[str, str]
-    url: str
-    ca: Path
-    data_dir: Path
-    demo: App
-    admin: App
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        self.process = _api.start_server(self.env, self.url, self.ca)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler, no flush, no lifespan — a crash."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=WAIT)
-        assert self.process.returncode == -signal.SIGKILL
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _api.stop_server(self.process)
-            self.process = None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-    def _sign(self, request: httpx.Request) -> None:
-        if request.method in {"GET", "HEAD"} or "signature" in request.headers:
-            return
-        client_id = _api._client_id_of(request)
-        for app in (self.demo, self.admin):
-            if app.client_id == client_id:
-                app.signer.sign(request)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            verify=self.ssl_context(),
-            timeout=WAIT,
-            event_hooks={"request": [self._sign]},
-        )
-
-    def async_client(self) -> httpx.AsyncClient:
-        async def hook(request: httpx.Request) -> None:
-            self._sign(request)
-
-        return httpx.AsyncClient(
-            base_url=self.url,
-            verify=self.ssl_context(),
-            timeout=WAIT,
-            event_hooks={"request": [hook]},
-            limits=httpx.Limits(max_connections=WORKERS),
-        )
-
-    def token(self, app: App) -> str:
-        with self.client() as client:
-            response = client.post(
-                "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=(app.client_id, app.client_secret),
-            )
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
-
-    def db(self) -> closing[sqlite3.Connection]:
-        return closing(sqlite3.connect(self.data_dir / "herald.db", timeout=WAIT))
-
-    @property
-    def witness_dir(self) -> Path:
-        return self.data_dir.parent / (self.data_dir.name + "-witness")
-
-
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    data_dir = tmp_path / "data"
-    env = _api.base_env(data_dir, _api.free_port(), HERALD_AUDIT_CHECKPOINT_SECONDS="1")
-    init = json.loads(_api.run_cli(env, "init", "--json").stdout)
-    demo = _api.App.from_cli(init)
-    admin = json.loads(
-        _api.run_cli(
-            env, "app", "create", "--tenant", demo.tenant, "--scope", "admin", "--json"
-        ).stdout
-    )
-    node = Node(
-        env,
-        init["url"],
-        Path(init["ca_cert"]),
-        data_dir,
-        demo,
-        _api.App.from_cli(admin, demo.tenant),
-    )
+def node(node_factory: NodeFactory) -> Node:
+    """A started server with an admin app, signing a checkpoint every second."""
+    node = node_factory(start=False, HERALD_AUDIT_CHECKPOINT_SECONDS="1")
+    node.add_app("admin", "admin")
     node.start()
-    try:
-        yield node
-    finally:
-        if node.process is not None:
-            node.process.kill()
-            node.process.wait()
+    return node
 
 
 @dataclass
@@ -208,7 +86,8 @@ async def publish_until_killed(node: Node, token: str, kill_after: int) -> Round
                 killed.set()
                 node.kill()
 
-    async with node.async_client() as client, asyncio.timeout(PUBLISH_PHASE):
+    limits = httpx.Limits(max_connections=WORKERS)
+    async with node.async_client(limits=limits) as client, asyncio.timeout(PUBLISH_PHASE):
         await asyncio.gather(*(worker(client, w) for w in range(WORKERS)))
     assert killed.is_set()
     return result
@@ -238,7 +117,7 @@ def test_sigkill_mid_publish_leaves_no_message_without_its_entry(node: Node) -> 
 def check_through_the_api(node: Node, accepted: list[dict[str, Any]]) -> None:
     """Every 202 survived, with its audit reference and its entry where the 202 said."""
     token = node.token(node.demo)
-    admin = node.token(node.admin)
+    admin = node.token(node.app("admin"))
     with node.client() as client:
         for body in accepted:
             response = client.get(f"/v1/messages/{body['id']}", headers=_auth(token))
@@ -322,7 +201,7 @@ def check_the_tree_and_checkpoints(node: Node, leaves: list[bytes]) -> None:
         checkpoint = open_checkpoint(key, item.read_text(encoding="utf-8"))
         assert checkpoint.root == root_hash(leaves[: checkpoint.size]), checkpoint.size
     # A checkpoint signed after the restart covers everything published before it.
-    admin = node.token(node.admin)
+    admin = node.token(node.app("admin"))
     deadline = time.monotonic() + WAIT
     while True:
         with node.client() as client:

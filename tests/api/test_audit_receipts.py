@@ -13,17 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import importlib.util
 import json
 import re
 import ssl
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -52,31 +49,15 @@ from herald.client import (
 from herald.client._receipts import verify_receipt
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
-    from tests.api.conftest import App
+    from tests.api.conftest import App, NodeFactory
 
 WAIT = 10.0  # seconds: the bound of every single wait in this module
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
-
-
 @dataclass
 class Node:
+    """What a subscribing app knows of the module's server (a ``node_factory`` node)."""
+
     url: str
     ca: Path
     demo: App
@@ -84,21 +65,12 @@ class Node:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    data_dir = tmp_path_factory.mktemp("receipts") / "data"
-    env = _api.base_env(data_dir, _api.free_port(), HERALD_AUDIT_CHECKPOINT_SECONDS="1")
-    init = json.loads(_api.run_cli(env, "init", "--json").stdout)
-    process = _api.start_server(env, init["url"], Path(init["ca_cert"]))
-    try:
-        key = httpx.get(
-            init["url"] + "/.well-known/herald-audit-key",
-            verify=ssl.create_default_context(cafile=init["ca_cert"]),
-            timeout=WAIT,
-        )
-        assert key.status_code == 200, key.text
-        yield Node(init["url"], Path(init["ca_cert"]), _api.App.from_cli(init), key.text.strip())
-    finally:
-        _api.stop_server(process)
+def node(module_node_factory: NodeFactory) -> Node:
+    started = module_node_factory(name="receipts", HERALD_AUDIT_CHECKPOINT_SECONDS="1")
+    with started.client() as client:
+        key = client.get("/.well-known/herald-audit-key")
+    assert key.status_code == 200, key.text
+    return Node(started.url, started.ca, started.demo, key.text.strip())
 
 
 def flip_bit(hex_hash: str) -> str:

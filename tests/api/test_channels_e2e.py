@@ -23,14 +23,11 @@ import base64
 import contextlib
 import email
 import email.policy
-import importlib.util
 import json
 import secrets
 import signal
 import sqlite3
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +35,6 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -48,7 +44,8 @@ from aiosmtpd.controller import Controller
 from standardwebhooks import Webhook
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
-    from tests.api.conftest import App
+    from tests.api.conftest import App, NodeFactory
+    from tests.api.conftest import Node as HeraldNode
 
 WAIT = 10.0  # seconds: the bound of every single HTTP request
 DELIVERY_WAIT = 30.0  # seconds: the bound of waiting for a delivery to reach a state
@@ -58,24 +55,6 @@ PROBLEM = "urn:herald:problem:"
 SENDER = "herald@example.com"
 
 T = TypeVar("T")
-
-
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
 
 
 def wait_until(probe: Callable[[], T | None], what: Callable[[], str], timeout: float) -> T:
@@ -303,9 +282,9 @@ class Smtp:
 
 
 @pytest.fixture(scope="module")
-def smtp(pki: Pki) -> Iterator[Smtp]:
+def smtp(pki: Pki, module_node_factory: NodeFactory) -> Iterator[Smtp]:
     mailbox = Mailbox()
-    port = _api.free_port()
+    port = module_node_factory.free_port()
     controller = Controller(
         mailbox,
         hostname="127.0.0.1",
@@ -326,105 +305,51 @@ def smtp(pki: Pki) -> Iterator[Smtp]:
 
 @dataclass
 class Node:
-    """One ``herald serve`` with its own data directory, and an admin app."""
+    """A ``node_factory`` node driven as its operator would: with an admin app and its client."""
 
-    env: dict[str, str]
-    url: str
-    ca: Path
-    data_dir: Path
-    demo: App  # ``herald init``'s app: publish, subscribe, messages:read, no admin
-    admin: App
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _tokens: dict[str, str] = field(default_factory=dict, repr=False)
+    herald: HeraldNode  # its apps: "demo" (publish, subscribe, messages:read) and "admin"
     _http: httpx.Client | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, base: Path, **settings: str) -> Node:
-        data_dir = base / "data"
-        env = _api.base_env(data_dir, _api.free_port(), **settings)
-        init = json.loads(_api.run_cli(env, "init", "--json").stdout)
-        admin = json.loads(
-            _api.run_cli(
-                env,
-                "app",
-                "create",
-                "--tenant",
-                init["tenant"],
-                "--scope",
-                "admin",
-                "--scope",
-                "publish:>",
-                "--scope",
-                "messages:read",
-                "--json",
-            ).stdout
-        )
-        return cls(
-            env=env,
-            url=init["url"],
-            ca=Path(init["ca_cert"]),
-            data_dir=data_dir,
-            demo=_api.App.from_cli(init),
-            admin=_api.App.from_cli(admin, init["tenant"]),
-        )
+    def create(cls, nodes: NodeFactory, name: str, **settings: str) -> Node:
+        node = nodes(name=name, start=False, reuse_tokens=True, **settings)
+        node.add_app("admin", "admin", "publish:>", "messages:read")
+        return cls(node)
+
+    @property
+    def demo(self) -> App:
+        return self.herald.demo
+
+    @property
+    def admin(self) -> App:
+        return self.herald.app("admin")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.herald.data_dir
 
     # -- process ----------------------------------------------------------------------------
     def start(self) -> None:
-        self.process = _api.start_server(self.env, self.url, self.ca)
+        self.herald.start()
 
     def stop(self) -> None:
         self._close_http()
-        if self.process is not None:
-            _api.stop_server(self.process)
-            self.process = None
+        self.herald.stop()
 
     def kill(self) -> None:
         """SIGKILL: no lifespan shutdown, no lease release — a crash."""
-        assert self.process is not None
         self._close_http()
-        self.process.kill()
-        self.process.wait(timeout=WAIT)
-        assert self.process.returncode == -signal.SIGKILL
-        self.process = None
+        self.herald.kill()
 
     def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
+        assert self.herald.process is not None
+        self.herald.process.send_signal(signum)
 
     # -- HTTP -------------------------------------------------------------------------------
-    def _sign(self, request: httpx.Request) -> None:
-        if request.method in {"GET", "HEAD"} or "signature" in request.headers:
-            return
-        client_id = _api._client_id_of(request)
-        for app in (self.demo, self.admin):
-            if app.client_id == client_id:
-                app.signer.sign(request)
-
-    def _client(self, *, sign: bool, headers: dict[str, str] | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            verify=ssl.create_default_context(cafile=str(self.ca)),
-            timeout=WAIT,
-            headers=headers,
-            event_hooks={"request": [self._sign]} if sign else {},
-        )
-
-    def token(self, app: App) -> str:
-        if app.client_id not in self._tokens:
-            with self._client(sign=True) as client:
-                response = client.post(
-                    "/oauth/token",
-                    data={"grant_type": "client_credentials"},
-                    auth=(app.client_id, app.client_secret),
-                )
-            assert response.status_code == 200, response.text
-            self._tokens[app.client_id] = str(response.json()["access_token"])
-        return self._tokens[app.client_id]
-
     def client(self, app: App | None = None, *, sign: bool = True) -> httpx.Client:
         """A client speaking for ``app`` (admin by default), signing like the SDK."""
-        bearer = {"Authorization": f"Bearer {self.token(app or self.admin)}"}
-        return self._client(sign=sign, headers=bearer)
+        bearer = {"Authorization": f"Bearer {self.herald.token(app or self.admin)}"}
+        return self.herald.client(sign=sign, headers=bearer)
 
     @property
     def http(self) -> httpx.Client:
@@ -534,9 +459,10 @@ def running(node: Node) -> Iterator[Node]:
 
 
 @pytest.fixture(scope="module")
-def node(pki: Pki, smtp: Smtp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def node(pki: Pki, smtp: Smtp, module_node_factory: NodeFactory) -> Iterator[Node]:
     """The shared node: loopback allowed, the trustme CA trusted, e-mail through ``smtp``."""
-    created = Node.create(tmp_path_factory.mktemp("channels"), **channel_settings(pki, smtp=smtp))
+    settings = channel_settings(pki, smtp=smtp)
+    created = Node.create(module_node_factory, "channels", **settings)
     with running(created):
         yield created
 
@@ -653,8 +579,10 @@ def test_webhook_410_kills_the_delivery_and_disables_the_endpoint(
     assert len(receiver.requests(gone.path)) == 1
 
 
-def test_webhook_unreachable_receiver_is_retried_without_leaking_the_url(node: Node) -> None:
-    port = _api.free_port()  # nothing listens here
+def test_webhook_unreachable_receiver_is_retried_without_leaking_the_url(
+    node: Node, node_factory: NodeFactory
+) -> None:
+    port = node_factory.free_port()  # nothing listens here
     marker = unique("marker")
     url = f"https://localhost:{port}/hook/{marker}?token=t0ps3cret"
     recipient = unique("down")
@@ -805,9 +733,9 @@ def test_internal_webhook_destinations_are_refused_when_saved(node: Node, url: s
 
 
 def test_loopback_is_refused_without_the_operator_allow_list(
-    pki: Pki, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+    pki: Pki, receiver: Receiver, node_factory: NodeFactory
 ) -> None:
-    strict = Node.create(tmp_path_factory.mktemp("strict"), **channel_settings(pki, allow=False))
+    strict = Node.create(node_factory, "strict", **channel_settings(pki, allow=False))
     secret = new_secret()
     path = receiver.add(secret)
     with running(strict):
@@ -854,11 +782,9 @@ def kill_between_attempts(node: Node, message_ids: list[str]) -> dict[str, str]:
     return wait_until(probe, lambda: f"no delivery in flight: {last}", WAIT)
 
 
-def test_pending_deliveries_survive_a_crash(
-    pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    crashy = Node.create(tmp_path_factory.mktemp("crash"), **channel_settings(pki))
-    port = _api.free_port()  # the receiver is down at first: nothing listens here
+def test_pending_deliveries_survive_a_crash(pki: Pki, node_factory: NodeFactory) -> None:
+    crashy = Node.create(node_factory, "crash", **channel_settings(pki))
+    port = node_factory.free_port()  # the receiver is down at first: nothing listens here
     secret = new_secret()
     path = f"/hook/{unique('marker')}"
     recipient = unique("crash")
@@ -891,14 +817,10 @@ def test_pending_deliveries_survive_a_crash(
     assert {s.payload["id"] for s in seen} == set(ids)
 
 
-def test_in_flight_deliveries_survive_a_crash(
-    pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_in_flight_deliveries_survive_a_crash(pki: Pki, node_factory: NodeFactory) -> None:
     # A short lease so the dead node's in-flight rows are reclaimed in seconds, not 60.
     crashy = Node.create(
-        tmp_path_factory.mktemp("crash-flight"),
-        **channel_settings(pki),
-        HERALD_DELIVERY_LEASE="4",
+        node_factory, "crash-flight", **channel_settings(pki), HERALD_DELIVERY_LEASE="4"
     )
     slow = Receiver(pki.server_context).start()
     secret = new_secret()

@@ -9,16 +9,12 @@ on the device.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
-import ssl
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
 from herald.client import (
@@ -30,24 +26,22 @@ from herald.client import (
 )
 from herald.crypto.e2e import b64url_encode
 
+if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
+    from tests.api.conftest import Node, NodeFactory
+
 WAIT = 15.0
 
 
-def _conftest(request: pytest.FixtureRequest) -> Any:
-    return request.config.pluginmanager.get_plugin(str(Path(__file__).with_name("conftest.py")))
-
-
 @pytest.fixture(scope="module")
-def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    helpers = _conftest(request)
-    data_dir = tmp_path_factory.mktemp("e2e") / "data"
-    env = helpers.base_env(data_dir, helpers.free_port())
-    init = json.loads(helpers.run_cli(env, "init", "--json").stdout)
-    process = helpers.start_server(env, init["url"], Path(init["ca_cert"]))
-    try:
-        yield init, env, data_dir, process
-    finally:
-        helpers.stop_server(process)
+def node(module_node_factory: NodeFactory) -> Node:
+    return module_node_factory(name="e2e")
+
+
+def _publisher(node: Node) -> AsyncPublisher:
+    app = node.demo
+    return AsyncPublisher(
+        node.url, app.client_id, app.client_secret, ca=node.init["ca_cert"], signer=app.signer
+    )
 
 
 def _memory_contains(pid: int, needle: bytes) -> bool:
@@ -79,13 +73,11 @@ def _can_read_memory(pid: int) -> bool:
         return False
 
 
-async def test_e2e_round_trip_never_exposes_plaintext(node: Any) -> None:
-    init, _, data_dir, process = node
+async def test_e2e_round_trip_never_exposes_plaintext(node: Node) -> None:
+    init, data_dir, process = node.init, node.data_dir, node.process
+    assert process is not None
     marker = "E2E-MARKER-" + secrets.token_hex(8)
-    signer_args = {"signer": _signer(init)}
-    async with AsyncPublisher(
-        init["url"], init["client_id"], init["client_secret"], ca=init["ca_cert"], **signer_args
-    ) as pub:
+    async with _publisher(node) as pub:
         grant = await pub.subscriber_token("alice", ["chat.>"])
         key = DeviceKey.generate()
         device = await register_device_with_token(
@@ -115,15 +107,9 @@ async def test_e2e_round_trip_never_exposes_plaintext(node: Any) -> None:
         assert not _memory_contains(process.pid, needle)
 
 
-async def test_tampered_payload_is_refused_on_the_device(node: Any) -> None:
-    init, _, _, _ = node
-    async with AsyncPublisher(
-        init["url"],
-        init["client_id"],
-        init["client_secret"],
-        ca=init["ca_cert"],
-        signer=_signer(init),
-    ) as pub:
+async def test_tampered_payload_is_refused_on_the_device(node: Node) -> None:
+    init = node.init
+    async with _publisher(node) as pub:
         grant = await pub.subscriber_token("bob", ["chat.>"])
         key = DeviceKey.generate()
         device = await register_device_with_token(
@@ -152,19 +138,11 @@ async def test_tampered_payload_is_refused_on_the_device(node: Any) -> None:
     assert good.title == "genuine"
 
 
-async def test_devices_api_refusals(node: Any) -> None:
-    init, _, _, _ = node
-    ca = ssl.create_default_context(cafile=init["ca_cert"])
-    async with AsyncPublisher(
-        init["url"],
-        init["client_id"],
-        init["client_secret"],
-        ca=init["ca_cert"],
-        signer=_signer(init),
-    ) as pub:
+async def test_devices_api_refusals(node: Node) -> None:
+    async with _publisher(node) as pub:
         carol = (await pub.subscriber_token("carol", ["chat.>"]))["token"]
         access = await pub.token()
-    async with httpx.AsyncClient(base_url=init["url"], verify=ca, timeout=10) as client:
+    async with node.async_client(sign=False) as client:
         good = {"public_key": b64url_encode(DeviceKey.generate().public_key_raw)}
         # A subscriber token registers devices of its own recipient only.
         other = await client.post(
@@ -191,12 +169,6 @@ async def test_devices_api_refusals(node: Any) -> None:
         assert listed.json() == {"devices": []}
         anonymous = await client.get("/v1/recipients/carol/devices")
         assert anonymous.status_code == 401
-
-
-def _signer(init: dict[str, str]) -> Any:
-    from herald.client import RequestSigner
-
-    return RequestSigner.from_key_file(init["signing_keyid"], init["signing_key_file"])
 
 
 def test_process_memory_scanner_finds_what_is_there() -> None:

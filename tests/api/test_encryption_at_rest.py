@@ -22,10 +22,7 @@ import importlib.util
 import json
 import secrets
 import ssl
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -33,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import asyncpg
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
-    from tests.api.conftest import App
+    from tests.api.conftest import Node, NodeFactory
 
 WAIT = 10.0  # seconds: the bound of every single wait in this module
 
@@ -58,86 +54,8 @@ def _loaded_conftest(path: Path, name: str) -> ModuleType:
     return module
 
 
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
 _root = _loaded_conftest(Path(__file__).parents[1] / "conftest.py", "herald_root_conftest")
-run_cli = _api.run_cli
-start_server = _api.start_server
-stop_server = _api.stop_server
-base_env = _api.base_env
-free_port = _api.free_port
 run_async = _root.run_async
-
-
-# -- a server of our own ------------------------------------------------------------------------
-@dataclass
-class Node:
-    """An initialised data dir and (while started) its ``herald serve`` process."""
-
-    env: dict[str, str]
-    url: str
-    ca: Path
-    data_dir: Path
-    demo: App
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @classmethod
-    def init(cls, data_dir: Path, **extra: str) -> Node:
-        env = base_env(data_dir, free_port(), **extra)
-        init = json.loads(run_cli(env, "init", "--json").stdout)
-        return cls(env, init["url"], Path(init["ca_cert"]), data_dir, _api.App.from_cli(init))
-
-    def start(self) -> None:
-        self.process = start_server(self.env, self.url, self.ca)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_server(self.process)
-            self.process = None
-
-    def _sign(self, request: httpx.Request) -> None:
-        if request.method in {"GET", "HEAD"} or "signature" in request.headers:
-            return
-        if _api._client_id_of(request) == self.demo.client_id:
-            self.demo.signer.sign(request)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            verify=ssl.create_default_context(cafile=str(self.ca)),
-            timeout=WAIT,
-            event_hooks={"request": [self._sign]},
-        )
-
-    def async_client(self) -> httpx.AsyncClient:
-        async def hook(request: httpx.Request) -> None:
-            self._sign(request)
-
-        return httpx.AsyncClient(
-            base_url=self.url,
-            verify=ssl.create_default_context(cafile=str(self.ca)),
-            timeout=WAIT,
-            event_hooks={"request": [hook]},
-        )
-
-    def token(self) -> str:
-        with self.client() as client:
-            response = client.post(
-                "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=(self.demo.client_id, self.demo.client_secret),
-            )
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
-
-
-@contextmanager
-def running(data_dir: Path, **extra: str) -> Iterator[Node]:
-    node = Node.init(data_dir, **extra)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -238,9 +156,7 @@ def publish_markers(node: Node, markers: Markers, token: str) -> list[str]:
 
 def add_hmac_key(node: Node) -> dict[str, bytes]:
     """Create an HMAC app key with the CLI; the needles of its secret."""
-    created = json.loads(
-        run_cli(node.env, "app", "key", "add", node.demo.client_id, "--hmac", "--json").stdout
-    )
+    created = node.cli("app", "key", "add", node.demo.client_id, "--hmac")
     secret_b64 = created["secret"]
     secret = base64.b64decode(secret_b64, validate=True)
     assert len(secret) >= 16
@@ -261,9 +177,9 @@ def sqlite_bytes(data_dir: Path) -> bytes:
 
 
 # -- SQLite -----------------------------------------------------------------------------------
-def test_sqlite_files_hold_no_content_or_hmac_secret(tmp_path: Path) -> None:
+def test_sqlite_files_hold_no_content_or_hmac_secret(node_factory: NodeFactory) -> None:
     markers = Markers()
-    with running(tmp_path / "data") as node:
+    with node_factory() as node:
         ids = publish_markers(node, markers, node.token())
         secret_needles = add_hmac_key(node)
         wanted = needles(markers.texts(), secret_needles)
@@ -313,9 +229,11 @@ async def _dump_public_schema(dsn: str) -> dict[str, list[bytes]]:
 
 
 @pytest.mark.postgres
-def test_postgres_columns_hold_no_content_or_hmac_secret(tmp_path: Path, pg_fresh_dsn: str) -> None:
+def test_postgres_columns_hold_no_content_or_hmac_secret(
+    node_factory: NodeFactory, pg_fresh_dsn: str
+) -> None:
     markers = Markers()
-    with running(tmp_path / "data", HERALD_DATABASE_URL=pg_fresh_dsn) as node:
+    with node_factory(HERALD_DATABASE_URL=pg_fresh_dsn) as node:
         assert not (node.data_dir / "herald.db").exists()
         publish_markers(node, markers, node.token())
         wanted = needles(markers.texts(), add_hmac_key(node))
@@ -358,7 +276,7 @@ async def next_frame(ws: ClientConnection) -> dict[str, Any]:
                 return dict(frame)
 
 
-async def test_logs_and_metrics_never_contain_content(tmp_path: Path) -> None:
+async def test_logs_and_metrics_never_contain_content(node_factory: NodeFactory) -> None:
     markers = Markers()
     unknown_field = f"UnknownFieldMark{secrets.token_hex(8)}"
     unknown_value = f"UnknownValueMark{secrets.token_hex(8)}"
@@ -366,8 +284,7 @@ async def test_logs_and_metrics_never_contain_content(tmp_path: Path) -> None:
         {**markers.texts(), "unknown field": unknown_field, "unknown value": unknown_value}
     )
     # Debug level: the most the server ever logs.
-    node = Node.init(tmp_path / "data", HERALD_LOG_LEVEL="debug")
-    node.start()
+    node = node_factory(HERALD_LOG_LEVEL="debug")
     try:
         token = node.token()
         async with node.async_client() as client:

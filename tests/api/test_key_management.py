@@ -15,20 +15,11 @@ stops it whatever happens. Waits are bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import secrets
-import sqlite3
-import ssl
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -42,111 +33,17 @@ from herald.service.keys import reencrypt
 from herald.service.runtime import Runtime
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
-    from tests.api.conftest import App
+    from tests.api.conftest import Node, NodeFactory
 
 WAIT = 10.0  # seconds: the bound of every single HTTP wait in this module
 KEY_CACHE_TTL = 1.0  # seconds (HERALD_KEY_CACHE_TTL of the test servers)
 PROBLEM = "urn:herald:problem:"
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
-run_cli = _api.run_cli
-start_server = _api.start_server
-stop_server = _api.stop_server
-base_env = _api.base_env
-free_port = _api.free_port
-HERALD = _api.HERALD
-
-
-# -- a server of our own ------------------------------------------------------------------------
-@dataclass
-class Node:
-    """An initialised data dir and (while started) its ``herald serve`` process."""
-
-    env: dict[str, str]
-    url: str
-    ca: Path
-    data_dir: Path
-    demo: App
-    apps: list[App] = field(default_factory=list)
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @classmethod
-    def init(cls, data_dir: Path, **extra: str) -> Node:
-        env = base_env(data_dir, free_port(), **extra)
-        init = json.loads(run_cli(env, "init", "--json").stdout)
-        demo = _api.App.from_cli(init)
-        return cls(env, init["url"], Path(init["ca_cert"]), data_dir, demo, [demo])
-
-    def start(self) -> None:
-        self.process = start_server(self.env, self.url, self.ca)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_server(self.process)
-            self.process = None
-
-    def cli(self, *args: str) -> Any:
-        """``herald ARGS --json`` against this data dir; the parsed output."""
-        return json.loads(run_cli(self.env, *args, "--json").stdout)
-
-    def _sign(self, request: httpx.Request) -> None:
-        if request.method in {"GET", "HEAD"} or "signature" in request.headers:
-            return
-        client_id = _api._client_id_of(request)
-        for app in self.apps:
-            if app.client_id == client_id:
-                app.signer.sign(request)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            verify=ssl.create_default_context(cafile=str(self.ca)),
-            timeout=WAIT,
-            event_hooks={"request": [self._sign]},
-        )
-
-    def token_response(self, app: App) -> httpx.Response:
-        with self.client() as client:
-            return client.post(
-                "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=(app.client_id, app.client_secret),
-            )
-
-    def token(self, app: App | None = None) -> str:
-        response = self.token_response(app or self.demo)
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
-
-    def db(self) -> closing[sqlite3.Connection]:
-        return closing(sqlite3.connect(self.data_dir / "herald.db", timeout=WAIT))
-
-
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    """A started server with a 1-second key cache."""
-    started = Node.init(tmp_path / "data", HERALD_KEY_CACHE_TTL=str(KEY_CACHE_TTL))
-    started.start()
-    try:
-        yield started
-    finally:
-        started.stop()
+def node(node_factory: NodeFactory) -> Node:
+    """A started server with a 1-second key cache (stopped after the test)."""
+    return node_factory(HERALD_KEY_CACHE_TTL=str(KEY_CACHE_TTL))
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -404,8 +301,7 @@ def test_kek_rotation_while_serving(node: Node) -> None:
     assert content_hash(node, old_ids) == hash_before
     assert message_rows(node, old_ids) == rows_before
 
-    node.stop()
-    node.start()
+    node.restart()
     token = node.token()
     assert_reads_back(node, token, expected | expected_new)
     publish_many(node, token, topic, 3, "restarted-", expected=expected_new)
@@ -416,15 +312,7 @@ def test_kek_rotation_while_serving(node: Node) -> None:
 # -- crypto-shredding -------------------------------------------------------------------------
 def shred_tenant_cli(node: Node, tenant: str, stdin: str) -> subprocess.CompletedProcess[str]:
     """``herald tenant shred TENANT`` without ``--yes``, answering ``stdin``."""
-    return subprocess.run(
-        [*HERALD, "tenant", "shred", tenant],
-        env=node.env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return node.run("tenant", "shred", tenant, check=False, stdin=stdin)
 
 
 def tenant_state(node: Node, tenant: str) -> tuple[Any, ...]:
@@ -450,20 +338,7 @@ async def test_crypto_shredding(node: Node) -> None:
     t1_app = node.demo
     marker = f"ShredMark{secrets.token_hex(8)}"
     t2 = node.cli("tenant", "create", f"second-{secrets.token_hex(4)}")["tenant"]
-    t2_app = _api.App.from_cli(
-        node.cli(
-            "app",
-            "create",
-            "--tenant",
-            t2,
-            "--scope",
-            "publish:>",
-            "--scope",
-            "messages:read",
-        ),
-        t2,
-    )
-    node.apps.append(t2_app)
+    t2_app = node.add_app("second", "publish:>", "messages:read", tenant=t2)
     topic = f"keys.shred.{secrets.token_hex(4)}"
     t1_token = node.token(t1_app)  # obtained BEFORE shredding: the app gets disabled
     t2_token = node.token(t2_app)

@@ -19,9 +19,6 @@ import json
 import os
 import re
 import secrets
-import sqlite3
-import ssl
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,8 +31,8 @@ import httpx
 import pytest
 import redis
 
-if TYPE_CHECKING:  # the fixture's types, for readers and type checkers only
-    from tests.api.conftest import App
+if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
+    from tests.api.conftest import App, Node, NodeFactory
 
 PROBLEM = "urn:herald:problem:"
 REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -59,13 +56,7 @@ def _loaded_conftest(path: Path, name: str) -> ModuleType:
     return module
 
 
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
 _root = _loaded_conftest(Path(__file__).parents[1] / "conftest.py", "herald_root_conftest")
-run_cli = _api.run_cli
-start_server = _api.start_server
-stop_server = _api.stop_server
-base_env = _api.base_env
-free_port = _api.free_port
 service_unavailable = _root.service_unavailable
 run_async = _root.run_async
 
@@ -119,12 +110,6 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
     return problem
 
 
-def sqlite_count(data_dir: Path, table: str) -> int:
-    with sqlite3.connect(data_dir / "herald.db") as conn:
-        (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
-    return int(count)
-
-
 def pg_count(dsn: str, table: str) -> int:
     async def count() -> int:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -136,40 +121,26 @@ def pg_count(dsn: str, table: str) -> int:
     return int(run_async(count))
 
 
-def ssl_context(ca: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca))
-
-
 # -- restart rule (embedded nonce store) --------------------------------------------------------
-def test_request_signed_before_a_restart_is_expired(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    env = base_env(data_dir, free_port())
-    init = json.loads(run_cli(env, "init", "--json").stdout)
-    app = _api.App.from_cli(init)
-    url, ca = init["url"], Path(init["ca_cert"])
-    process: subprocess.Popen[bytes] | None = start_server(env, url, ca)
-    try:
-        with httpx.Client(base_url=url, verify=ssl_context(ca), timeout=10.0) as client:
-            response = client.send(app.signer.sign(token_request(client, app)))
-            assert response.status_code == 200, response.text
-            token = response.json()["access_token"]
-            # Signed now, sent only after the restart: the new node's nonce store is empty.
-            stale = app.signer.sign(publish_request(client, token))
-        stop_server(process)
-        process = None
-        process = start_server(env, url, ca)
-        before = sqlite_count(data_dir, "messages")
-        with httpx.Client(base_url=url, verify=ssl_context(ca), timeout=10.0) as client:
-            problem = assert_problem(client.send(stale), 401, "request-expired")
-            assert "started" in problem["detail"]
-            assert sqlite_count(data_dir, "messages") == before
-            fresh = app.signer.sign(publish_request(client, token))
-            response = client.send(fresh)
-            assert response.status_code == 202, response.text
-        assert sqlite_count(data_dir, "messages") == before + 1
-    finally:
-        if process is not None:
-            stop_server(process)
+def test_request_signed_before_a_restart_is_expired(node_factory: NodeFactory) -> None:
+    node = node_factory()
+    app = node.demo
+    with node.client(sign=False) as client:
+        response = client.send(app.signer.sign(token_request(client, app)))
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        # Signed now, sent only after the restart: the new node's nonce store is empty.
+        stale = app.signer.sign(publish_request(client, token))
+    node.restart()
+    before = node.db_count("messages")
+    with node.client(sign=False) as client:
+        problem = assert_problem(client.send(stale), 401, "request-expired")
+        assert "started" in problem["detail"]
+        assert node.db_count("messages") == before
+        fresh = app.signer.sign(publish_request(client, token))
+        response = client.send(fresh)
+        assert response.status_code == 202, response.text
+    assert node.db_count("messages") == before + 1
 
 
 # -- two nodes sharing PostgreSQL and Redis ------------------------------------------------------
@@ -193,35 +164,46 @@ def _glob_escape(text: str) -> str:
 class Cluster:
     """Nodes started from one data dir (master key, TLS) against one database and Redis."""
 
-    env: dict[str, str]
-    public_url: str
-    ca: Path
-    app: App
+    first: Node  # initialised with the public URL (its port), started as node "a"
+    factory: NodeFactory
     dsn: str
     redis_url: str
-    nodes: dict[str, str] = field(default_factory=dict)  # name -> base URL of that node
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: dict[str, Node] = field(default_factory=dict)  # by name, in start order
+
+    @property
+    def public_url(self) -> str:
+        return self.first.url
+
+    @property
+    def app(self) -> App:
+        return self.first.demo
+
+    @property
+    def nodes(self) -> dict[str, str]:
+        """Name -> base URL of that node."""
+        return {name: node.url for name, node in self.started.items()}
 
     def start(self, name: str, **extra: str) -> str:
-        port = self.public_url.rsplit(":", 1)[1] if not self.nodes else str(free_port())
-        env = {**self.env, "HERALD_PORT": port, **extra}
-        url = f"https://127.0.0.1:{port}"
-        self.processes.append(start_server(env, url, self.ca))
-        self.nodes[name] = url
-        return url
+        """Start node ``name`` (the first on the public URL, then peers); its base URL."""
+        if self.started:
+            node = self.factory.peer(self.first, **extra)
+        else:
+            assert not extra, "the first node runs with the cluster's own settings"
+            self.first.start()
+            node = self.first
+        self.started[name] = node
+        return node.url
 
     def stop_all(self) -> None:
-        while self.processes:
-            stop_server(self.processes.pop())
+        for node in reversed(self.started.values()):
+            node.stop()
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.public_url, verify=ssl_context(self.ca), timeout=10.0)
+        return self.first.client(sign=False)
 
     def async_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
-        return httpx.AsyncClient(
-            base_url=self.public_url, verify=ssl_context(self.ca), timeout=60.0, limits=limits
-        )
+        return self.first.async_client(sign=False, timeout=60.0, limits=limits)
 
     def token(self) -> str:
         with self.client() as client:
@@ -246,27 +228,19 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(redis_url: str, pg_fresh_dsn: str, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory) -> Iterator[Cluster]:
     """Nodes ``a`` and ``b``; more can be started with :meth:`Cluster.start`."""
-    port_a = free_port()
+    port_a = node_factory.free_port()
     public_url = f"https://127.0.0.1:{port_a}"
-    env = base_env(
-        tmp_path / "data",
-        port_a,
+    first = node_factory(
+        start=False,
+        port=port_a,
         HERALD_DATABASE_URL=pg_fresh_dsn,
         HERALD_REDIS_URL=redis_url,
         HERALD_PUBLIC_URL=public_url,
     )
-    init = json.loads(run_cli(env, "init", "--json").stdout)
-    assert init["url"] == public_url
-    nodes = Cluster(
-        env=env,
-        public_url=public_url,
-        ca=Path(init["ca_cert"]),
-        app=_api.App.from_cli(init),
-        dsn=pg_fresh_dsn,
-        redis_url=redis_url,
-    )
+    assert first.url == public_url
+    nodes = Cluster(first, node_factory, dsn=pg_fresh_dsn, redis_url=redis_url)
     try:
         nodes.start("a")
         nodes.start("b")
