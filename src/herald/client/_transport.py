@@ -1,7 +1,7 @@
 """TLS, HTTP and retry setup shared by the publisher and the subscriber.
 
-Certificate verification is always on: there is deliberately no ``verify=False`` anywhere
-in the SDK. A development server's self-signed CA is trusted by passing its file as ``ca``.
+Certificate verification is always on: the SDK deliberately has no switch that turns it
+off. A development server's self-signed CA is trusted by passing its file as ``ca``.
 """
 
 from __future__ import annotations
