@@ -169,7 +169,7 @@ async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> 
     owners = {d.device_id: d.recipient for d in found}
     for device_id, recipient in wanted.items():
         if owners.get(device_id) != recipient:
-            raise BadRequest(f"no device {device_id!r} of recipient {recipient!r}")
+            raise BadRequest(f"no device {device_id!r} of recipient {recipient[:64]!r}")
     if req.id is not None and await rt.store.get_message(claims.tenant_id, req.id) is not None:
         raise Conflict(f"a message with id {req.id} exists already")
 
