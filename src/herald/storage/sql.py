@@ -41,13 +41,14 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
+    and_,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -595,10 +596,15 @@ class SqlStore(QueueMixin):
         t = s.audit_nodes
         found: dict[tuple[int, int], bytes] = {}
         ordered = sorted(nodes)
-        # Bounded IN lists: proofs need O(log n) nodes, appends a handful per entry.
+        # Bounded queries: proofs need O(log n) nodes, appends a handful per entry. One
+        # `level = ? AND idx IN (...)` term per level: SQLite plans a row-value IN over
+        # (level, idx) as a full table scan, but this form as primary-key searches.
         for chunk in range(0, len(ordered), 500):
-            part = ordered[chunk : chunk + 500]
-            query = select(t.c.level, t.c.idx, t.c.hash).where(tuple_(t.c.level, t.c.idx).in_(part))
+            by_level: dict[int, list[int]] = {}
+            for level, idx in ordered[chunk : chunk + 500]:
+                by_level.setdefault(level, []).append(idx)
+            terms = [and_(t.c.level == lvl, t.c.idx.in_(idxs)) for lvl, idxs in by_level.items()]
+            query = select(t.c.level, t.c.idx, t.c.hash).where(or_(*terms))
             for level, idx, digest in (await conn.execute(query)).all():
                 found[(int(level), int(idx))] = bytes(digest)
         return found
