@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,18 @@ def proc_cpu_seconds_of(path: Path) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_results(name: str, **fields: Any) -> Path:
+    """Write one run's figures to ``bench/results/<name>-<UTC stamp>.json``; return the path.
+
+    ``args`` (an ``argparse.Namespace``) is stored as a dict; everything else as given.
+    """
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    path = RESULTS_DIR / f"{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    if "args" in fields:
+        fields["args"] = vars(fields["args"])
+    payload = {"benchmark": name, "finished_at": now.isoformat(), **fields}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path

@@ -73,11 +73,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench._common import (
     HERALD,
-    RESULTS_DIR,
     fmt,
     machine_facts,
     percentile,
     raise_keyboard_interrupt,
+)
+from bench._common import (
+    write_results as common_write_results,
 )
 from bench.encryption import Meter, isolate_environment, signed, spread
 from herald.audit import merkle
@@ -1227,20 +1229,14 @@ def table(run: Run) -> str:
 
 
 def write_results(run: Run) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"audit-{stamp}.json"
-    payload = {
-        "benchmark": "audit",
-        "finished_at": datetime.now(UTC).isoformat(),
-        "status": run.status,
-        "args": vars(run.args),
-        "notes": run.notes,
+    return common_write_results(
+        "audit",
+        status=run.status,
+        args=run.args,
+        notes=run.notes,
         **run.figures,
-        "samples": run.samples,
-    }
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
+        samples=run.samples,
+    )
 
 
 # -- command line ------------------------------------------------------------------------

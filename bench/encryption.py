@@ -62,18 +62,19 @@ import timeit
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from bench._common import (
-    RESULTS_DIR,
     fmt,
     machine_busy_seconds,
     machine_facts,
     raise_keyboard_interrupt,
+)
+from bench._common import (
+    write_results as common_write_results,
 )
 from herald.crypto.aead import FORMAT_V1, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN
 
@@ -748,20 +749,14 @@ def crypto_facts() -> dict[str, Any]:
 
 
 def write_results(run: Run) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"encryption-{stamp}.json"
-    payload = {
-        "benchmark": "encryption",
-        "finished_at": datetime.now(UTC).isoformat(),
-        "status": run.status,
-        "args": vars(run.args),
-        "notes": run.notes,
+    return common_write_results(
+        "encryption",
+        status=run.status,
+        args=run.args,
+        notes=run.notes,
         **run.figures,
-        "samples": run.samples,
-    }
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
+        samples=run.samples,
+    )
 
 
 # -- command line ------------------------------------------------------------------------

@@ -46,7 +46,6 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,6 @@ from websockets.exceptions import ConnectionClosed
 
 from bench._common import (
     LOG_TAIL_LINES,
-    RESULTS_DIR,
     SATURATED,
     fmt,
     free_port,
@@ -72,6 +70,9 @@ from bench._common import (
     server_env,
     start_server,
     stop_server,
+)
+from bench._common import (
+    write_results as common_write_results,
 )
 
 TOPIC = "bench.load"
@@ -879,20 +880,14 @@ def table(run: Run) -> str:
 
 
 def write_results(run: Run) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"publish_deliver-{stamp}.json"
-    payload = {
-        "benchmark": "publish_deliver",
-        "finished_at": datetime.now(UTC).isoformat(),
-        "status": run.status,
-        "timed_out": run.timed_out,
-        "args": vars(run.args),
-        "notes": run.notes,
+    return common_write_results(
+        "publish_deliver",
+        status=run.status,
+        timed_out=run.timed_out,
+        args=run.args,
+        notes=run.notes,
         **run.figures,
-    }
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
+    )
 
 
 def stop_children(run: Run) -> None:

@@ -59,7 +59,6 @@ import traceback
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,7 +66,6 @@ from urllib.parse import urlsplit
 from bench._common import (
     HERALD,
     LOG_TAIL_LINES,
-    RESULTS_DIR,
     SATURATED,
     fmt,
     free_port,
@@ -84,6 +82,9 @@ from bench._common import (
     server_env,
     start_server,
     stop_server,
+)
+from bench._common import (
+    write_results as common_write_results,
 )
 
 TOPIC = "bench.security"
@@ -859,32 +860,27 @@ def signed(value: float | None) -> str:
 
 
 def write_results(bench: Bench) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"publish_security-{stamp}.json"
-    payload = {
-        "benchmark": "publish_security",
-        "finished_at": datetime.now(UTC).isoformat(),
-        "status": bench.status,
-        "timed_out": bench.timed_out,
-        "args": vars(bench.args),
-        "notes": bench.notes,
-        **bench.figures,
-        "servers": {
-            s.config.key: {
-                "label": s.config.label,
-                "skipped": s.skipped,
-                "signing": s.config.signing,
-                "nonce_store": "redis" if s.config.redis else "memory",
-                "runs": s.runs,
-                "server_log": s.log,
-                "redis_cleanup": s.redis_cleanup,
-            }
-            for s in bench.servers
-        },
+    servers = {
+        s.config.key: {
+            "label": s.config.label,
+            "skipped": s.skipped,
+            "signing": s.config.signing,
+            "nonce_store": "redis" if s.config.redis else "memory",
+            "runs": s.runs,
+            "server_log": s.log,
+            "redis_cleanup": s.redis_cleanup,
+        }
+        for s in bench.servers
     }
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
+    return common_write_results(
+        "publish_security",
+        status=bench.status,
+        timed_out=bench.timed_out,
+        args=bench.args,
+        notes=bench.notes,
+        **bench.figures,
+        servers=servers,
+    )
 
 
 def report(bench: Bench, *, failed: bool) -> None:
