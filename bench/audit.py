@@ -10,11 +10,10 @@ HTTP, on SQLite in a temporary directory initialised like ``herald init``:
 
 1. Audit appends/s: ``store.append_audit`` with batches of 1 and of 100 events (the canonical
    JSON of a ``message.published`` event as ``messages.publish`` builds it, ~350 bytes),
-   ``--events`` per batch size and run on the runtime's small log, through the real store and
-   through :class:`OrQueryNodesStore` (see 5); raw per-entry costs (``AuditEvent(index)``,
-   ``merkle.new_node_hashes``).
+   ``--events`` per batch size and run on the runtime's small log; raw per-entry costs
+   (``AuditEvent(index)``, ``merkle.new_node_hashes``).
 2. Publishes/s with and without the audit append, in the same run: ``messages.publish`` on the
-   real store (and on :class:`OrQueryNodesStore` over the same database), against
+   real store, against
    :class:`MinimalAuditStore` (BENCHMARK ONLY, defined here) whose audit append does only what
    the schema needs: the next gap-free index (``messages.seq``) and one ``audit_entries`` row
    holding a constant entry; no entry JSON, no leaf hash, no Merkle nodes. It writes to its
@@ -23,7 +22,9 @@ HTTP, on SQLite in a temporary directory initialised like ``herald init``:
 3. A log of ``--entries`` (10^6) entries in a separate database, built directly:
    ``audit_entries`` and ``audit_nodes`` inserted with large ``executemany`` batches, node
    hashes from ``merkle.new_node_hashes`` (not through 10^6 publishes); its stored-node count
-   and root are checked. ``AuditLog.checkpoint`` signs its head.
+   and root are checked. ``AuditLog.checkpoint`` signs its head. SQLite's plan for the
+   stored-node query (:func:`nodes_query`, built like ``SqlStore._nodes``) is reported, so a
+   regression to a table scan shows.
 4. Verification of that log: ``herald audit verify --database-url sqlite:///… --key …
    --witness … --json`` as a subprocess (when the CLI has these options), and in-process
    passes over the same rows that split where the time goes: ``herald.audit.verify.verify_log``
@@ -31,10 +32,8 @@ HTTP, on SQLite in a temporary directory initialised like ``herald init``:
    reading the rows alone.
 5. Proofs at 10^6: ``AuditLog.inclusion(i, n)`` for ``--proofs`` random indices and
    ``AuditLog.consistency(m, k)`` for as many random size pairs, end to end, and the first
-   ``--parts`` again in parts (size check, node fetch, Merkle work). Each is also run over
-   :class:`OrQueryNodesStore` (BENCHMARK ONLY): the same store with another SQL query for the
-   stored nodes, because SQLite answers the store's row-value ``IN`` list with a table scan.
-6. Appends on the 10^6-entry log (``--large-events``), with both node queries.
+   ``--parts`` again in parts (size check, node fetch, Merkle work).
+6. Appends on the 10^6-entry log (``--large-events``).
 
 Everything is bounded (counts, and ``--timeout`` for the whole run). The runtime and stores
 are closed and the temporary directory removed, also on Ctrl-C and SIGTERM. Nothing asserts
@@ -85,13 +84,13 @@ from bench.encryption import Meter, isolate_environment, signed, spread
 from herald.audit import merkle
 from herald.storage import schema
 from herald.storage.base import AuditSink
-from herald.storage.sql import SqlStore
+from herald.storage.sql import SqlStore, nodes_query
 
 TOPIC = "bench.audit"
 BODY = ("Herald audit benchmark payload. " * 40)[:1024]  # 1 KiB of ASCII
-CONFIGS = ("audit", "audit-or", "minimal")
+CONFIGS = ("audit", "minimal")
 BATCHES = (1, 100)
-LOGS = ("small", "small-or", "large", "large-or")
+LOGS = ("small", "large")
 BUSY_OTHERS_WARN = 0.25  # cores used by other processes above which the table warns
 READ_PAGE = 10_000  # rows per fetchmany in the in-process verification passes
 
@@ -137,42 +136,11 @@ class MinimalAuditStore(SqlStore):
         return indices, [MINIMAL_LEAF] * len(indices)
 
 
-def or_query(part: Sequence[merkle.Node]) -> Any:
-    from sqlalchemy import and_, or_, select
-
-    t = schema.audit_nodes
-    return select(t.c.level, t.c.idx, t.c.hash).where(
-        or_(*(and_(t.c.level == level, t.c.idx == idx) for level, idx in part))
-    )
-
-
-class OrQueryNodesStore(SqlStore):
-    """BENCHMARK ONLY — ``SqlStore`` with another query for stored nodes, for comparison.
-
-    ``_nodes`` (which proofs, tree heads and appends use to read ``audit_nodes``) asks for
-    ``(level = ? AND idx = ?) OR …`` in chunks of 100 instead of a row-value
-    ``(level, idx) IN (VALUES …)``: SQLite answers the OR with one primary-key search per
-    node, while it scans the whole table for a row-value IN list of two or more rows (seen
-    on SQLite 3.40; the table shows the plans of this run). Same rows, same results.
-    """
-
-    async def _nodes(
-        self, conn: AsyncConnection, nodes: set[tuple[int, int]]
-    ) -> dict[tuple[int, int], bytes]:
-        found: dict[tuple[int, int], bytes] = {}
-        ordered = sorted(nodes)
-        for chunk in range(0, len(ordered), 100):
-            rows = (await conn.execute(or_query(ordered[chunk : chunk + 100]))).all()
-            for level, idx, digest in rows:
-                found[(int(level), int(idx))] = bytes(digest)
-        return found
-
-
 @contextlib.contextmanager
 def store_for(b: Bench, config: str) -> Iterator[None]:
-    """Run the block with ``rt.store`` of ``config``: the real one, OR-query or minimal."""
+    """Run the block with ``rt.store`` of ``config``: the real one or the minimal one."""
     real = b.rt.store
-    b.rt.store = {"audit": real, "audit-or": b.audit_or, "minimal": b.minimal}[config]
+    b.rt.store = {"audit": real, "minimal": b.minimal}[config]
     try:
         yield
     finally:
@@ -201,7 +169,6 @@ class Bench:
 
     rt: Any
     tmp: Path
-    audit_or: SqlStore  # OrQueryNodesStore on the runtime's database
     minimal: SqlStore
     minimal_db: Path
     claims: Any
@@ -417,8 +384,8 @@ async def timed(fn: Any, *args: Any) -> tuple[Any, float]:
 async def measure_proofs(run: Run, variants: dict[str, tuple[Any, SqlStore]], n: int) -> None:
     """Per run and variant: ``--proofs`` proofs of each kind end to end, then ``--parts`` in parts.
 
-    Both variants get the same random cases. The first ten proofs of every run are verified
-    (not timed) against roots and leaves read through the ``or-query`` variant.
+    Every variant gets the same random cases. The first ten proofs of every run are verified
+    (not timed) against roots and leaves read through the ``store`` variant.
     """
     from herald.audit.merkle import (
         consistency_proof,
@@ -429,7 +396,7 @@ async def measure_proofs(run: Run, variants: dict[str, tuple[Any, SqlStore]], n:
         verify_inclusion,
     )
 
-    checker_log, checker = variants["or-query"]
+    checker_log, checker = variants["store"]
     roots: dict[int, bytes] = {n: await checker_log.root(n)}
     for round_no in range(run.args.runs):
         rng = random.Random(run.args.seed + round_no)
@@ -509,31 +476,19 @@ async def measure_proofs(run: Run, variants: dict[str, tuple[Any, SqlStore]], n:
                 )
 
 
-def node_query_plans(db: Path) -> dict[str, str]:
-    """SQLite's plan for a multi-node fetch: row-value IN (as SqlStore._nodes builds it
-    when this was written) against the OR of equalities of :class:`OrQueryNodesStore`."""
-    from sqlalchemy import select, tuple_
+def node_query_plan(db: Path, n: int) -> str:
+    """SQLite's plan for the store's own ``nodes_query`` of the nodes an inclusion and a consistency
+    proof at ``n`` read (several levels, several indices on some): the steps that touch
+    ``audit_nodes``, once each. A ``SCAN audit_nodes`` here is a regression."""
     from sqlalchemy.dialects import sqlite
 
-    t = schema.audit_nodes
-    part = [(0, 1), (1, 2), (2, 3)]
-    queries = {
-        "row-value IN": select(t.c.level, t.c.idx, t.c.hash).where(
-            tuple_(t.c.level, t.c.idx).in_(part)
-        ),
-        "OR of equalities": or_query(part),
-    }
-    plans: dict[str, str] = {}
+    needed = merkle.inclusion_requires(12_345 % n, n) | merkle.consistency_requires(n // 3, n)
+    query = nodes_query(sorted(needed))
+    sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        for name, query in queries.items():
-            sql = str(
-                query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
-            )
-            rows = conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
-            # The steps that touch the table, once each (the OR repeats its search per node).
-            steps = dict.fromkeys(str(row[-1]) for row in rows if "audit_nodes" in str(row[-1]))
-            plans[name] = ", ".join(steps)
-    return plans
+        rows = conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+    steps = dict.fromkeys(str(row[-1]) for row in rows if "audit_nodes" in str(row[-1]))
+    return f"{', '.join(steps) or 'n/a'} ({len(needed)} nodes)"
 
 
 # -- set-up and the asynchronous part ----------------------------------------------------
@@ -568,14 +523,6 @@ async def open_bench(tmp: Path, data_dir: Path, init: dict[str, Any]) -> Bench:
     except BaseException:
         await rt.close()
         raise
-    try:
-        audit_or = await OrQueryNodesStore.open(
-            rt.settings.sqlalchemy_url, new_id=rt.ids.new_str, clock=utcnow, migrate=False
-        )
-    except BaseException:
-        await minimal.close()
-        await rt.close()
-        raise
     raw = json.dumps({"topic": TOPIC, "body": BODY}).encode()
     request = validate_publish(decode_json(raw, PublishRequest))
     claims = AccessClaims(
@@ -597,7 +544,6 @@ async def open_bench(tmp: Path, data_dir: Path, init: dict[str, Any]) -> Bench:
     return Bench(
         rt=rt,
         tmp=tmp,
-        audit_or=audit_or,
         minimal=minimal,
         minimal_db=minimal_db,
         claims=claims,
@@ -620,9 +566,7 @@ async def run_async(run: Run, tmp: Path, data_dir: Path, init: dict[str, Any]) -
             raise RuntimeError("the runtime has no audit log (no audit-signing key)")
         run.figures["entry_bytes"] = len(b.event(123_456)[0])
         async with asyncio.timeout(remaining(run)):
-            await measure_appends(
-                run, {"small": b.rt.store, "small-or": b.audit_or}, b.event, args.events
-            )
+            await measure_appends(run, {"small": b.rt.store}, b.event, args.events)
             measure_raw(run, b.event)
             await measure_publishes(run, b)
 
@@ -631,10 +575,6 @@ async def run_async(run: Run, tmp: Path, data_dir: Path, init: dict[str, Any]) -
             run.status = "creating the large log's database"
             big = await SqlStore.open(url, new_id=b.rt.ids.new_str, clock=utcnow)
             stores.append(big)
-            big_or = await OrQueryNodesStore.open(
-                url, new_id=b.rt.ids.new_str, clock=utcnow, migrate=False
-            )
-            stores.append(big_or)
             n = args.entries
             build = build_log(run, big_db, n, b.event)
             nodes = count_nodes(big_db)
@@ -644,20 +584,19 @@ async def run_async(run: Run, tmp: Path, data_dir: Path, init: dict[str, Any]) -
                 "db_bytes": db_bytes(big_db),
             }
             run.figures["large_log"] = build
-            run.figures["node_query_plans"] = node_query_plans(big_db)
+            run.figures["node_query_plan"] = node_query_plan(big_db, n)
             if nodes != build["expected_nodes"] or await big.audit_size() != n:
                 raise RuntimeError(f"the built log is wrong: {nodes:,} nodes for {n:,} entries")
             witness = tmp / "large-witness"
             logs = {
-                name: AuditLog(
-                    store=store,
+                "store": AuditLog(
+                    store=big,
                     signer=b.rt.audit.signer,
                     origin=b.rt.audit.origin,
                     witness=DirectoryWitness(witness),
                 )
-                for name, store in (("store", big), ("or-query", big_or))
             }
-            if (await logs["or-query"].root(n)).hex() != build["root"]:
+            if (await logs["store"].root(n)).hex() != build["root"]:
                 raise RuntimeError("the stored nodes do not give the root computed while building")
 
             run.status = "signing a checkpoint of the large log"
@@ -680,17 +619,11 @@ async def run_async(run: Run, tmp: Path, data_dir: Path, init: dict[str, Any]) -
                     tmp=tmp,
                 ),
             )
-            variants = {
-                name: (logs[name], store) for name, store in (("store", big), ("or-query", big_or))
-            }
-            await measure_proofs(run, variants, n)
-            await measure_appends(
-                run, {"large": big, "large-or": big_or}, b.event, args.large_events
-            )
+            await measure_proofs(run, {"store": (logs["store"], big)}, n)
+            await measure_appends(run, {"large": big}, b.event, args.large_events)
     finally:
         for store in stores:
             await store.close()
-        await b.audit_or.close()
         await b.minimal.close()
         await b.rt.close()
 
@@ -902,7 +835,7 @@ def summarise(run: Run) -> None:
         out[metric] = entry
     publish = out.get("publish", {})
     minimal = publish.get("minimal", {})
-    for variant in ("audit", "audit-or"):
+    for variant in ("audit",):
         real = publish.get(variant, {})
         if "per_s" not in real or "per_s" not in minimal:
             continue
@@ -971,9 +904,7 @@ def appends_block(run: Run) -> list[str]:
         (
             "audit appends: store.append_audit",
             small,
-            "same, OR node query",
             f"log of {run.args.entries:,} entries",
-            "same, OR node query",
         )
     ]
     for batch in BATCHES:
@@ -1004,7 +935,6 @@ def publish_block(run: Run) -> list[str]:
     ]
     labels = {
         "audit": "with audit append (SqlStore)",
-        "audit-or": "with audit append, OR node query",
         "minimal": "minimal append (bench-only)",
     }
     for config in CONFIGS:
@@ -1026,7 +956,7 @@ def publish_block(run: Run) -> list[str]:
                 else "",
             )
         )
-    for config in ("audit", "audit-or"):
+    for config in ("audit",):
         paired = entry.get(f"{config}_vs_minimal", {}).get("paired")
         if paired:
             rows.append(
@@ -1067,25 +997,24 @@ def proofs_block(run: Run) -> list[str]:
         ("inclusion", "AuditLog.inclusion(i, n)"),
         ("consistency", "AuditLog.consistency(m, k)"),
     ):
-        for config, suffix in (("store", ""), ("or-query", ", bench-only OR node query")):
-            s = res.get(kind, {}).get(config)
-            if not s:
-                rows.append((label + suffix, "n/a", "", "", "", "", ""))
-                continue
-            parts = " / ".join(
-                fmt(median_of(s, key)) for key in ("size_us_p50", "fetch_us_p50", "merkle_us_p50")
+        s = res.get(kind, {}).get("store")
+        if not s:
+            rows.append((label, "n/a", "", "", "", "", ""))
+            continue
+        parts = " / ".join(
+            fmt(median_of(s, key)) for key in ("size_us_p50", "fetch_us_p50", "merkle_us_p50")
+        )
+        rows.append(
+            (
+                label,
+                spread(s, "p50_ms"),
+                spread(s, "p99_ms"),
+                spread(s, "per_s"),
+                f"{fmt(median_of(s, 'nodes_p50'))} / {fmt(s['nodes_max']['max'])}",
+                f"{fmt(median_of(s, 'elements_p50'))} / {fmt(s['elements_max']['max'])}",
+                parts,
             )
-            rows.append(
-                (
-                    label + suffix,
-                    spread(s, "p50_ms"),
-                    spread(s, "p99_ms"),
-                    spread(s, "per_s"),
-                    f"{fmt(median_of(s, 'nodes_p50'))} / {fmt(s['nodes_max']['max'])}",
-                    f"{fmt(median_of(s, 'elements_p50'))} / {fmt(s['elements_max']['max'])}",
-                    parts,
-                )
-            )
+        )
     return render(rows)
 
 
@@ -1153,7 +1082,7 @@ def info_block(run: Run) -> list[str]:
                 f"appends: {args.events:,} events per batch size and run on the small log, "
                 f"{args.large_events:,} on the large one; publishes: {args.publishes:,} per run "
                 f"after {args.warmup:,} warm-up, slices of {args.chunk:,}; proofs: {args.proofs:,} "
-                f"of each kind per run and variant, {args.parts:,} of them in parts (seed "
+                f"of each kind per run, {args.parts:,} of them in parts (seed "
                 f"{args.seed}); raw: {args.raw_ops:,} ops"
             ),
         ),
@@ -1169,15 +1098,8 @@ def info_block(run: Run) -> list[str]:
         ("Δ µs wall", "1e6/rate − 1e6/minimal rate (µs of wall time per publish)"),
         ("stored nodes (large log)", nodes_line),
         (
-            "audit_nodes query plans (SQLite)",
-            "; ".join(f"{k}: {v}" for k, v in fig.get("node_query_plans", {}).items()) or "n/a",
-        ),
-        (
-            "OR node query",
-            (
-                "bench.audit.OrQueryNodesStore, BENCHMARK ONLY: SqlStore with _nodes asking "
-                "(level=? AND idx=?) OR … instead of (level, idx) IN (VALUES …); same rows"
-            ),
+            "audit_nodes plan (SqlStore._nodes)",
+            fig.get("node_query_plan", "n/a"),
         ),
         (
             "checkpoint of the large log",

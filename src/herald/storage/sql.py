@@ -80,7 +80,7 @@ from herald.storage.base import (
     TenantRecord,
 )
 
-__all__ = ["AUDIT_LOCK_KEY", "PG_CONNECT_TIMEOUT", "SQLITE_BUSY_TIMEOUT_MS", "SqlStore"]
+__all__ = ["AUDIT_LOCK_KEY", "PG_CONNECT_TIMEOUT", "SQLITE_BUSY_TIMEOUT_MS", "SqlStore", "nodes_query"]
 
 #: ``pg_advisory_xact_lock`` key that serialises audit-index assignment ("HRLDAUDT").
 AUDIT_LOCK_KEY = int.from_bytes(b"HRLDAUDT", "big", signed=True)
@@ -593,18 +593,11 @@ class SqlStore(QueueMixin):
     ) -> dict[tuple[int, int], bytes]:
         if not nodes:
             return {}
-        t = s.audit_nodes
         found: dict[tuple[int, int], bytes] = {}
         ordered = sorted(nodes)
-        # Bounded queries: proofs need O(log n) nodes, appends a handful per entry. One
-        # `level = ? AND idx IN (...)` term per level: SQLite plans a row-value IN over
-        # (level, idx) as a full table scan, but this form as primary-key searches.
+        # Bounded queries: proofs need O(log n) nodes, appends a handful per entry.
         for chunk in range(0, len(ordered), 500):
-            by_level: dict[int, list[int]] = {}
-            for level, idx in ordered[chunk : chunk + 500]:
-                by_level.setdefault(level, []).append(idx)
-            terms = [and_(t.c.level == lvl, t.c.idx.in_(idxs)) for lvl, idxs in by_level.items()]
-            query = select(t.c.level, t.c.idx, t.c.hash).where(or_(*terms))
+            query = nodes_query(ordered[chunk : chunk + 500])
             for level, idx, digest in (await conn.execute(query)).all():
                 found[(int(level), int(idx))] = bytes(digest)
         return found
@@ -672,6 +665,20 @@ class SqlStore(QueueMixin):
 
 
 # -- module helpers ---------------------------------------------------------------------------
+def nodes_query(nodes: Sequence[tuple[int, int]]) -> Select[Any]:
+    """The query for stored tree nodes: one ``level = ? AND idx IN (…)`` term per level.
+
+    SQLite plans a row-value ``IN`` over ``(level, idx)`` as a full table scan, but this form
+    as primary-key searches (the audit benchmark prints the plan as a regression guard).
+    """
+    t = s.audit_nodes
+    by_level: dict[int, list[int]] = {}
+    for level, idx in nodes:
+        by_level.setdefault(level, []).append(idx)
+    terms = [and_(t.c.level == lvl, t.c.idx.in_(idxs)) for lvl, idxs in by_level.items()]
+    return select(t.c.level, t.c.idx, t.c.hash).where(or_(*terms))
+
+
 def _fields(record: Any) -> dict[str, Any]:
     """A record (dataclass) as a column dict, without deep-copying its values."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
