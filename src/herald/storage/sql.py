@@ -80,7 +80,13 @@ from herald.storage.base import (
     TenantRecord,
 )
 
-__all__ = ["AUDIT_LOCK_KEY", "PG_CONNECT_TIMEOUT", "SQLITE_BUSY_TIMEOUT_MS", "SqlStore", "nodes_query"]
+__all__ = [
+    "AUDIT_LOCK_KEY",
+    "PG_CONNECT_TIMEOUT",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "SqlStore",
+    "nodes_query",
+]
 
 #: ``pg_advisory_xact_lock`` key that serialises audit-index assignment ("HRLDAUDT").
 AUDIT_LOCK_KEY = int.from_bytes(b"HRLDAUDT", "big", signed=True)
