@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     delivery_retry_base: float = Field(default=2.0, gt=0, le=3600)
     delivery_retry_cap: float = Field(default=600.0, gt=0, le=86400)
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
+    #: Default content de-duplication window in seconds (0: off); a message may set its own.
+    dedup_window: int = Field(default=0, ge=0, le=7 * 86400)
 
     insecure_http: bool = False
     tls_cert_file: Path | None = None

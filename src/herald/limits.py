@@ -81,3 +81,8 @@ HISTORY_PAGE_MAX = 1000
 DEVICES_PER_RECIPIENT_MAX = 32
 #: End-to-end payloads (one per recipient device) in one message.
 E2E_PAYLOADS_MAX = 256
+#: How far ahead ``deliver_at`` may schedule a message (seconds): 30 days.
+SCHEDULE_AHEAD_MAX = 30 * 86400
+#: Longest window the notification log must cover (frequency-cap periods and
+#: de-duplication windows are at most a week).
+NOTIFY_LOG_RETENTION = 7 * 86400

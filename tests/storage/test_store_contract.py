@@ -8,14 +8,11 @@ Every test that takes ``store`` or ``store_url`` runs once on SQLite and once on
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import stat
 import sys
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from subprocess import PIPE
 
@@ -23,13 +20,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, inspect
+from tests.storage.factories import T0, message, new_tenant, sink, tenant, uid
 
 from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import Store, migrate
 from herald.storage.base import (
     AppKeyRecord,
     AppRecord,
-    AuditSink,
     IdempotencyRecord,
     MessageRecord,
     SigningKeyRecord,
@@ -39,52 +36,7 @@ from herald.storage.base import (
 from herald.storage.schema import metadata
 from herald.storage.sql import SqlStore
 
-T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 HEAD = migrate.head_revision()
-
-
-# -- record factories -------------------------------------------------------------------------
-def uid() -> str:
-    return str(uuid.uuid4())
-
-
-def tenant(name: str | None = None) -> tuple[TenantRecord, TenantKeyRecord]:
-    tid = uid()
-    return (
-        TenantRecord(id=tid, name=name or f"tenant-{tid[:8]}", created_at=T0),
-        TenantKeyRecord(tenant_id=tid, version=1, wrapped_key=b"\x00wrapped", created_at=T0),
-    )
-
-
-async def new_tenant(store: Store, name: str | None = None) -> str:
-    record, key = tenant(name)
-    await store.create_tenant(record, key)
-    return record.id
-
-
-def message(
-    tenant_id: str, *, topic: str = "orders.shipped", recipients: tuple[str, ...] = ()
-) -> MessageRecord:
-    return MessageRecord(
-        id=uid(),
-        tenant_id=tenant_id,
-        app_id="app-1",
-        topic=topic,
-        priority="normal",
-        ttl=3600,
-        created_at=T0,
-        expires_at=T0 + timedelta(hours=1),
-        content=os.urandom(48),
-        recipients=recipients,
-    )
-
-
-def sink(tag: str = "m") -> AuditSink:
-    def build(index: int) -> tuple[bytes, bytes]:
-        entry = f'{{"index":{index},"tag":"{tag}"}}'.encode()
-        return entry, hashlib.sha256(b"\x00" + entry).digest()  # RFC 9162 §2.1.1 leaf
-
-    return build
 
 
 async def publish(store: Store, *msgs: MessageRecord, idem: IdempotencyRecord | None = None):

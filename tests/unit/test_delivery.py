@@ -35,6 +35,9 @@ ALLOWED = {
     (S.RETRYING, S.DEAD),
     (S.FAILED, S.RETRYING),
     (S.FAILED, S.DEAD),
+    (S.WAITING, S.PENDING),
+    (S.WAITING, S.SKIPPED),
+    (S.WAITING, S.EXPIRED),
 }
 ALL_PAIRS = list(itertools.product(DeliveryState, repeat=2))
 
@@ -61,6 +64,9 @@ def test_state_values() -> None:
         "retrying",
         "dead",
         "expired",
+        "waiting",
+        "skipped",
+        "suppressed",
     ]
     assert DeliveryState("pending") is S.PENDING
     assert f"{S.DEAD}" == "dead"
@@ -90,13 +96,13 @@ def test_every_pair(current: DeliveryState, target: DeliveryState) -> None:
 
 
 def test_pair_count() -> None:
-    assert len(ALL_PAIRS) == 49
+    assert len(ALL_PAIRS) == 100
     assert sum(len(v) for v in ALLOWED_TRANSITIONS.values()) == len(ALLOWED)
 
 
 @pytest.mark.parametrize("state", list(DeliveryState))
 def test_terminal(state: DeliveryState) -> None:
-    expected = state in {S.DELIVERED, S.EXPIRED}
+    expected = state in {S.DELIVERED, S.EXPIRED, S.SKIPPED, S.SUPPRESSED}
     assert is_terminal(state) is expected
     assert (state in TERMINAL_STATES) is expected
     # Terminal states have no way out; the others always have one.
@@ -110,8 +116,9 @@ def test_no_self_loops(state: DeliveryState) -> None:
 
 
 def test_every_state_reachable_and_every_path_can_end() -> None:
-    seen = {S.PENDING}
-    frontier = [S.PENDING]
+    # Deliveries are created pending, waiting (a later fallback step) or suppressed.
+    seen = {S.PENDING, S.WAITING, S.SUPPRESSED}
+    frontier = list(seen)
     while frontier:
         for nxt in ALLOWED_TRANSITIONS[frontier.pop()]:
             if nxt not in seen:

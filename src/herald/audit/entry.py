@@ -9,6 +9,7 @@ the log).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ class AuditEvent:
     action: str
     object: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_details(self, **more: Any) -> AuditEvent:
+        """A copy with more details (events are immutable)."""
+        return dataclasses.replace(self, details={**self.details, **more})
 
     def __call__(self, index: int) -> tuple[bytes, bytes]:
         """Return ``(canonical entry, RFC 9162 leaf hash)`` for position ``index``."""

@@ -4,16 +4,22 @@ One delivery is one message on its way to one recipient through one channel. The
 path is ``pending → sending → delivered | failed → retrying → … → dead | expired``; the
 full table (:data:`ALLOWED_TRANSITIONS`) is::
 
+    waiting   → pending (its fallback step starts) | skipped | expired
     pending   → sending | delivered (in-app ack) | expired
     sending   → delivered | failed | retrying | dead | expired
     failed    → retrying | dead
     retrying  → sending | delivered (in-app ack) | expired | dead
     dead      → retrying (an operator retries a dead letter)
-    delivered, expired: terminal
+    delivered, expired, skipped, suppressed: terminal
 
 The dispatcher goes ``sending → dead`` directly for a permanent failure or an exhausted
 attempt/age budget and ``sending → expired`` past the TTL (the instantaneous ``failed``
 step between them is not stored).
+
+``waiting`` is a later step of a fallback plan: it starts (``pending``) when the steps
+before it failed or its wait ran out, and is ``skipped`` once something else was
+delivered. ``suppressed`` is a delivery that noise control (content de-duplication, a
+frequency cap) decided not to make; it is recorded with the reason and never attempted.
 
 ``delivered`` on the in-app channel means *acknowledged* by the recipient, which may
 happen straight from ``pending`` or ``retrying`` (the client acknowledged a message it
@@ -50,6 +56,9 @@ class DeliveryState(StrEnum):
     RETRYING = "retrying"
     DEAD = "dead"
     EXPIRED = "expired"
+    WAITING = "waiting"
+    SKIPPED = "skipped"
+    SUPPRESSED = "suppressed"
 
 
 _S = DeliveryState
@@ -57,6 +66,7 @@ _S = DeliveryState
 #: For each state, the states it may move to. Terminal states map to the empty set.
 ALLOWED_TRANSITIONS: Mapping[DeliveryState, frozenset[DeliveryState]] = MappingProxyType(
     {
+        _S.WAITING: frozenset({_S.PENDING, _S.SKIPPED, _S.EXPIRED}),
         _S.PENDING: frozenset({_S.SENDING, _S.DELIVERED, _S.EXPIRED}),
         _S.SENDING: frozenset({_S.DELIVERED, _S.FAILED, _S.RETRYING, _S.DEAD, _S.EXPIRED}),
         _S.RETRYING: frozenset({_S.SENDING, _S.DELIVERED, _S.EXPIRED, _S.DEAD}),
@@ -64,6 +74,8 @@ ALLOWED_TRANSITIONS: Mapping[DeliveryState, frozenset[DeliveryState]] = MappingP
         _S.DELIVERED: frozenset(),
         _S.DEAD: frozenset({_S.RETRYING}),
         _S.EXPIRED: frozenset(),
+        _S.SKIPPED: frozenset(),
+        _S.SUPPRESSED: frozenset(),
     }
 )
 
@@ -93,7 +105,7 @@ def transition(current: DeliveryState, target: DeliveryState) -> DeliveryState:
 
 
 def is_terminal(state: DeliveryState) -> bool:
-    """Tell whether ``state`` is final: ``delivered``, ``dead`` or ``expired``."""
+    """Tell whether ``state`` is final: delivered, expired, skipped or suppressed."""
     return state in TERMINAL_STATES
 
 

@@ -7,12 +7,14 @@ after decoding and raise the same typed :class:`~herald.errors.BadRequest` probl
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from herald import limits
 from herald.core.ids import parse_message_id
+from herald.core.preferences import CATEGORY_RE, FallbackStep, validate_fallback
 from herald.core.topics import validate_topic
 from herald.errors import BadRequest
 
@@ -24,6 +26,7 @@ __all__ = [
     "PublishBatch",
     "PublishRequest",
     "SubscriberTokenRequest",
+    "TemplateRef",
     "content_of",
     "decode_json",
     "validate_publish",
@@ -57,6 +60,22 @@ class E2EContent(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ]
 
 
+#: Template names: like categories, lower-case words joined by ``.``, ``_`` or ``-``.
+TEMPLATE_NAME_RE = CATEGORY_RE
+
+#: Longest content de-duplication window a message may ask for (seconds): a week.
+DEDUP_WINDOW_MAX = 7 * 86400
+
+
+class TemplateRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Render the message from a stored template (title/body/html per channel and locale)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    locale: Annotated[str, msgspec.Meta(min_length=2, max_length=35)] | None = None
+    variables: dict[str, Any] | None = None
+
+
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One message to publish (``POST /v1/messages``)."""
 
@@ -76,6 +95,15 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ]
         | None
     ) = None
+    #: Fallback plan: steps of channels, each after the previous failed or ``after`` seconds.
+    fallback: Annotated[list[FallbackStep], msgspec.Meta(min_length=1, max_length=8)] | None = None
+    #: Selects the recipients' per-category preferences and frequency caps.
+    category: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    template: TemplateRef | None = None
+    #: Publish at this time instead of now (RFC 3339, at most 30 days ahead).
+    deliver_at: datetime | None = None
+    #: Suppress this content to a recipient who got the same within this many seconds.
+    dedup_window: Annotated[int, msgspec.Meta(ge=0, le=DEDUP_WINDOW_MAX)] | None = None
     e2e: E2EContent | None = None
 
 
@@ -144,11 +172,30 @@ def validate_publish(req: PublishRequest) -> PublishRequest:
             raise BadRequest("recipients must not repeat")
     if req.data is not None and not _depth_ok(req.data, limits.DATA_MAX_DEPTH):
         raise BadRequest(f"data nests deeper than {limits.DATA_MAX_DEPTH} levels")
+    if req.category is not None and not CATEGORY_RE.match(req.category):
+        raise BadRequest("category must be lower-case letters, digits, '.', '_' or '-'")
+    if req.fallback is not None:
+        if req.channels is not None:
+            raise BadRequest("give either channels or fallback, not both")
+        validate_fallback(req.fallback)
+    if req.deliver_at is not None and req.deliver_at.tzinfo is None:
+        raise BadRequest("deliver_at needs a time zone offset (RFC 3339), e.g. ...Z")
+    if req.template is not None:
+        _validate_template(req, req.template)
     if req.e2e is not None:
         _validate_e2e(req, req.e2e)
     elif req.id is not None:
         raise BadRequest("a client-chosen id is only accepted with end-to-end content (e2e)")
     return req
+
+
+def _validate_template(req: PublishRequest, ref: TemplateRef) -> None:
+    if not TEMPLATE_NAME_RE.match(ref.name):
+        raise BadRequest("template.name must be lower-case letters, digits, '.', '_' or '-'")
+    if req.title is not None or req.body is not None or req.e2e is not None:
+        raise BadRequest("with a template, title and body come from the template (and no e2e)")
+    if ref.variables is not None and not _depth_ok(ref.variables, limits.DATA_MAX_DEPTH):
+        raise BadRequest(f"template.variables nest deeper than {limits.DATA_MAX_DEPTH} levels")
 
 
 def _validate_e2e(req: PublishRequest, e2e: E2EContent) -> None:
@@ -178,4 +225,8 @@ def content_of(req: PublishRequest) -> dict[str, Any]:
     """
     if req.e2e is not None:
         return {"title": None, "body": None, "data": None, "e2e": msgspec.to_builtins(req.e2e)}
-    return {"title": req.title, "body": req.body, "data": req.data}
+    content: dict[str, Any] = {"title": req.title, "body": req.body, "data": req.data}
+    if req.template is not None:
+        # Variables are content too; channels render from them at delivery time.
+        content["template"] = msgspec.to_builtins(req.template)
+    return content

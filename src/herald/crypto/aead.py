@@ -38,7 +38,9 @@ from types import MappingProxyType
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from herald.errors import DecryptionFailed, HeraldError
 
@@ -261,7 +263,7 @@ class Sealer:
             ``keys``, or ``seal_limit`` is not in ``1..SEAL_LIMIT``.
     """
 
-    __slots__ = ("_ciphers", "_current", "_randbytes", "_seal_count", "_seal_limit")
+    __slots__ = ("_ciphers", "_current", "_mac_key", "_randbytes", "_seal_count", "_seal_limit")
 
     def __init__(
         self,
@@ -278,6 +280,11 @@ class Sealer:
         for version in keys:
             _prefix(version)  # range check
         self._ciphers = {version: _cipher(key) for version, key in keys.items()}
+        # A separate key for keyed digests (content de-duplication), derived so that the
+        # data key itself is only ever used by AES-GCM.
+        self._mac_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"herald digest v1"
+        ).derive(keys[current])
         self._current = current
         self._randbytes = randbytes
         self._seal_limit = seal_limit
@@ -297,6 +304,17 @@ class Sealer:
     def seal_count(self) -> Mapping[int, int]:
         """Seals made so far by this object, per key version (read-only view)."""
         return MappingProxyType(self._seal_count)
+
+    def digest(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under a key derived from the current data key.
+
+        Equal inputs give equal digests for this tenant (until its key rotates), and a
+        digest reveals nothing about the input to anyone without the key — so it may be
+        stored where a plain hash of guessable content would leak it.
+        """
+        mac = hmac.HMAC(self._mac_key, hashes.SHA256())
+        mac.update(data)
+        return mac.finalize()
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         """Seal ``plaintext`` with the current key version.

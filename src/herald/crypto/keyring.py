@@ -251,6 +251,10 @@ class TenantKeyRing:
         aad = aad_for(tenant_id=tenant_id, record_id=record_id, field=field, purpose=purpose)
         return sealer.seal(plaintext, aad)
 
+    async def digest(self, tenant_id: str, data: bytes) -> bytes:
+        """A keyed digest of ``data`` for this tenant (see :meth:`Sealer.digest`)."""
+        return (await self.sealer(tenant_id)).digest(data)
+
     async def open(
         self, tenant_id: str, record_id: str, field: str, blob: bytes, *, purpose: str = "content"
     ) -> bytes:

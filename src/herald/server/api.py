@@ -298,6 +298,16 @@ async def get_message(request: Request) -> Response:
     return json_response(await messages.get_message(rt, claims, message_id))
 
 
+async def cancel_message(request: Request) -> Response:
+    """``POST /v1/messages/{id}:cancel``: cancel a scheduled message until it is due."""
+    rt = runtime(request)
+    claims = access_claims(request)
+    raw = await read_body(request, 1024)
+    await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
+    message_id = parse_message_id(request.path_params["message_id"])
+    return json_response(await messages.cancel_scheduled(rt, claims, message_id))
+
+
 async def topic_history(request: Request) -> Response:
     """``GET /v1/topics/{topic}/messages?since=&limit=``."""
     rt = runtime(request)
@@ -384,6 +394,7 @@ def routes() -> list[Route]:
         Route("/v1/messages", publish_one, methods=["POST"]),
         Route("/v1/messages:batch", publish_batch, methods=["POST"]),
         Route("/v1/messages/{message_id}", get_message, methods=["GET"]),
+        Route("/v1/messages/{message_id}:cancel", cancel_message, methods=["POST"]),
         Route("/v1/topics/{topic}/messages", topic_history, methods=["GET"]),
         Route("/v1/subscriber-tokens", subscriber_token, methods=["POST"]),
         Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),

@@ -26,8 +26,10 @@ from herald.server.openapi import openapi_document
 from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
+from herald.server.templates import template_routes
 from herald.service import audit, identity
 from herald.service.delivery import Dispatcher, RetryPolicy
+from herald.service.plans import Planner
 from herald.service.runtime import Runtime, utcnow
 
 __all__ = ["create_app"]
@@ -109,14 +111,21 @@ async def _checkpointer(rt: Runtime) -> None:
 
 
 async def _maintenance(rt: Runtime) -> None:
-    """Hourly housekeeping: forget idempotency records older than 24 h."""
+    """Hourly housekeeping: forget expired idempotency records and notification-log rows.
+
+    Notification-log rows are kept as long as a frequency cap or de-duplication window
+    can reach back (a week).
+    """
     while True:
         await asyncio.sleep(3600)
         try:
             removed = await rt.store.purge_idempotency(
                 utcnow() - timedelta(seconds=limits.IDEMPOTENCY_TTL)
             )
-            _log.info("idempotency records purged", count=removed)
+            forgotten = await rt.store.purge_notifications(
+                utcnow() - timedelta(seconds=limits.NOTIFY_LOG_RETENTION)
+            )
+            _log.info("housekeeping done", idempotency=removed, notifications=forgotten)
         except StorageError:
             _log.warning("housekeeping skipped: database unavailable")
 
@@ -153,10 +162,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             ),
             lease=settings.delivery_lease,
         )
+        rt.planner = Planner(rt, lease=settings.delivery_lease)
         background = [
             asyncio.create_task(work)
             for work in (
                 rt.dispatcher.run(),
+                rt.planner.run(),
                 _maintenance(rt),
                 rt.hub.run_heartbeats(settings.heartbeat_interval),
                 _checkpointer(rt),
@@ -182,6 +193,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         *api.routes(),
         *audit_routes(),
         *recipient_routes(),
+        *template_routes(),
         *stream_routes(),
     ]
     app = Starlette(

@@ -11,7 +11,11 @@ from typing import Any
 import msgspec
 
 from herald import __version__
+from herald.core.delivery import DeliveryState
 from herald.core.messages import DeviceRequest, PublishRequest, SubscriberTokenRequest
+from herald.core.templates import TemplateSpec
+from herald.server.templates import PreviewRequest
+from herald.service.recipients import RecipientRequest
 
 __all__ = ["openapi_document"]
 
@@ -41,6 +45,14 @@ _MESSAGE_VIEW = {
         "created_at": {"type": "string", "format": "date-time"},
         "expires_at": {"type": "string", "format": "date-time"},
         "recipients": {"type": "array", "items": {"type": "string"}},
+        "category": {"type": "string"},
+        "template": {"type": "object", "description": "the template reference it rendered"},
+        "state": {
+            "type": "string",
+            "enum": ["scheduled", "cancelled"],
+            "description": "only while scheduled (or once cancelled): not published yet",
+        },
+        "deliver_at": {"type": "string", "format": "date-time"},
         "e2e": {"type": "object", "description": "end-to-end content: per-device HPKE payloads"},
         "audit": _ref("AuditRef"),
         "deliveries": {"type": "array", "items": _ref("Delivery")},
@@ -66,7 +78,47 @@ _RESPONSES: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "topic": {"type": "string"},
+            "scheduled": {"type": "boolean"},
+            "deliver_at": {"type": "string", "format": "date-time"},
             "audit": _ref("AuditRef"),
+        },
+    },
+    "Template": {
+        "type": "object",
+        "required": ["name", "version", "default_locale", "variants"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "created_by": {"type": "string"},
+            "default_locale": {"type": "string"},
+            "description": {"type": ["string", "null"]},
+            "variants": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "TemplateList": {"type": "object", "properties": {"templates": {"type": "array"}}},
+    "Rendered": {
+        "type": "object",
+        "properties": {
+            name: {"type": ["string", "null"]}
+            for name in ("channel", "locale", "title", "body", "html")
+        },
+    },
+    "Recipient": {
+        "type": "object",
+        "required": ["recipient", "endpoints", "preferences"],
+        "properties": {
+            "recipient": {"type": "string"},
+            "endpoints": {"type": "array", "items": {"type": "object"}},
+            "preferences": {"type": "object"},
+        },
+    },
+    "DeliveryList": {
+        "type": "object",
+        "required": ["deliveries", "next"],
+        "properties": {
+            "deliveries": {"type": "array", "items": _ref("Delivery")},
+            "next": {"type": ["string", "null"]},
         },
     },
     "BatchResult": {
@@ -95,20 +147,13 @@ _RESPONSES: dict[str, Any] = {
             "id": {"type": "string"},
             "channel": {"type": "string"},
             "endpoint": {"type": "string"},
-            "state": {
-                "type": "string",
-                "enum": [
-                    "pending",
-                    "sending",
-                    "delivered",
-                    "failed",
-                    "retrying",
-                    "dead",
-                    "expired",
-                ],
-            },
+            "message_id": {"type": "string"},
+            "recipient": {"type": ["string", "null"]},
+            "state": {"type": "string", "enum": [state.value for state in DeliveryState]},
+            "step": {"type": "integer", "description": "fallback step (0: at once)"},
             "attempts": {"type": "integer"},
             "last_error": {"type": ["string", "null"]},
+            "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
         },
@@ -201,10 +246,139 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
+def _param(name: str, where: str = "path", **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _op(op_id: str, summary: str, security: Any, ok: tuple[str, str, str], **more: Any) -> Any:
+    status, schema, description = ok
+    responses = {status: _json(schema, description), **more.pop("responses", {}), **_COMMON}
+    return {
+        "summary": summary,
+        "operationId": op_id,
+        "security": security,
+        **more,
+        "responses": responses,
+    }
+
+
+def _plan_paths(bearer: Any) -> dict[str, Any]:
+    """Scheduled-message cancel, templates, recipients and deliveries."""
+    not_found = {"404": _problem("not found")}
+    return {
+        "/v1/messages/{message_id}:cancel": {
+            "parameters": [_param("message_id")],
+            "post": _op(
+                "cancelMessage",
+                "Cancel a scheduled message until it is due (signed)",
+                bearer,
+                ("200", "MessageView", "cancelled"),
+                responses={**not_found, "409": _problem("published or cancelled already")},
+            ),
+        },
+        "/v1/templates": {
+            "get": _op(
+                "listTemplates",
+                "Newest version of each template",
+                bearer,
+                ("200", "TemplateList", "the templates"),
+            )
+        },
+        "/v1/templates/{name}": {
+            "parameters": [_param("name")],
+            "put": _op(
+                "putTemplate",
+                "Save a new template version (admin, signed)",
+                bearer,
+                ("201", "Template", "the stored version"),
+                requestBody=_body("TemplateSpec"),
+                responses={"422": _problem("refused: outside the sandbox, or invalid")},
+            ),
+            "get": _op(
+                "getTemplate",
+                "A template version (newest by default)",
+                bearer,
+                ("200", "Template", "the version"),
+                parameters=[_param("version", "query", type="integer", minimum=1)],
+                responses=not_found,
+            ),
+        },
+        "/v1/templates/{name}:render": {
+            "parameters": [_param("name")],
+            "post": _op(
+                "previewTemplate",
+                "Render one variant with sample variables",
+                bearer,
+                ("200", "Rendered", "the rendering"),
+                requestBody=_body("PreviewRequest"),
+                responses={"422": _problem("does not render with these variables")},
+            ),
+        },
+        "/v1/recipients/{recipient}": {
+            "parameters": [_param("recipient")],
+            "put": _op(
+                "putRecipient",
+                "Replace a recipient's endpoints and preferences (admin, signed)",
+                bearer,
+                ("200", "Recipient", "the recipient, secrets redacted"),
+                requestBody=_body("RecipientRequest"),
+            ),
+            "get": _op(
+                "getRecipient",
+                "A recipient, secrets redacted",
+                bearer,
+                ("200", "Recipient", "the recipient"),
+                responses=not_found,
+            ),
+        },
+        "/v1/deliveries": {
+            "get": _op(
+                "listDeliveries",
+                "Deliveries, e.g. dead letters (?state=dead)",
+                bearer,
+                ("200", "DeliveryList", "a page"),
+                parameters=[
+                    _param(
+                        "state",
+                        "query",
+                        type="string",
+                        enum=[state.value for state in DeliveryState],
+                    ),
+                    _param("limit", "query", type="integer", minimum=1, maximum=1000),
+                    _param("after", "query"),
+                ],
+            )
+        },
+        "/v1/deliveries/{delivery_id}:retry": {
+            "parameters": [_param("delivery_id")],
+            "post": _op(
+                "retryDelivery",
+                "Make a dead delivery due again (admin, signed)",
+                bearer,
+                ("202", "Delivery", "due again"),
+                responses={**not_found, "409": _problem("its endpoint is gone")},
+            ),
+        },
+    }
+
+
 def openapi_document(base_url: str) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for a server at ``base_url``."""
     _, components = msgspec.json.schema_components(
-        [PublishRequest, SubscriberTokenRequest, DeviceRequest], ref_template=_REF
+        [
+            PublishRequest,
+            SubscriberTokenRequest,
+            DeviceRequest,
+            TemplateSpec,
+            PreviewRequest,
+            RecipientRequest,
+        ],
+        ref_template=_REF,
     )
     schemas = {**components, **_RESPONSES}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -320,6 +494,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                 },
             }
         },
+        **_plan_paths(bearer),
         "/v1/topics/{topic}/messages": {
             "get": {
                 "summary": "Topic history, oldest first",

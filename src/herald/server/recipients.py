@@ -9,6 +9,7 @@ from starlette.routing import Route
 from herald import limits
 from herald.channels.registry import ChannelRegistry
 from herald.channels.webpush import vapid_public_key_b64url
+from herald.core.delivery import DeliveryState
 from herald.core.messages import decode_json
 from herald.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from herald.server.api import access_claims, runtime, verify_signature
@@ -20,7 +21,7 @@ from herald.service.runtime import Runtime, utcnow
 
 __all__ = ["recipient_routes"]
 
-_STATES = ("pending", "sending", "delivered", "failed", "retrying", "dead", "expired")
+_STATES = tuple(state.value for state in DeliveryState)
 
 
 def _channels(rt: Runtime) -> ChannelRegistry:

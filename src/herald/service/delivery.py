@@ -21,11 +21,21 @@ from typing import Any
 from herald.channels.base import Delivered, DeliveryJob, Failed, Outcome, Retry
 from herald.channels.registry import ChannelRegistry
 from herald.core.delivery import DeliveryState, backoff_delay, transition
-from herald.errors import BadRequest, DecryptionFailed, Gone, HeraldError, StorageError
+from herald.core.templates import Rendered
+from herald.errors import (
+    ApiError,
+    BadRequest,
+    DecryptionFailed,
+    Gone,
+    HeraldError,
+    StorageError,
+)
 from herald.observability.logging import get_logger
 from herald.service import audit
 from herald.service.messages import open_content
+from herald.service.routing import load_preferences
 from herald.service.runtime import Runtime, utcnow
+from herald.service.templates import render_message
 from herald.storage.base import DeliveryRecord
 
 __all__ = ["ENDPOINT_FIELD", "Dispatcher", "RetryPolicy", "open_endpoint"]
@@ -166,6 +176,17 @@ class Dispatcher:
         except (Gone, DecryptionFailed):
             await self._finish(record, "dead", "the content's keys were destroyed")
             return
+        html = None
+        if content.get("template") is not None:
+            try:
+                shown = await self._render(
+                    record, channel.name, content["template"], config.get("locale")
+                )
+            except ApiError as exc:
+                await self._finish(record, "dead", f"template: {exc.detail}"[:500])
+                return
+            content = {**content, "title": shown.title, "body": shown.body}
+            html = shown.html
         job = DeliveryJob(
             delivery_id=record.id,
             message_id=message.id,
@@ -175,7 +196,7 @@ class Dispatcher:
             attempt=record.attempts,  # counted when claimed
             title=content.get("title"),
             body=content.get("body"),
-            html=None,
+            html=html,
             data=content.get("data"),
             priority=message.priority,
             created_at=message.created_at.isoformat().replace("+00:00", "Z"),
@@ -185,6 +206,20 @@ class Dispatcher:
         async with self.channels.limit(channel.name):
             outcome = await self._deliver(channel.name, job)
         await self._record(record, job.attempt, outcome, message.created_at)
+
+    async def _render(
+        self, record: DeliveryRecord, channel: str, ref: dict[str, Any], locale: str | None
+    ) -> Rendered:
+        """The channel's variant of the message's template, in the reader's locale.
+
+        The locale is the endpoint's own (an e-mail address may be read in another
+        language), else the recipient's preference, else the message's.
+        """
+        if locale is None and record.recipient is not None:
+            prefs = await load_preferences(self.rt, record.tenant_id, [record.recipient])
+            found = prefs.get(record.recipient)
+            locale = found.locale if found is not None else None
+        return await render_message(self.rt, record.tenant_id, ref, channel, locale)
 
     async def _deliver(self, name: str, job: DeliveryJob) -> Outcome:
         try:
@@ -252,3 +287,6 @@ class Dispatcher:
             channel=record.channel,
             attempts=record.attempts if attempts is None else attempts,
         )
+        if state in ("dead", "expired") and record.recipient is not None and rt.planner:
+            # "If that fails": a later fallback step may start now.
+            await rt.planner.advance(record.tenant_id, record.message_id, record.recipient)

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -36,12 +36,16 @@ from herald.errors import (
     IntegrityConflict,
     NotFound,
 )
+from herald.service import audit, templates
+from herald.service.routing import Routing, route
 from herald.service.runtime import Runtime, utcnow
-from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord
+from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord, ScheduledRecord
 
 __all__ = [
+    "SCHEDULED_FIELD",
     "Outcome",
     "can_read",
+    "cancel_scheduled",
     "delivery_view",
     "ensure_not_shredded",
     "get_message",
@@ -50,7 +54,12 @@ __all__ = [
     "message_view",
     "open_content",
     "publish",
+    "scheduled_view",
 ]
+
+
+#: Field name in the AAD of a scheduled message's sealed request.
+SCHEDULED_FIELD = "scheduled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +157,31 @@ async def _replay(
     # replayed answer is exactly the first one.
     items = template["results"]
     for item in items:
-        if "id" in item:
-            message = await rt.store.get_message(claims.tenant_id, item["id"])
-            if message is not None:
-                item["audit"] = _audit_ref(message.seq, message.leaf_hash)
+        if "id" not in item:
+            continue
+        found: MessageRecord | ScheduledRecord | None
+        if item.get("scheduled"):
+            found = await rt.store.get_scheduled(claims.tenant_id, item["id"])
+        else:
+            found = await rt.store.get_message(claims.tenant_id, item["id"])
+        if found is not None:
+            item["audit"] = _audit_ref(found.seq, found.leaf_hash)
     body = items[0] if template.get("single") else {"results": items}
     return Outcome(record.status, body, replayed=True)
+
+
+async def _answered(
+    rt: Runtime, claims: AccessClaims, key: str, request_hash: bytes, now: datetime
+) -> Outcome | None:
+    """The first answer for this Idempotency-Key within 24 h, or None."""
+    existing = await rt.store.get_idempotency(claims.client_id, key)
+    if existing is None:
+        return None
+    if existing.created_at > now - timedelta(seconds=limits.IDEMPOTENCY_TTL):
+        return await _replay(rt, claims, existing, request_hash)
+    # Older than 24 h: the key is free again (the draft's expiry), so forget it.
+    await rt.store.purge_idempotency(now - timedelta(seconds=limits.IDEMPOTENCY_TTL))
+    return None
 
 
 async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> None:
@@ -174,64 +202,70 @@ async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> 
         raise Conflict(f"a message with id {req.id} exists already")
 
 
-async def _route(
-    rt: Runtime,
-    tenant_id: str,
-    records: list[MessageRecord],
-    policies: list[list[str] | None],
-    now: datetime,
-) -> list[DeliveryRecord]:
-    """One pending delivery per (message, enabled endpoint of its recipients, allowed channel).
-
-    The unique (message, channel, endpoint) rule of the store makes this the only delivery
-    an endpoint ever gets for a message.
-    """
-    wanted = sorted({r for record in records for r in record.recipients})
-    endpoints = await rt.store.active_endpoints(tenant_id, wanted) if wanted else []
-    routed: list[DeliveryRecord] = []
-    for record, policy in zip(records, policies, strict=True):
-        for endpoint in endpoints:
-            if endpoint.recipient not in record.recipients:
-                continue
-            if policy is not None and endpoint.channel not in policy:
-                continue
-            routed.append(
-                DeliveryRecord(
-                    id=rt.ids.new_str(),
-                    message_id=record.id,
-                    tenant_id=tenant_id,
-                    channel=endpoint.channel,
-                    endpoint=endpoint.id,
-                    state="pending",
-                    attempts=0,
-                    last_error=None,
-                    created_at=now,
-                    updated_at=now,
-                    recipient=endpoint.recipient,
-                    next_attempt_at=now,
-                )
-            )
-    return routed
-
-
 async def _admit(
-    rt: Runtime, claims: AccessClaims, item: PublishRequest | ApiError
+    rt: Runtime, claims: AccessClaims, item: PublishRequest | ApiError, *, release: bool
 ) -> PublishRequest | ApiError:
-    """Scope (DESIGN §4 step 5) and e2e checks; a refusal becomes the item's problem."""
+    """Scope (DESIGN §4 step 5), channel, template and e2e checks; a refusal is the item's."""
     if isinstance(item, ApiError):
         return item
     if not claims.scopes.can_publish(item.topic):
         return Forbidden(f"the token may not publish to topic {item.topic!r}")
-    if item.channels is not None and rt.channels is not None:
-        unknown = [c for c in item.channels if c != INAPP and c not in rt.channels]
+    named = list(item.channels or ()) + [c for s in item.fallback or () for c in s.channels]
+    if named and rt.channels is not None:
+        unknown = [c for c in named if c != INAPP and c not in rt.channels]
         if unknown:
             return BadRequest(f"unknown channel {unknown[0][:32]!r}")
-    if item.e2e is not None:
-        try:
+    try:
+        if item.deliver_at is not None and not release:
+            _deliver_at(rt, item, utcnow())  # refuse a bad schedule before sealing anything
+        if item.e2e is not None:
             await _check_e2e(rt, claims, item)
-        except ApiError as exc:
-            return exc
+        if item.template is not None:
+            await _render_inapp(rt, claims.tenant_id, item)
+    except ApiError as exc:
+        return exc
     return item
+
+
+async def _render_inapp(rt: Runtime, tenant_id: str, item: PublishRequest) -> None:
+    """Pin the template version, check every variant renders, fill title/body for in-app.
+
+    The streams and history show the in-app rendering in the message's locale; each
+    channel renders again at delivery in the recipient's locale.
+    """
+    ref = item.template
+    assert ref is not None  # noqa: S101 - only called for templated requests
+    version, compiled = await templates.load_template(rt, tenant_id, ref.name, ref.version)
+    ref.version = version
+    variables = ref.variables or {}
+    compiled.render_all(variables)  # fail at publish, not at 3 a.m. in the dispatcher
+    shown = compiled.render(INAPP, ref.locale, variables)
+    item.title, item.body = shown.title, shown.body
+
+
+def _deliver_at(rt: Runtime, item: PublishRequest, now: datetime) -> datetime | None:
+    """When to publish a scheduled item; None for now. Refuses the far future and the past."""
+    if item.deliver_at is None:
+        return None
+    ahead = (item.deliver_at - now).total_seconds()
+    if ahead > limits.SCHEDULE_AHEAD_MAX:
+        raise BadRequest("deliver_at is more than 30 days ahead", slug="invalid-schedule")
+    if ahead < -rt.settings.replay_window:
+        raise BadRequest("deliver_at is in the past", slug="invalid-schedule")
+    return item.deliver_at.astimezone(UTC) if ahead >= 1 else None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one publish request adds, in request order."""
+
+    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    records: list[MessageRecord] = dataclasses.field(default_factory=list)
+    contents: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    events: list[AuditEvent] = dataclasses.field(default_factory=list)
+    routing: list[Routing] = dataclasses.field(default_factory=list)
+    later: list[ScheduledRecord] = dataclasses.field(default_factory=list)
+    later_events: list[AuditEvent] = dataclasses.field(default_factory=list)
 
 
 async def publish(
@@ -242,106 +276,213 @@ async def publish(
     single: bool,
     idempotency_key: str | None,
     request_hash: bytes,
+    release: str | None = None,
 ) -> Outcome:
-    """Publish validated requests (invalid batch items arrive as their ApiError)."""
+    """Publish validated requests (invalid batch items arrive as their ApiError).
+
+    Items with a future ``deliver_at`` are stored sealed and published by the planner
+    when due, under the id answered now; ``release`` is that id when the planner
+    publishes one (the scheduled row becomes ``published`` in the same transaction).
+    """
     now = utcnow()
     if idempotency_key is not None:
-        existing = await rt.store.get_idempotency(claims.client_id, idempotency_key)
-        if existing is not None:
-            if existing.created_at > now - timedelta(seconds=limits.IDEMPOTENCY_TTL):
-                return await _replay(rt, claims, existing, request_hash)
-            # Older than 24 h: the key is free again (the draft's expiry), so forget it.
-            await rt.store.purge_idempotency(now - timedelta(seconds=limits.IDEMPOTENCY_TTL))
+        answered = await _answered(rt, claims, idempotency_key, request_hash, now)
+        if answered is not None:
+            return answered
 
-    records: list[MessageRecord] = []
-    contents: list[dict[str, Any]] = []
-    events: list[AuditEvent] = []
-    results: list[dict[str, Any]] = []
-    policies: list[list[str] | None] = []
+    batch = _Batch()
     for candidate in items:
-        item = await _admit(rt, claims, candidate)
+        item = await _admit(rt, claims, candidate, release=release is not None)
         if isinstance(item, ApiError):
             if single:
                 raise item
-            results.append({"error": _problem(item)})
+            batch.results.append({"error": _problem(item)})
             continue
-        message_id = item.id or rt.ids.new_str()
-        content = content_of(item)
-        sealed = await rt.keyring.seal(
-            claims.tenant_id, message_id, "content", msgspec.json.encode(content)
-        )
-        record = MessageRecord(
-            id=message_id,
-            tenant_id=claims.tenant_id,
-            app_id=claims.client_id,
-            topic=item.topic,
-            priority=item.priority,
-            ttl=item.ttl,
-            created_at=now,
-            expires_at=now + timedelta(seconds=item.ttl),
-            content=sealed,
-            recipients=tuple(item.recipients or ()),
-        )
-        records.append(record)
-        contents.append(content)
-        # End-to-end content can only travel where the device opens it: the streams.
-        policies.append([] if item.e2e is not None else item.channels)
-        events.append(
-            AuditEvent(
-                time=now,
-                tenant=claims.tenant_id,
-                actor=f"app:{claims.client_id}",
-                action="message.published",
-                object=f"message:{message_id}",
-                details={
-                    "topic": item.topic,
-                    "content_sha256": hashlib.sha256(sealed).hexdigest(),
-                    "recipients": len(record.recipients),
-                },
-            )
-        )
-        results.append({"id": message_id, "topic": item.topic})
+        await _take(rt, claims, batch, item, release=release, now=now)
 
     idem = None
     if idempotency_key is not None:
-        template = {"single": single, "results": results}
         idem = IdempotencyRecord(
             app_id=claims.client_id,
             key=idempotency_key,
             request_hash=request_hash,
             status=202,
-            response=msgspec.json.encode(template),
+            response=msgspec.json.encode({"single": single, "results": batch.results}),
             created_at=now,
         )
-    routed = await _route(rt, claims.tenant_id, records, policies, now)
+    try:
+        refs = await _commit(rt, claims.tenant_id, batch, idem, release=release, now=now)
+    except IntegrityConflict:
+        if release is not None:
+            raise  # the planner: the scheduled message was cancelled meanwhile
+        # A concurrent request with the same key won the race; answer as its replay.
+        answered = None
+        if idempotency_key is not None:
+            answered = await _answered(rt, claims, idempotency_key, request_hash, now)
+        if answered is None:
+            # The only other unique value a client chooses: an e2e message id.
+            raise Conflict("a message with this id exists already") from None
+        return answered
+    for result in batch.results:
+        ref = refs.get(result.get("id", ""))
+        if ref is not None:
+            result["audit"] = _audit_ref(*ref)
+    return Outcome(202, batch.results[0] if single else {"results": batch.results})
+
+
+async def _take(
+    rt: Runtime,
+    claims: AccessClaims,
+    batch: _Batch,
+    item: PublishRequest,
+    *,
+    release: str | None,
+    now: datetime,
+) -> None:
+    """Add an admitted item to the batch: to publish now, or at its ``deliver_at``."""
+    message_id = release or item.id or rt.ids.new_str()
+    at = None if release else _deliver_at(rt, item, now)
+    if at is not None:
+        await _take_later(rt, claims, batch, item, message_id=message_id, at=at, now=now)
+    else:
+        await _take_now(rt, claims, batch, item, message_id=message_id, now=now)
+
+
+async def _take_now(
+    rt: Runtime,
+    claims: AccessClaims,
+    batch: _Batch,
+    item: PublishRequest,
+    *,
+    message_id: str,
+    now: datetime,
+) -> None:
+    """Seal an item to publish now; its routing happens at commit."""
+    content = content_of(item)
+    plain = msgspec.json.encode(content)
+    sealed = await rt.keyring.seal(claims.tenant_id, message_id, "content", plain)
+    record = MessageRecord(
+        id=message_id,
+        tenant_id=claims.tenant_id,
+        app_id=claims.client_id,
+        topic=item.topic,
+        priority=item.priority,
+        ttl=item.ttl,
+        created_at=now,
+        expires_at=now + timedelta(seconds=item.ttl),
+        content=sealed,
+        recipients=tuple(item.recipients or ()),
+        category=item.category,
+    )
+    window = rt.settings.dedup_window if item.dedup_window is None else item.dedup_window
+    digest = None
+    if window and item.e2e is None and record.recipients:
+        # A keyed digest: equal content is recognised without storing a guessable hash.
+        digest = await rt.keyring.digest(
+            claims.tenant_id, msgspec.json.encode(content, order="sorted")
+        )
+    batch.records.append(record)
+    batch.contents.append(content)
+    batch.routing.append(Routing(record, item, digest, window))
+    batch.events.append(
+        _event(
+            claims, item, action="message.published", message_id=message_id, now=now
+        ).with_details(content_sha256=hashlib.sha256(sealed).hexdigest())
+    )
+    batch.results.append({"id": message_id, "topic": item.topic})
+
+
+async def _take_later(
+    rt: Runtime,
+    claims: AccessClaims,
+    batch: _Batch,
+    item: PublishRequest,
+    *,
+    message_id: str,
+    at: datetime,
+    now: datetime,
+) -> None:
+    """Seal a whole request (content, recipients, policy, template) to publish at ``at``."""
+    sealed = await rt.keyring.seal(
+        claims.tenant_id, message_id, SCHEDULED_FIELD, msgspec.json.encode(item)
+    )
+    batch.later.append(
+        ScheduledRecord(
+            id=message_id,
+            tenant_id=claims.tenant_id,
+            app_id=claims.client_id,
+            topic=item.topic,
+            deliver_at=at,
+            state="scheduled",
+            request=sealed,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    batch.later_events.append(
+        _event(
+            claims, item, action="message.scheduled", message_id=message_id, now=now
+        ).with_details(deliver_at=_iso(at))
+    )
+    batch.results.append(
+        {"id": message_id, "topic": item.topic, "scheduled": True, "deliver_at": _iso(at)}
+    )
+
+
+async def _commit(
+    rt: Runtime,
+    tenant_id: str,
+    batch: _Batch,
+    idem: IdempotencyRecord | None,
+    *,
+    release: str | None,
+    now: datetime,
+) -> dict[str, tuple[int, bytes]]:
+    """Route, commit and fan out; returns each id's audit (index, leaf hash)."""
     async with rt.publish_lock:
-        try:
-            committed = await rt.store.publish(records, list(events), idem, routed)
-        except IntegrityConflict:
-            # A concurrent request with the same key won the race; answer as its replay.
-            existing = (
-                await rt.store.get_idempotency(claims.client_id, idempotency_key)
-                if idempotency_key is not None
-                else None
-            )
-            if existing is None:
-                # The only other unique value a client chooses: an e2e message id.
-                raise Conflict("a message with this id exists already") from None
-            return await _replay(rt, claims, existing, request_hash)
+        # Routed under the lock, so that this node's concurrent publishes see each
+        # other's notification-log rows (frequency caps, de-duplication).
+        routed = await route(rt, tenant_id, batch.routing, now)
+        events = [
+            e.with_details(suppressed=routed.suppressed[r.id]) if r.id in routed.suppressed else e
+            for e, r in zip(batch.events, batch.records, strict=True)
+        ]
+        committed = await rt.store.publish(
+            batch.records,
+            [*events, *batch.later_events],
+            idem,
+            routed.deliveries,
+            scheduled=batch.later,
+            notified=routed.notified,
+            release=release,
+        )
         done = [
             _with_seq(r, s, h)
-            for r, s, h in zip(records, committed.seqs, committed.leaf_hashes, strict=True)
+            for r, s, h in zip(batch.records, committed.seqs, committed.leaf_hashes, strict=False)
         ]
-        await rt.bus.publish([_live(r, c) for r, c in zip(done, contents, strict=True)])
-    if routed and rt.dispatcher is not None:
+        await rt.bus.publish([_live(r, c) for r, c in zip(done, batch.contents, strict=True)])
+    if routed.deliveries and rt.dispatcher is not None:
         rt.dispatcher.wake()
-    rt.metrics.record_publish("accepted", len(done))
-    by_id = {r.id: r for r in done}
-    for result in results:
-        rec = by_id.get(result.get("id", ""))
-        if rec is not None:
-            result["audit"] = _audit_ref(rec.seq, rec.leaf_hash)
-    return Outcome(202, results[0] if single else {"results": results})
+    if done:
+        rt.metrics.record_publish("accepted", len(done))
+    ids = [r.id for r in batch.records] + [r.id for r in batch.later]
+    return {
+        i: (seq, leaf)
+        for i, seq, leaf in zip(ids, committed.seqs, committed.leaf_hashes, strict=True)
+    }
+
+
+def _event(
+    claims: AccessClaims, item: PublishRequest, *, action: str, message_id: str, now: datetime
+) -> AuditEvent:
+    return AuditEvent(
+        time=now,
+        tenant=claims.tenant_id,
+        actor=f"app:{claims.client_id}",
+        action=action,
+        object=f"message:{message_id}",
+        details={"topic": item.topic, "recipients": len(item.recipients or ())},
+    )
 
 
 def _with_seq(record: MessageRecord, seq: int, leaf: bytes) -> MessageRecord:
@@ -392,27 +533,45 @@ async def message_view(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
         "expires_at": _iso(record.expires_at),
         "recipients": list(record.recipients),
         "audit": _audit_ref(record.seq, record.leaf_hash),
+        **({"category": record.category} if record.category is not None else {}),
+        **({"template": content["template"]} if "template" in content else {}),
         **({"e2e": content["e2e"]} if "e2e" in content else {}),
     }
 
 
 def delivery_view(d: DeliveryRecord) -> dict[str, Any]:
-    """The JSON view of a delivery (no endpoint secrets: the endpoint is an id)."""
+    """The JSON view of a delivery (no endpoint secrets: the endpoint is an id).
+
+    ``next_attempt_at`` is when a pending or retrying delivery is due (later than now
+    while quiet hours hold it), or when a waiting fallback step starts at the latest.
+    """
+    due = d.next_attempt_at if d.state in _DUE_VIEW_STATES else None
     return {
         "id": d.id,
+        "message_id": d.message_id,
+        "recipient": d.recipient,
         "channel": d.channel,
         "endpoint": d.endpoint,
         "state": d.state,
+        "step": d.step,
         "attempts": d.attempts,
         "last_error": d.last_error,
+        "next_attempt_at": _iso(due) if due is not None else None,
         "created_at": _iso(d.created_at),
         "updated_at": _iso(d.updated_at),
     }
 
 
+_DUE_VIEW_STATES = frozenset({"pending", "retrying", "waiting"})
+
+
 async def get_message(rt: Runtime, claims: AccessClaims, message_id: str) -> dict[str, Any]:
     """A message with its deliveries; another tenant's message is simply not found."""
     record = await rt.store.get_message(claims.tenant_id, message_id)
+    if record is None:
+        later = await rt.store.get_scheduled(claims.tenant_id, message_id)
+        if later is not None and can_read(claims, later.topic):
+            return scheduled_view(later)
     if record is None or not can_read(claims, record.topic):
         raise NotFound(f"no message {message_id}")
     await ensure_not_shredded(rt, claims.tenant_id)
@@ -421,6 +580,52 @@ async def get_message(rt: Runtime, claims: AccessClaims, message_id: str) -> dic
         delivery_view(d) for d in await rt.store.deliveries(claims.tenant_id, message_id)
     ]
     return view
+
+
+def scheduled_view(record: ScheduledRecord) -> dict[str, Any]:
+    """A scheduled message not published yet (or cancelled): no content, its schedule."""
+    return {
+        "id": record.id,
+        "topic": record.topic,
+        "state": record.state,
+        "deliver_at": _iso(record.deliver_at),
+        "created_at": _iso(record.created_at),
+        "audit": _audit_ref(record.seq, record.leaf_hash),
+        **({"reason": record.reason} if record.reason else {}),
+        "deliveries": [],
+    }
+
+
+def _may_cancel(claims: AccessClaims, topic: str) -> bool:
+    return claims.scopes.can_publish(topic) or claims.scopes.has("admin")
+
+
+async def cancel_scheduled(rt: Runtime, claims: AccessClaims, message_id: str) -> dict[str, Any]:
+    """Cancel a scheduled message until it is due; 409 once published or cancelled."""
+    record = await rt.store.get_scheduled(claims.tenant_id, message_id)
+    if record is None:
+        published = await rt.store.get_message(claims.tenant_id, message_id)
+        if published is not None and _may_cancel(claims, published.topic):
+            raise Conflict("the message was published already; it cannot be cancelled")
+        raise NotFound(f"no scheduled message {message_id[:64]}")
+    if not _may_cancel(claims, record.topic):
+        if not can_read(claims, record.topic):
+            raise NotFound(f"no scheduled message {message_id[:64]}")  # as GET would say
+        raise Forbidden(f"the token may not publish to topic {record.topic!r}")
+    reason = f"cancelled by app:{claims.client_id}"
+    if not await rt.store.cancel_scheduled(claims.tenant_id, message_id, reason, utcnow()):
+        raise Conflict(f"the message is {record.state} already; it cannot be cancelled")
+    await audit.record(
+        rt,
+        tenant=claims.tenant_id,
+        actor=f"app:{claims.client_id}",
+        action="message.cancelled",
+        obj=f"message:{message_id}",
+        topic=record.topic,
+    )
+    found = await rt.store.get_scheduled(claims.tenant_id, message_id)
+    assert found is not None  # noqa: S101 - just cancelled under this tenant
+    return scheduled_view(found)
 
 
 async def history(

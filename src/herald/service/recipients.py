@@ -18,6 +18,7 @@ import msgspec
 from herald import limits
 from herald.channels.base import redact_endpoint
 from herald.channels.registry import ChannelRegistry
+from herald.core.preferences import parse_preferences
 from herald.errors import BadRequest, NotFound
 from herald.service import audit
 from herald.service.delivery import ENDPOINT_FIELD, open_endpoint
@@ -76,7 +77,8 @@ async def put_recipient(
                 "disabled": False,
             }
         )
-    preferences = req.preferences or {}
+    # Validated and normalised (unknown keys refused), so the router can trust them.
+    preferences = msgspec.to_builtins(parse_preferences(req.preferences))
     await rt.store.put_recipient(
         RecipientRecord(tenant_id, recipient, json.dumps(preferences), now), records
     )

@@ -23,6 +23,8 @@ from herald.bus.memory import MemoryBus
 from herald.channels.registry import ChannelRegistry
 from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
+from herald.core.lru import Lru
+from herald.core.templates import CompiledTemplate
 from herald.crypto.keyring import TenantKeyRing
 from herald.crypto.providers import KekRouter, build_router
 from herald.crypto.signing import (
@@ -41,8 +43,9 @@ from herald.storage.base import Store
 from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
 
-if TYPE_CHECKING:  # the dispatcher imports the runtime
+if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
     from herald.service.delivery import Dispatcher
+    from herald.service.plans import Planner
 
 __all__ = ["Runtime", "utcnow"]
 
@@ -74,6 +77,9 @@ class Runtime:
     #: Channel plugins and the delivery worker; set by the server (not admin commands).
     channels: ChannelRegistry | None = None
     dispatcher: Dispatcher | None = None
+    planner: Planner | None = None
+    #: Compiled template versions by (tenant, name, version); versions never change.
+    templates: Lru[tuple[str, str, int], CompiledTemplate] = field(default_factory=lambda: Lru(256))
     #: Serialises commit + fan-out on this node so that live order equals commit order.
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started_at: float = field(default_factory=time.time)

@@ -28,10 +28,13 @@ __all__ = [
     "IdempotencyRecord",
     "JobRecord",
     "MessageRecord",
+    "NotifyRecord",
     "PublishResult",
     "RecipientRecord",
+    "ScheduledRecord",
     "SigningKeyRecord",
     "Store",
+    "TemplateRecord",
     "TenantKeyRecord",
     "TenantRecord",
 ]
@@ -142,6 +145,7 @@ class MessageRecord:
     recipients: tuple[str, ...] = ()
     seq: int = 0  # filled by Store.publish
     leaf_hash: bytes = b""  # filled by Store.publish
+    category: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,52 @@ class DeliveryRecord:
     next_attempt_at: datetime | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    step: int = 0  # fallback plan step (0: at once)
+    fallback_after: int | None = None  # seconds the step waits before starting anyway
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    """One version of a tenant's template (``spec`` is the JSON TemplateSpec)."""
+
+    tenant_id: str
+    name: str
+    version: int
+    spec: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRecord:
+    """A message accepted for publication at ``deliver_at`` (``request`` is sealed)."""
+
+    id: str
+    tenant_id: str
+    app_id: str
+    topic: str
+    deliver_at: datetime
+    state: str  # scheduled | published | cancelled
+    request: bytes
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None = None
+    seq: int = 0  # the message.scheduled audit entry; filled by Store.publish
+    leaf_hash: bytes = b""
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyRecord:
+    """A recipient was notified of a message: counted by caps, compared by de-duplication."""
+
+    tenant_id: str
+    recipient: str
+    message_id: str
+    category: str | None
+    digest: bytes | None  # keyed hash of the content, never the content
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,16 +426,103 @@ class Store(Protocol):
         audit: list[AuditSink],
         idempotency: IdempotencyRecord | None = None,
         channel_deliveries: list[DeliveryRecord] | None = None,
+        *,
+        scheduled: list[ScheduledRecord] | None = None,
+        notified: list[NotifyRecord] | None = None,
+        release: str | None = None,
     ) -> PublishResult:
         """Persist messages, their in-app deliveries and audit entries in ONE transaction.
 
         Audit indices are assigned gap-free and in commit order while the store's write
-        lock is held; ``audit[i]`` builds the entry of ``messages[i]``. A recipient of a
+        lock is held; ``audit[i]`` builds the entry of ``messages[i]``, and the entries of
+        ``scheduled`` records follow (``audit[len(messages) + j]``). A recipient of a
         message gets one ``inapp`` delivery row in state ``pending``. When
         ``idempotency`` is given it is inserted in the same transaction; if a record for
         the same (app, key) exists the transaction is rolled back and
-        IntegrityConflict is raised.
+        IntegrityConflict is raised. ``release`` names a scheduled message these messages
+        publish: it must still be ``scheduled`` (else IntegrityConflict, nothing stored)
+        and becomes ``published`` in the same transaction.
         """
+        ...
+
+    # -- templates, scheduled messages, notification log, fallback (storage/_plans.py) -----
+    async def add_template(self, template: TemplateRecord) -> TemplateRecord:
+        """Store the next version of a template (``version`` is assigned); returns it."""
+        ...
+
+    async def get_template(
+        self, tenant_id: str, name: str, version: int | None = None
+    ) -> TemplateRecord | None:
+        """One version (the newest when ``version`` is None), or None."""
+        ...
+
+    async def list_templates(self, tenant_id: str) -> list[TemplateRecord]:
+        """The newest version of each of a tenant's templates, by name."""
+        ...
+
+    async def get_scheduled(self, tenant_id: str, message_id: str) -> ScheduledRecord | None:
+        """A scheduled message of this tenant, or None."""
+        ...
+
+    async def claim_scheduled(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[ScheduledRecord]:
+        """Lease up to ``limit`` scheduled messages that are due."""
+        ...
+
+    async def cancel_scheduled(
+        self, tenant_id: str, message_id: str, reason: str, now: datetime, owner: str | None = None
+    ) -> bool:
+        """``scheduled`` → ``cancelled`` (request erased); with ``owner``, only under its lease."""
+        ...
+
+    async def recipient_preferences(self, tenant_id: str, recipients: list[str]) -> dict[str, str]:
+        """The stored preferences (JSON text) of those recipients that exist."""
+        ...
+
+    async def notifications_since(
+        self, tenant_id: str, recipients: list[str], since: datetime
+    ) -> list[NotifyRecord]:
+        """What these recipients were notified of since ``since``, oldest first."""
+        ...
+
+    async def purge_notifications(self, before: datetime) -> int:
+        """Forget notification-log rows older than ``before``."""
+        ...
+
+    async def due_fallbacks(self, now: datetime, limit: int) -> list[tuple[str, str, str]]:
+        """(tenant, message, recipient) groups with a waiting step due by ``now``."""
+        ...
+
+    async def start_step(
+        self,
+        tenant_id: str,
+        message_id: str,
+        recipient: str,
+        step: int,
+        *,
+        at: datetime,
+        next_deadline: datetime | None,
+        now: datetime,
+    ) -> int:
+        """Start a fallback step: its waiting rows become pending at ``at``.
+
+        The waiting rows of ``step + 1`` then wait until ``next_deadline``. Returns how
+        many rows started (0: another node did it first).
+        """
+        ...
+
+    async def close_waiting(
+        self,
+        tenant_id: str,
+        message_id: str,
+        recipient: str,
+        *,
+        state: str,
+        reason: str,
+        now: datetime,
+    ) -> list[DeliveryRecord]:
+        """Every waiting row of the group → ``state`` (skipped/expired); returns them."""
         ...
 
     # -- recipients, endpoints, delivery queue (storage/_queue.py) -------------------------

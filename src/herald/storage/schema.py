@@ -47,7 +47,10 @@ __all__ = [
     "idempotency",
     "messages",
     "metadata",
+    "notify_log",
+    "scheduled",
     "signing_keys",
+    "templates",
     "tenant_keys",
     "tenants",
 ]
@@ -220,6 +223,8 @@ messages = Table(
     # The audit index of the message's entry: gap-free, in commit order; the resume cursor.
     Column("seq", BigInteger, nullable=False, autoincrement=False),
     Column("leaf_hash", LargeBinary, nullable=False),
+    # Metadata like the topic (not content): selects the recipients' category preferences.
+    Column("category", Text, nullable=True),
     UniqueConstraint("seq"),
     Index(None, "tenant_id", "seq"),
     Index(None, "tenant_id", "topic", "seq"),
@@ -244,6 +249,10 @@ deliveries = Table(
     Column("next_attempt_at", UtcDateTime, nullable=True),
     Column("lease_owner", Text, nullable=True),
     Column("lease_until", UtcDateTime, nullable=True),
+    # Fallback: the plan step of this delivery (0 starts at once; later ones wait), and the
+    # seconds the step waits for a delivery of an earlier step before it starts anyway.
+    Column("step", Integer, nullable=False, server_default="0"),
+    Column("fallback_after", Integer, nullable=True),
     UniqueConstraint("message_id", "channel", "endpoint"),
     Index(None, "tenant_id", "message_id"),
     Index(None, "state", "next_attempt_at"),
@@ -270,6 +279,55 @@ endpoints = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("disabled_at", UtcDateTime, nullable=True),
     Index(None, "tenant_id", "recipient"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False, autoincrement=False),
+    Column("spec", Text, nullable=False),  # JSON TemplateSpec; versions are never changed
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "name", "version"),
+)
+
+scheduled = Table(
+    "scheduled",
+    metadata,
+    # The id the message will have when it is published at deliver_at.
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("app_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("deliver_at", UtcDateTime, nullable=False),
+    Column("state", Text, nullable=False),  # scheduled | published | cancelled
+    # The sealed publish request; emptied once published or cancelled.
+    Column("request", LargeBinary, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("seq", BigInteger, nullable=False, autoincrement=False),  # the message.scheduled entry
+    Column("leaf_hash", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_until", UtcDateTime, nullable=True),
+    Index(None, "state", "deliver_at"),
+)
+
+notify_log = Table(
+    "notify_log",
+    metadata,
+    # One row per (message, recipient) notified: what frequency caps count and content
+    # de-duplication compares. ``digest`` is a keyed hash of the content, never the content.
+    Column("tenant_id", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("category", Text, nullable=True),
+    Column("digest", LargeBinary, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("message_id", "recipient"),
+    Index(None, "tenant_id", "recipient", "created_at"),
 )
 
 audit_entries = Table(

@@ -61,6 +61,7 @@ from herald.audit import merkle
 from herald.errors import ConfigError, IntegrityConflict, NotFound, StorageError
 from herald.storage import migrate as _migrate
 from herald.storage import schema as s
+from herald.storage._plans import PlansMixin
 from herald.storage._queue import QueueMixin
 from herald.storage.base import (
     AppKeyRecord,
@@ -73,7 +74,9 @@ from herald.storage.base import (
     IdempotencyRecord,
     JobRecord,
     MessageRecord,
+    NotifyRecord,
     PublishResult,
+    ScheduledRecord,
     SigningKeyRecord,
     Store,
     TenantKeyRecord,
@@ -116,7 +119,7 @@ _UNAVAILABLE = "database unavailable"
 _R = TypeVar("_R")
 
 
-class SqlStore(QueueMixin):
+class SqlStore(QueueMixin, PlansMixin):
     """:class:`~herald.storage.base.Store` over SQLAlchemy Core (SQLite or PostgreSQL).
 
     Args:
@@ -480,28 +483,37 @@ class SqlStore(QueueMixin):
         audit: list[AuditSink],
         idempotency: IdempotencyRecord | None = None,
         channel_deliveries: list[DeliveryRecord] | None = None,
+        *,
+        scheduled: list[ScheduledRecord] | None = None,
+        notified: list[NotifyRecord] | None = None,
+        release: str | None = None,
     ) -> PublishResult:
         """Persist messages, their in-app deliveries and audit entries in ONE transaction.
 
         One executemany INSERT per table. The idempotency record is inserted before the
         audit sinks are called, so a conflicting retry fails without building any entry;
-        whatever fails, nothing of the transaction is kept.
+        whatever fails, nothing of the transaction is kept. ``audit`` holds one sink per
+        message, then one per scheduled record.
 
         Raises:
-            IntegrityConflict: the (app, key) idempotency record exists, or a message id
-                or reference is invalid. Nothing was stored.
+            IntegrityConflict: the (app, key) idempotency record exists, a message id
+                or reference is invalid, or ``release`` is no longer scheduled. Nothing
+                was stored.
             StorageError: the database is unavailable.
         """
-        if len(messages) != len(audit):
+        later = scheduled or []
+        if len(messages) + len(later) != len(audit):
             raise ValueError("publish() needs exactly one audit sink per message")
         now = self._clock()
         async with self._tx(write=True) as conn:
+            if release is not None and not await self._release(conn, release, now):
+                raise IntegrityConflict("the scheduled message was cancelled or published")
             if idempotency is not None:
                 await conn.execute(insert(s.idempotency).values(_fields(idempotency)))
             seqs, leaves = await self._append(conn, audit, now)
             rows: list[dict[str, Any]] = []
             deliveries: list[dict[str, Any]] = []
-            for message, seq, leaf_hash in zip(messages, seqs, leaves, strict=True):
+            for message, seq, leaf_hash in zip(messages, seqs, leaves, strict=False):
                 rows.append(_fields(message) | {"seq": seq, "leaf_hash": leaf_hash})
                 deliveries.extend(
                     self._delivery(message.tenant_id, message.id, recipient, _PENDING, now)
@@ -510,6 +522,16 @@ class SqlStore(QueueMixin):
             await _insert_many(conn, s.messages, rows)
             deliveries.extend(_fields(x) for x in channel_deliveries or ())
             await _insert_many(conn, s.deliveries, deliveries)
+            await _insert_many(conn, s.notify_log, [_fields(x) for x in notified or ()])
+            offset = len(messages)
+            await _insert_many(
+                conn,
+                s.scheduled,
+                [
+                    _fields(x) | {"seq": seqs[offset + i], "leaf_hash": leaves[offset + i]}
+                    for i, x in enumerate(later)
+                ],
+            )
         return PublishResult(seqs=tuple(seqs), leaf_hashes=tuple(leaves))
 
     async def append_audit(self, audit: list[AuditSink]) -> list[int]:
@@ -658,6 +680,8 @@ class SqlStore(QueueMixin):
             "next_attempt_at": None,
             "lease_owner": None,
             "lease_until": None,
+            "step": 0,
+            "fallback_after": None,
         }
 
     async def _fetch(self, query: Select[Any], make: Callable[..., _R]) -> list[_R]:
