@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -322,6 +322,265 @@ def test_serve_with_invalid_port_names_the_setting(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "HERALD_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- routing, scheduling and templates -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin(server: Any) -> list[str]:
+    """Flags that make the CLI act as an app of the demo tenant with the ``admin`` scope."""
+    app = server.add_app("cli-admin", "admin", "publish:>", "messages:read")
+    return [
+        "--client-id",
+        app.client_id,
+        "--client-secret",
+        app.client_secret,
+        "--signing-keyid",
+        app.signing_keyid,
+        "--signing-key-file",
+        app.signing_key_file,
+    ]
+
+
+def rfc3339_in(seconds: float) -> str:
+    moment = datetime.now(UTC) + timedelta(seconds=seconds)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def get_message(server: Any, message_id: str) -> dict[str, Any]:
+    """``GET /v1/messages/{id}`` as the demo app (it has ``messages:read``)."""
+    with server.client() as client:
+        response = client.get(
+            f"/v1/messages/{message_id}", headers={"Authorization": f"Bearer {server.token()}"}
+        )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+SPEC: dict[str, Any] = {
+    "default_locale": "en",
+    "variants": [
+        {"locale": "en", "title": "Order {{ order + 1 }} shipped", "body": "Hi {{ name }}"},
+        {"locale": "zh-CN", "title": "订单 {{ order }} 已发货", "body": "{{ name }}，您好"},
+    ],
+}
+
+
+def test_publish_with_deliver_at_is_scheduled_and_can_be_cancelled(server: Any) -> None:
+    at = rfc3339_in(3600)
+    topic = f"{new_prefix()}.later"
+    scheduled = publish(server.env, topic, "--title", "later", "--deliver-at", at)
+    assert parse_message_id(scheduled["id"]) == scheduled["id"]
+    assert scheduled["topic"] == topic
+    assert scheduled["scheduled"] is True
+    assert datetime.fromisoformat(scheduled["deliver_at"]) == datetime.fromisoformat(at)
+    assert isinstance(scheduled["audit"]["index"], int)
+    assert get_message(server, scheduled["id"])["state"] == "scheduled"
+
+    cancelled = herald(server.env, "message", "cancel", scheduled["id"], "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    view = json.loads(cancelled.stdout)
+    assert (view["id"], view["state"]) == (scheduled["id"], "cancelled")
+    assert get_message(server, scheduled["id"])["state"] == "cancelled"
+    # Cancelling twice is a conflict, said in one line.
+    again = herald(server.env, "message", "cancel", scheduled["id"])
+    assert_one_line_error(again, "409", "conflict", "cancelled already")
+
+
+def test_scheduled_publish_and_cancel_human_output(server: Any) -> None:
+    topic = f"{new_prefix()}.later"
+    result = herald(server.env, "publish", topic, "--deliver-at", rfc3339_in(600))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("scheduled "), result.stdout
+    message_id = result.stdout.split()[1]
+    assert parse_message_id(message_id) == message_id
+    assert f"herald message cancel {message_id}" in result.stdout
+    cancelled = herald(server.env, "message", "cancel", message_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.startswith(f"cancelled {message_id} to {topic}"), cancelled.stdout
+
+
+def test_cancel_of_a_published_message_is_a_conflict(server: Any) -> None:
+    published = publish(server.env, f"{new_prefix()}.now", "--title", "now")
+    result = herald(server.env, "message", "cancel", published["id"], "--json")
+    assert_one_line_error(result, "409", "published already")
+
+
+@pytest.mark.parametrize(
+    ("value", "needles"),
+    [
+        ("2030-12-01T08:00:00", ("--deliver-at", "offset")),
+        ("tomorrow", ("--deliver-at", "RFC 3339")),
+        ("2030-13-01T08:00:00Z", ("--deliver-at", "not a valid date-time")),
+    ],
+    ids=["naive", "not-a-date", "month-13"],
+)
+def test_publish_refuses_a_bad_deliver_at(
+    server: Any, value: str, needles: tuple[str, ...]
+) -> None:
+    result = herald(server.env, "publish", "orders.cli", "--deliver-at", value, "--json")
+    assert_one_line_error(result, *needles)
+
+
+def test_publish_too_far_ahead_is_the_servers_one_line_refusal(server: Any) -> None:
+    at = rfc3339_in(31 * 86400)
+    result = herald(server.env, "publish", "orders.cli", "--deliver-at", at, "--json")
+    assert_one_line_error(result, "invalid-schedule", "30 days")
+
+
+def test_publish_with_channel_category_and_dedup_window(server: Any) -> None:
+    topic = f"{new_prefix()}.routed"
+    receipt = publish(
+        server.env,
+        topic,
+        "--title",
+        "routed",
+        "--recipient",
+        "alice",
+        "--channel",
+        "inapp",
+        "--category",
+        "shipping",
+        "--dedup-window",
+        "60",
+    )
+    assert "scheduled" not in receipt
+    message = get_message(server, receipt["id"])
+    assert message["category"] == "shipping"
+    unknown = herald(server.env, "publish", topic, "--channel", "carrier-pigeon", "--json")
+    assert_one_line_error(unknown, "400", "carrier-pigeon")
+
+
+def test_template_put_get_list(server: Any, admin: list[str], tmp_path: Path) -> None:
+    name = f"{new_prefix()}-shipped"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC), encoding="utf-8")
+    first = herald(server.env, "template", "put", name, str(spec_file), *admin, "--json")
+    assert first.returncode == 0, first.stderr
+    stored = json.loads(first.stdout)
+    assert (stored["name"], stored["version"]) == (name, 1)
+    # FILE "-" reads the spec from standard input; each put is a new version.
+    spec_v2 = {**SPEC, "description": "second"}
+    second = run_cli(
+        server.env, "template", "put", name, "-", *admin, check=False, stdin=json.dumps(spec_v2)
+    )
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == f"stored template {name} version 2"
+
+    old = herald(server.env, "template", "get", name, "--version", "1", "--json")
+    assert old.returncode == 0, old.stderr
+    old_view = json.loads(old.stdout)
+    assert old_view["version"] == 1
+    assert [v["title"] for v in old_view["variants"]] == [v["title"] for v in SPEC["variants"]]
+    newest = herald(server.env, "template", "get", name)
+    assert newest.returncode == 0, newest.stderr
+    lines = newest.stdout.splitlines()
+    assert lines[0].startswith(f"{name} version 2, created "), newest.stdout
+    assert "  second" in lines
+    assert "variant channel=* locale=zh-CN" in lines
+    assert "  title: Order {{ order + 1 }} shipped" in lines
+
+    listed = herald(server.env, "template", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [entry] = [t for t in json.loads(listed.stdout)["templates"] if t["name"] == name]
+    assert entry["version"] == 2
+    human = herald(server.env, "template", "list")
+    assert human.returncode == 0, human.stderr
+    assert f"{name}  version 2  created " in human.stdout
+
+    missing = herald(server.env, "template", "get", name, "--version", "9")
+    assert_one_line_error(missing, "404")
+
+
+def test_unsafe_template_is_refused_in_one_line(
+    server: Any, admin: list[str], tmp_path: Path
+) -> None:
+    name = f"{new_prefix()}-escape"
+    spec = {
+        "default_locale": "en",
+        "variants": [{"locale": "en", "title": "{{ ''.__class__.__mro__ }}"}],
+    }
+    spec_file = tmp_path / "unsafe.json"
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    result = herald(server.env, "template", "put", name, str(spec_file), *admin, "--json")
+    assert_one_line_error(result, "422", "invalid-template", "outside the sandbox")
+    # Nothing was stored.
+    assert_one_line_error(herald(server.env, "template", "get", name), "404")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(None, "cannot read"), ("{nope", "not valid JSON"), ("[1]", "JSON object")],
+    ids=["missing-file", "not-json", "not-an-object"],
+)
+def test_template_put_refuses_a_bad_spec_file(
+    server: Any, admin: list[str], tmp_path: Path, content: str | None, needle: str
+) -> None:
+    spec_file = tmp_path / "spec.json"
+    if content is not None:
+        spec_file.write_text(content, encoding="utf-8")
+    result = herald(server.env, "template", "put", "x", str(spec_file), *admin)
+    assert_one_line_error(result, needle)
+
+
+def test_template_put_needs_the_admin_scope(server: Any, tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC), encoding="utf-8")
+    result = herald(server.env, "template", "put", f"{new_prefix()}-t", str(spec_file))
+    assert_one_line_error(result, "403", "admin scope")
+
+
+def test_publish_with_template_and_vars(server: Any, admin: list[str], tmp_path: Path) -> None:
+    name = f"{new_prefix()}-shipped"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC), encoding="utf-8")
+    put = herald(server.env, "template", "put", name, str(spec_file), *admin)
+    assert put.returncode == 0, put.stderr
+    topic = f"{new_prefix()}.templated"
+    # "order=122" parses as JSON (a number: the template adds 1), "name=Zoë" does not (text).
+    receipt = publish(
+        server.env, topic, "--template", name, "--var", "order=122", "--var", "name=Zoë"
+    )
+    message = get_message(server, receipt["id"])
+    assert (message["title"], message["body"]) == ("Order 123 shipped", "Hi Zoë")
+    zh = publish(
+        server.env,
+        topic,
+        "--template",
+        name,
+        "--locale",
+        "zh-CN",
+        "--var",
+        "order=7",
+        "--var",
+        "name=李雷",
+    )
+    # Every variant is rendered at publish; the message shows the one of its locale.
+    message = get_message(server, zh["id"])
+    assert (message["title"], message["body"]) == ("订单 7 已发货", "李雷，您好")
+    # A variable the template needs is missing: the server's 422, in one line.
+    missing = herald(server.env, "publish", topic, "--template", name, "--var", "order=1")
+    assert_one_line_error(missing, "422", "template-render-failed")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--var", "a=1"), "need --template"),
+        (("--locale", "en"), "need --template"),
+        (("--template", "t", "--var", "novalue"), "KEY=VALUE"),
+        (("--template", "t", "--var", "=1"), "KEY=VALUE"),
+        (("--template", "t", "--var", "a=1", "--var", "a=2"), "given twice"),
+        (("--data", '{"a": NaN}'), "NaN"),
+    ],
+    ids=["var-alone", "locale-alone", "no-equals", "no-key", "twice", "data-nan"],
+)
+def test_publish_refuses_bad_template_options(
+    server: Any, args: tuple[str, ...], needle: str
+) -> None:
+    result = herald(server.env, "publish", "orders.cli", *args, "--json")
+    assert_one_line_error(result, needle)
 
 
 # -- a second, plain-HTTP server -------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -38,6 +39,7 @@ from herald.client import (
     ProblemError,
     Publisher,
     PublishResult,
+    RequestSigner,
     StreamClosed,
     StreamMessage,
     Subscriber,
@@ -436,6 +438,294 @@ def test_sync_publisher() -> None:
         assert pub.publish("orders.shipped").audit_index == 17
         assert pub.token() == "tok-1"
     pub.close()  # idempotent
+
+
+# -- routing, schedules, templates, recipients, deliveries ----------------------------------
+
+SCHEDULED = {
+    **ACCEPTED,
+    "scheduled": True,
+    "deliver_at": "2026-12-01T08:00:00Z",
+}
+
+
+def body_of(request: httpx.Request) -> Any:
+    return json.loads(request.content)
+
+
+async def test_publish_sends_routing_schedule_and_template_fields() -> None:
+    api = FakeApi(httpx.Response(202, json=SCHEDULED))
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    async with publisher(api) as pub:
+        result = await pub.publish(
+            "orders.shipped",
+            recipients=["user-42"],
+            fallback=({"channels": ["webpush"]}, {"channels": ["email"], "after": 300}),
+            category="shipping",
+            template={"name": "order-shipped", "locale": "zh-CN", "variables": {"order": 7}},
+            deliver_at=dt.datetime(2026, 12, 1, 16, 0, tzinfo=shanghai),
+            dedup_window=600,
+        )
+    (request,) = api.api_requests
+    assert request.method == "POST"
+    assert request.url.path == "/v1/messages"
+    assert request.headers["idempotency-key"]
+    assert body_of(request) == {
+        "topic": "orders.shipped",
+        "recipients": ["user-42"],
+        "fallback": [{"channels": ["webpush"]}, {"channels": ["email"], "after": 300}],
+        "category": "shipping",
+        "template": {"name": "order-shipped", "locale": "zh-CN", "variables": {"order": 7}},
+        # RFC 3339 with an offset, normalised to UTC.
+        "deliver_at": "2026-12-01T08:00:00Z",
+        "dedup_window": 600,
+    }
+    assert result == PublishResult(
+        ACCEPTED["id"],
+        "orders.shipped",
+        17,
+        "ab" * 32,
+        scheduled=True,
+        deliver_at="2026-12-01T08:00:00Z",
+    )
+
+
+async def test_publish_channels_and_deliver_at_string_are_sent_as_given() -> None:
+    api = FakeApi()
+    async with publisher(api) as pub:
+        result = await pub.publish(
+            "orders.shipped", channels=("email", "webhook"), deliver_at="2026-12-01T16:00:00+08:00"
+        )
+    assert body_of(api.api_requests[0]) == {
+        "topic": "orders.shipped",
+        "channels": ["email", "webhook"],
+        "deliver_at": "2026-12-01T16:00:00+08:00",
+    }
+    # An answer without "scheduled" (e.g. deliver_at was now): published at once.
+    assert (result.scheduled, result.deliver_at) == (False, None)
+
+
+async def test_naive_deliver_at_is_refused_before_anything_is_sent() -> None:
+    api = FakeApi()
+    async with publisher(api) as pub:
+        with pytest.raises(HeraldClientError, match="deliver_at must be timezone-aware"):
+            await pub.publish("orders.shipped", deliver_at=dt.datetime(2026, 12, 1, 8, 0))  # noqa: DTZ001
+    assert api.api_requests == []
+    assert api.token_requests == []
+
+
+def test_publish_result_defaults_keep_old_callers_working() -> None:
+    result = PublishResult("m1", "orders.shipped", 3, "cd" * 32)
+    assert result.scheduled is False
+    assert result.deliver_at is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {**ACCEPTED, "scheduled": True},
+        {**ACCEPTED, "scheduled": "yes", "deliver_at": "2026-12-01T08:00:00Z"},
+    ],
+)
+async def test_malformed_scheduled_answer_is_an_error(answer: dict[str, Any]) -> None:
+    api = FakeApi(httpx.Response(202, json=answer))
+    async with publisher(api) as pub:
+        with pytest.raises(HeraldClientError, match="unexpected body"):
+            await pub.publish("orders.shipped", deliver_at="2026-12-01T08:00:00Z")
+
+
+async def test_cancel_posts_an_empty_body_and_is_not_retried() -> None:
+    sleeps = Sleeps()
+    view = {"id": "m/1", "topic": "orders.shipped", "state": "cancelled", "deliveries": []}
+    api = FakeApi(httpx.Response(200, json=view), problem(503, "unavailable", "db down"))
+    async with publisher(api, sleep=sleeps) as pub:
+        assert await pub.cancel("m/1") == view
+        with pytest.raises(ProblemError) as info:
+            await pub.cancel("m2")
+    assert info.value.status == 503
+    first, second = api.api_requests
+    assert first.method == "POST"
+    assert first.url.raw_path == b"/v1/messages/m%2F1:cancel"
+    assert first.content == b""
+    assert "content-type" not in first.headers
+    assert "idempotency-key" not in first.headers
+    assert second.url.raw_path == b"/v1/messages/m2:cancel"
+    assert sleeps.calls == []
+
+
+async def test_template_calls() -> None:
+    spec = {"default_locale": "en", "variants": [{"locale": "en", "title": "Hi {{ name }}"}]}
+    stored = {"name": "order/shipped", "version": 2, **spec}
+    rendered = {"version": 2, "channel": "email", "locale": "en", "title": "Hi Zoë"}
+    api = FakeApi(
+        httpx.Response(201, json=stored),
+        httpx.Response(200, json=stored),
+        httpx.Response(200, json={"templates": [{"name": "order/shipped", "version": 2}]}),
+        httpx.Response(200, json=rendered),
+        httpx.Response(200, json=rendered),
+    )
+    async with publisher(api) as pub:
+        assert await pub.put_template("order/shipped", spec) == stored
+        assert await pub.get_template("order/shipped", version=2) == stored
+        assert (await pub.list_templates())["templates"][0]["version"] == 2
+        preview = await pub.render_template(
+            "order/shipped", channel="email", locale="en", variables={"name": "Zoë"}
+        )
+        assert preview == rendered
+        await pub.render_template("order/shipped")
+    put, get, listing, render, bare = api.api_requests
+    assert (put.method, put.url.raw_path) == ("PUT", b"/v1/templates/order%2Fshipped")
+    assert put.headers["content-type"] == "application/json"
+    assert body_of(put) == spec
+    assert (get.method, get.url.raw_path) == ("GET", b"/v1/templates/order%2Fshipped?version=2")
+    assert (listing.method, listing.url.raw_path) == ("GET", b"/v1/templates")
+    assert (render.method, render.url.raw_path) == (
+        "POST",
+        b"/v1/templates/order%2Fshipped:render",
+    )
+    assert body_of(render) == {"channel": "email", "locale": "en", "variables": {"name": "Zoë"}}
+    assert body_of(bare) == {}
+    assert all("idempotency-key" not in r.headers for r in api.api_requests)
+
+
+async def test_recipient_and_delivery_calls() -> None:
+    view = {"recipient": "user 42", "endpoints": [], "preferences": {"locale": "en"}}
+    delivery = {"id": "d1", "state": "pending"}
+    api = FakeApi(
+        httpx.Response(200, json=view),
+        httpx.Response(200, json=view),
+        httpx.Response(200, json={"deliveries": [delivery], "next": "d1"}),
+        httpx.Response(200, json={"deliveries": [], "next": None}),
+        httpx.Response(202, json=delivery),
+    )
+    endpoint = {"channel": "webhook", "url": "https://hooks.test/x", "secret": "whsec_x"}
+    async with publisher(api) as pub:
+        assert await pub.put_recipient("user 42", [endpoint], {"locale": "en"}) == view
+        assert await pub.get_recipient("user 42") == view
+        page = await pub.deliveries(state="dead", limit=10, after="d0")
+        assert page["next"] == "d1"
+        await pub.deliveries()
+        assert await pub.retry_delivery("d1") == delivery
+    put, get, listed, unfiltered, retried = api.api_requests
+    assert (put.method, put.url.raw_path) == ("PUT", b"/v1/recipients/user%2042")
+    assert body_of(put) == {"endpoints": [endpoint], "preferences": {"locale": "en"}}
+    assert (get.method, get.url.raw_path) == ("GET", b"/v1/recipients/user%2042")
+    assert listed.url.path == "/v1/deliveries"
+    assert dict(listed.url.params) == {"state": "dead", "limit": "10", "after": "d0"}
+    assert unfiltered.url.raw_path == b"/v1/deliveries"
+    assert (retried.method, retried.url.raw_path) == ("POST", b"/v1/deliveries/d1:retry")
+    assert retried.content == b""
+
+
+async def test_put_recipient_without_preferences_leaves_them_out() -> None:
+    api = FakeApi(httpx.Response(200, json={"recipient": "r", "endpoints": []}))
+    async with publisher(api) as pub:
+        await pub.put_recipient("r", [])
+    assert body_of(api.api_requests[0]) == {"endpoints": []}
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "retried"),
+    [
+        # Safe or idempotent: a repeat after a lost answer leaves the same state.
+        ("get_template", ("t",), True),
+        ("list_templates", (), True),
+        ("render_template", ("t",), True),
+        ("put_recipient", ("r", []), True),
+        ("get_recipient", ("r",), True),
+        ("deliveries", (), True),
+        # A repeat would store a second version, or answer 409/404 for a success.
+        ("put_template", ("t", {}), False),
+        ("cancel", ("m",), False),
+        ("retry_delivery", ("d",), False),
+    ],
+)
+async def test_only_safe_calls_are_retried(
+    method: str, args: tuple[Any, ...], *, retried: bool
+) -> None:
+    api = FakeApi(problem(503, "unavailable", "db down"), httpx.Response(200, json={}))
+    async with publisher(api) as pub:
+        call = getattr(pub, method)
+        if retried:
+            assert await call(*args) == {}
+        else:
+            with pytest.raises(ProblemError):
+                await call(*args)
+    assert len(api.api_requests) == (2 if retried else 1)
+
+
+async def test_state_changing_calls_are_signed_and_reads_are_not() -> None:
+    signer = RequestSigner("key-1", Ed25519PrivateKey.generate())
+    api = FakeApi(*(httpx.Response(200, json={}) for _ in range(6)))
+    async with publisher(api, signer=signer) as pub:
+        await pub.cancel("m1")
+        await pub.put_template("t", {"default_locale": "en", "variants": []})
+        await pub.put_recipient("r", [])
+        await pub.retry_delivery("d1")
+        await pub.get_template("t")
+        await pub.deliveries()
+    signed = ["signature" in r.headers for r in api.api_requests]
+    assert signed == [True, True, True, True, False, False]
+    # RFC 9421: an empty body has a digest too, so the server can verify it is empty.
+    assert api.api_requests[0].headers["content-digest"].startswith("sha-256=:")
+
+
+def test_sync_publisher_new_calls() -> None:
+    api = FakeApi(
+        httpx.Response(202, json=SCHEDULED),
+        *(httpx.Response(200, json={"ok": n}) for n in range(9)),
+    )
+    utc_at = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+    with Publisher(BASE, "a", "b", transport=httpx.MockTransport(api)) as pub:
+        result = pub.publish(
+            "orders.shipped",
+            channels=["email"],
+            category="c",
+            template={"name": "t"},
+            deliver_at=utc_at,
+            dedup_window=0,
+        )
+        assert result.scheduled
+        assert result.deliver_at == "2026-12-01T08:00:00Z"
+        answers = [
+            pub.cancel("m1"),
+            pub.put_template("t", {"default_locale": "en"}),
+            pub.get_template("t", 3),
+            pub.list_templates(),
+            pub.render_template("t", channel="email", locale="en", version=3, variables={}),
+            pub.put_recipient("r", [], {"locale": "en"}),
+            pub.get_recipient("r"),
+            pub.deliveries("dead", 5, "d0"),
+            pub.retry_delivery("d1"),
+        ]
+        with pytest.raises(HeraldClientError, match="timezone-aware"):
+            pub.publish("orders.shipped", deliver_at=dt.datetime(2026, 12, 1))  # noqa: DTZ001
+    assert answers == [{"ok": n} for n in range(9)]
+    assert body_of(api.api_requests[0]) == {
+        "topic": "orders.shipped",
+        "channels": ["email"],
+        "category": "c",
+        "template": {"name": "t"},
+        "deliver_at": "2026-12-01T08:00:00Z",
+        "dedup_window": 0,
+    }
+    assert [r.url.raw_path for r in api.api_requests[1:]] == [
+        b"/v1/messages/m1:cancel",
+        b"/v1/templates/t",
+        b"/v1/templates/t?version=3",
+        b"/v1/templates",
+        b"/v1/templates/t:render",
+        b"/v1/recipients/r",
+        b"/v1/recipients/r",
+        b"/v1/deliveries?state=dead&limit=5&after=d0",
+        b"/v1/deliveries/d1:retry",
+    ]
+    assert body_of(api.api_requests[5]) == {
+        "channel": "email",
+        "locale": "en",
+        "version": 3,
+        "variables": {},
+    }
 
 
 # -- real sockets: refused connection, untrusted certificate --------------------------------

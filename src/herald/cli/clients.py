@@ -1,21 +1,45 @@
-"""Client commands (``publish``, ``subscribe``, ``token``): SDK calls to a running server."""
+"""Client commands: SDK calls to a running server.
+
+``publish``, ``subscribe``, ``token``, ``message cancel`` and ``template put|get|list``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from herald.cli.output import console, emit, fail, stderr
-from herald.client import AsyncPublisher, AsyncSubscriber, HeraldClientError, RequestSigner
+from herald.client import (
+    AsyncPublisher,
+    AsyncSubscriber,
+    HeraldClientError,
+    PublishResult,
+    RequestSigner,
+)
 from herald.config import load_settings
 
-__all__ = ["publish", "subscribe", "token"]
+__all__ = ["message_cli", "publish", "subscribe", "template_cli", "token"]
+
+message_cli = typer.Typer(help="Scheduled messages.", no_args_is_help=True)
+template_cli = typer.Typer(
+    help="Message templates (saving one needs the admin scope).", no_args_is_help=True
+)
+
+# RFC 3339 §5.6 date-time: a full date, "T", a full time and a mandatory offset.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +178,38 @@ def publish(
     recipient: Annotated[
         list[str] | None, typer.Option("--recipient", help="Recipient id; repeat for more.")
     ] = None,
+    channel: Annotated[
+        list[str] | None,
+        typer.Option("--channel", help="Deliver on this channel only; repeat for more."),
+    ] = None,
+    category: Annotated[
+        str | None, typer.Option("--category", help="Selects per-category preferences.")
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option("--template", metavar="NAME", help="Render title/body from a template."),
+    ] = None,
+    var: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--var",
+            metavar="KEY=VALUE",
+            help="A template variable (VALUE is JSON if it parses, else text); repeat for more.",
+        ),
+    ] = None,
+    locale: Annotated[
+        str | None, typer.Option("--locale", help="The template locale, e.g. zh-CN.")
+    ] = None,
+    deliver_at: Annotated[
+        str | None,
+        typer.Option(
+            "--deliver-at", help="Publish then (RFC 3339 with offset, e.g. 2026-12-01T08:00:00Z)."
+        ),
+    ] = None,
+    dedup_window: Annotated[
+        int | None,
+        typer.Option("--dedup-window", help="Seconds: suppress the same content to a recipient."),
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     url: UrlOpt = None,
     ca: CaOpt = None,
@@ -163,18 +219,17 @@ def publish(
     signing_key_file: KeyFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish one message."""
+    """Publish one message, now or at --deliver-at."""
     payload: dict[str, Any] | None = None
     if data is not None:
-        try:
-            payload = json.loads(data)
-        except json.JSONDecodeError as exc:
-            fail(f"--data is not valid JSON: {exc.msg} at position {exc.pos}")
+        payload = _json_value(data, "--data")
         if not isinstance(payload, dict):
             fail("--data must be a JSON object")
+    template_ref = _template_ref(template, var or [], locale)
+    at = None if deliver_at is None else _deliver_at(deliver_at)
     conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
 
-    async def work() -> Any:
+    async def work() -> PublishResult:
         async with _publisher(conn) as pub:
             return await pub.publish(
                 topic,
@@ -184,20 +239,86 @@ def publish(
                 priority=priority,
                 ttl=ttl,
                 recipients=recipient,
+                channels=channel,
+                category=category,
+                template=template_ref,
+                deliver_at=at,
+                dedup_window=dedup_window,
                 idempotency_key=idempotency_key,
             )
 
-    result = _run_client(work())
-    info = {
+    result: PublishResult = _run_client(work())
+    info: dict[str, Any] = {
         "id": result.id,
         "topic": result.topic,
         "audit": {"index": result.audit_index, "leaf_hash": result.leaf_hash},
     }
-    emit(
-        info,
-        as_json=as_json,
-        human=f"published {result.id} to {result.topic} (audit #{result.audit_index})",
-    )
+    if result.scheduled:
+        info.update(scheduled=True, deliver_at=result.deliver_at)
+        human = (
+            f"scheduled {result.id} to {result.topic} for {result.deliver_at} "
+            f"(audit #{result.audit_index}; cancel with `herald message cancel {result.id}`)"
+        )
+    else:
+        human = f"published {result.id} to {result.topic} (audit #{result.audit_index})"
+    emit(info, as_json=as_json, human=escape(human))
+
+
+def _json_value(text: str, option: str) -> Any:
+    """``text`` as JSON, or a one-line error naming ``option``."""
+    try:
+        value = json.loads(text)
+        json.dumps(value, allow_nan=False)  # NaN, Infinity, 1e999: not JSON on the wire
+    except json.JSONDecodeError as exc:
+        fail(f"{option} is not valid JSON: {exc.msg} at position {exc.pos}")
+    except ValueError:
+        fail(f"{option} is not valid JSON: NaN and infinite numbers are not allowed")
+    return value
+
+
+def _template_ref(name: str | None, pairs: list[str], locale: str | None) -> dict[str, Any] | None:
+    """``--template``, ``--var`` and ``--locale`` as the message's ``template`` member."""
+    if name is None:
+        if pairs or locale is not None:
+            fail("--var and --locale need --template NAME")
+        return None
+    variables: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            fail(f"--var must be KEY=VALUE, got {pair!r}")
+        if key in variables:
+            fail(f"--var {key} is given twice")
+        variables[key] = _var_value(text)
+    ref: dict[str, Any] = {"name": name}
+    if locale is not None:
+        ref["locale"] = locale
+    if variables:
+        ref["variables"] = variables
+    return ref
+
+
+def _var_value(text: str) -> Any:
+    """A ``--var`` value: JSON when it parses (``42``, ``true``, ``{"a": 1}``), else text."""
+    try:
+        value = json.loads(text)
+        json.dumps(value, allow_nan=False)
+    except ValueError:  # JSONDecodeError included
+        return text
+    return value
+
+
+def _deliver_at(text: str) -> datetime:
+    """``--deliver-at``: an RFC 3339 date-time with an offset (never a naive local time)."""
+    if not _RFC3339.fullmatch(text):
+        fail(
+            f"--deliver-at must be an RFC 3339 date-time with an offset, e.g. "
+            f"2026-12-01T08:00:00Z or 2026-12-01T16:00:00+08:00; got {text!r}"
+        )
+    try:
+        return datetime.fromisoformat(text.upper())
+    except ValueError as exc:
+        fail(f"--deliver-at is not a valid date-time: {exc}")
 
 
 def subscribe(
@@ -253,3 +374,141 @@ def subscribe(
         if last[0]:
             stderr.print(f"resume with: --since {last[0]}")
         raise typer.Exit(130) from None
+
+
+def _call(
+    conn: Connection, call: Callable[[AsyncPublisher], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """One SDK call on a fresh publisher; SDK errors become one line and exit status 1."""
+
+    async def work() -> dict[str, Any]:
+        async with _publisher(conn) as pub:
+            return await call(pub)
+
+    result: dict[str, Any] = _run_client(work())
+    return result
+
+
+# -- herald message … ---------------------------------------------------------------------
+
+
+@message_cli.command("cancel")
+def cancel(
+    message_id: Annotated[str, typer.Argument(metavar="ID", help="A scheduled message's id.")],
+    url: UrlOpt = None,
+    ca: CaOpt = None,
+    client_id: ClientIdOpt = None,
+    client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a scheduled message (published with --deliver-at) until it is due."""
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    view = _call(conn, lambda pub: pub.cancel(message_id))
+    human = f"cancelled {view.get('id')} to {view.get('topic')} (was due {view.get('deliver_at')})"
+    emit(view, as_json=as_json, human=escape(human))
+
+
+# -- herald template … --------------------------------------------------------------------
+
+
+@template_cli.command("put")
+def template_put(
+    name: Annotated[str, typer.Argument(help="Template name, e.g. order-shipped.")],
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="The JSON spec; - reads standard input.")
+    ],
+    url: UrlOpt = None,
+    ca: CaOpt = None,
+    client_id: ClientIdOpt = None,
+    client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store the next version of a template from a JSON spec (needs the admin scope)."""
+    spec = _json_value(_read_spec(file), "the template spec")
+    if not isinstance(spec, dict):
+        fail("the template spec must be a JSON object")
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    view = _call(conn, lambda pub: pub.put_template(name, spec))
+    emit(
+        view,
+        as_json=as_json,
+        human=escape(f"stored template {view.get('name')} version {view.get('version')}"),
+    )
+
+
+def _read_spec(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        fail(f"cannot read {file}: {reason}")
+
+
+@template_cli.command("get")
+def template_get(
+    name: Annotated[str, typer.Argument(help="Template name.")],
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="A version; the newest by default.")
+    ] = None,
+    url: UrlOpt = None,
+    ca: CaOpt = None,
+    client_id: ClientIdOpt = None,
+    client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one version of a template (the newest by default)."""
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    view = _call(conn, lambda pub: pub.get_template(name, version))
+    emit(view, as_json=as_json, human=_describe_template(view))
+
+
+def _describe_template(view: dict[str, Any]) -> str:
+    """A template version for people: a header line, then each variant's fields."""
+    header = (
+        f"{view.get('name')} version {view.get('version')}, created {view.get('created_at')} "
+        f"by {view.get('created_by')}; default locale {view.get('default_locale')}"
+    )
+    lines = [header]
+    if view.get("description"):
+        lines.append(f"  {view['description']}")
+    variants = view.get("variants")
+    for variant in variants if isinstance(variants, list) else []:
+        if not isinstance(variant, dict):
+            continue
+        channel, locale = variant.get("channel", "*"), variant.get("locale")
+        lines.append(f"variant channel={channel} locale={locale}")
+        lines.extend(
+            f"  {field}: {variant[field]}"
+            for field in ("title", "body", "html")
+            if variant.get(field) is not None
+        )
+    return escape("\n".join(lines))
+
+
+@template_cli.command("list")
+def template_list(
+    url: UrlOpt = None,
+    ca: CaOpt = None,
+    client_id: ClientIdOpt = None,
+    client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the templates (the newest version of each)."""
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    body = _call(conn, lambda pub: pub.list_templates())
+    found = body.get("templates")
+    rows = [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []
+    human = "\n".join(
+        f"{t.get('name')}  version {t.get('version')}  created {t.get('created_at')}" for t in rows
+    )
+    emit(body, as_json=as_json, human=escape(human or "no templates"))

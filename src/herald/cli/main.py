@@ -31,6 +31,8 @@ cli.add_typer(audit.audit_cli, name="audit")
 cli.command("publish")(clients.publish)
 cli.command("subscribe")(clients.subscribe)
 cli.command("token")(clients.token)
+cli.add_typer(clients.message_cli, name="message")
+cli.add_typer(clients.template_cli, name="template")
 
 
 @cli.command("serve")

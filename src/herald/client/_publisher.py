@@ -1,21 +1,16 @@
-"""The asynchronous publisher: OAuth2 client credentials, publish with safe retries."""
+"""The asynchronous publisher: publish with safe retries, schedules, templates, recipients."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json as jsonlib
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
-from urllib.parse import quote, quote_plus, urlencode
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
 
-import httpx
-
+from herald.client._api import ApiClient, json_object, without_none
 from herald.client._e2e import (
     Devices,
     build_e2e_message,
@@ -23,34 +18,15 @@ from herald.client._e2e import (
     new_message_id,
     parse_device_list,
 )
-from herald.client._errors import HeraldClientError, ProblemError, problem_from_http
-from herald.client._signing import RequestSigner
-from herald.client._transport import (
-    backoff_delay,
-    connection_failed,
-    is_certificate_error,
-    make_async_client,
-)
+from herald.client._errors import HeraldClientError, ProblemError
 from herald.crypto.e2e import b64url_encode, is_valid_public_key
 
 __all__ = ["AsyncPublisher", "PublishResult"]
 
-#: Refresh a cached access token when less than this many seconds of it remain...
-TOKEN_REFRESH_MARGIN = 30.0
-#: ...or less than this fraction of its lifetime, whichever is smaller (short-lived tokens).
-TOKEN_REFRESH_FRACTION = 0.1
-#: A ``Retry-After`` longer than this (seconds) is not waited for: the error is raised.
-RETRY_AFTER_MAX = 60.0
 #: ``publish_e2e`` fetches at most this many recipients' device lists at once.
 DEVICE_FETCH_CONCURRENCY = 8
 
-_JSON = "application/json"
-_UNAUTHORIZED = 401
-_NOT_IMPLEMENTED = 501
-_TOO_MANY_REQUESTS = 429
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-Sleep = Callable[[float], Awaitable[None]]
+_UNEXPECTED = "the server answered an unexpected body"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,23 +36,33 @@ class PublishResult:
     Attributes:
         id: The message id (a UUIDv7).
         topic: The topic the message was published to.
-        audit_index: Index of the message's entry in the audit log.
+        audit_index: Index of the message's entry in the audit log (for a scheduled
+            message, the ``message.scheduled`` entry).
         leaf_hash: Hex RFC 9162 leaf hash of that entry, to check an inclusion proof against.
+        scheduled: Whether the message is kept until ``deliver_at`` instead of published now.
+        deliver_at: When a scheduled message will be published (RFC 3339, UTC); ``None``
+            for a message published at once.
     """
 
     id: str
     topic: str
     audit_index: int
     leaf_hash: str
+    scheduled: bool = False
+    deliver_at: str | None = None
 
 
-class AsyncPublisher:
+class AsyncPublisher(ApiClient):
     """Publishes messages to a Herald server.
 
     Authenticates with the OAuth 2.0 client credentials grant (RFC 6749 §4.4), caches the
     access token and refreshes it before it expires. Every publish carries an
     ``Idempotency-Key``; network errors, 429 and 5xx answers are retried with the same key,
     so a retry never publishes twice.
+
+    Beyond publishing, it reads and cancels messages, manages templates and recipients
+    (``admin`` scope), and lists and retries deliveries. State-changing calls are signed
+    when a ``signer`` is given; only calls that are safe to repeat are retried.
 
     Example::
 
@@ -97,231 +83,7 @@ class AsyncPublisher:
             Herald refuses unsigned ones unless its operator turned signatures off.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        client_id: str,
-        client_secret: str,
-        *,
-        ca: str | Path | None = None,
-        scope: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_retries: int = 3,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        signer: RequestSigner | None = None,
-    ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self._base_url = base_url.rstrip("/")
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._scope = scope
-        self._max_retries = max_retries
-        self._clock = clock
-        self._sleep = sleep
-        self._signer = signer
-        self._client = make_async_client(self._base_url, ca=ca, transport=transport)
-        self._token: str | None = None
-        self._token_refresh_at = 0.0
-        self._token_lock = asyncio.Lock()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections; the publisher cannot be used afterwards."""
-        await self._client.aclose()
-
-    # -- token ---------------------------------------------------------------------------
-
-    async def token(self) -> str:
-        """Return a valid access token, fetching a new one when needed.
-
-        Returns:
-            The bearer access token (a JWT).
-
-        Raises:
-            AuthenticationError: The client id or secret was refused.
-            ConnectionFailed: The server could not be reached.
-        """
-        async with self._token_lock:
-            if self._token is None or self._clock() >= self._token_refresh_at:
-                self._token = await self._fetch_token()
-            return self._token
-
-    async def _fetch_token(self) -> str:
-        form = {"grant_type": "client_credentials"}
-        if self._scope is not None:
-            form["scope"] = self._scope
-        content = urlencode(form).encode("ascii")
-        headers = {
-            "Authorization": self._basic_credentials(),
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": _JSON,
-        }
-        started = self._clock()
-
-        def build() -> httpx.Request:
-            return self._prepare(
-                self._client.build_request("POST", "/oauth/token", content=content, headers=headers)
-            )
-
-        # Issuing a token changes nothing on the server, so it is always safe to retry.
-        response = await self._send(build, retry=True)
-        if not response.is_success:
-            raise _problem(response)
-        body = _json_object(response)
-        access_token = body.get("access_token")
-        expires_in = body.get("expires_in")
-        token_type = body.get("token_type")
-        if (
-            not isinstance(access_token, str)
-            or not access_token
-            or not isinstance(expires_in, int | float)
-            or isinstance(expires_in, bool)
-            or expires_in <= 0
-            or not isinstance(token_type, str)
-            or token_type.lower() != "bearer"
-        ):
-            raise HeraldClientError("the token endpoint answered an unexpected body")
-        margin = min(TOKEN_REFRESH_MARGIN, TOKEN_REFRESH_FRACTION * expires_in)
-        # Count the lifetime from before the request was sent: errs on the early side.
-        self._token_refresh_at = started + expires_in - margin
-        return access_token
-
-    def _basic_credentials(self) -> str:
-        # RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
-        pair = f"{quote_plus(self._client_id)}:{quote_plus(self._client_secret)}"
-        return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
-
-    def _invalidate_token(self, token: str) -> None:
-        # Only forget the token that was refused: another task may have refreshed already.
-        if self._token == token:
-            self._token = None
-
-    # -- the one request path ------------------------------------------------------------
-
-    def _prepare(self, request: httpx.Request) -> httpx.Request:
-        """Sign a request right before it is sent (RFC 9421), once per attempt.
-
-        The body is already the exact bytes that go on the wire; every attempt, retries
-        included, gets a fresh ``created`` and ``nonce``. Safe methods are not signed.
-        """
-        if self._signer is None or request.method.upper() in _SAFE_METHODS:
-            return request
-        return self._signer.sign(request)
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        retry: bool | None = None,
-    ) -> httpx.Response:
-        """Send one API call with the bearer token; every API call goes through here.
-
-        Args:
-            method: The HTTP method.
-            path: The path (and query) below the base URL.
-            json: A JSON value for the body, serialised exactly once to bytes.
-            headers: Extra headers.
-            idempotency_key: Sent as ``Idempotency-Key``; makes a POST safe to retry.
-            retry: Whether retryable failures are retried; by default only safe methods and
-                requests with an idempotency key are.
-
-        Returns:
-            The 2xx response.
-
-        Raises:
-            ProblemError: The server answered non-2xx (``AuthenticationError`` for 401).
-            ConnectionFailed: The server could not be reached.
-        """
-        content = None if json is None else _encode_json(json)
-        if retry is None:
-            retry = method.upper() in _SAFE_METHODS or idempotency_key is not None
-        refreshed = False
-        while True:
-            token = await self.token()
-            build = self._builder(
-                method, path, content, headers=headers, idempotency_key=idempotency_key, token=token
-            )
-            response = await self._send(build, retry=retry)
-            # An access token can be revoked or the server's keys rotated before it
-            # expires: fetch a new one once, then give up.
-            if response.status_code == _UNAUTHORIZED and not refreshed:
-                refreshed = True
-                self._invalidate_token(token)
-                continue
-            if not response.is_success:
-                raise _problem(response)
-            return response
-
-    def _builder(
-        self,
-        method: str,
-        path: str,
-        content: bytes | None,
-        *,
-        headers: Mapping[str, str] | None,
-        idempotency_key: str | None,
-        token: str,
-    ) -> Callable[[], httpx.Request]:
-        all_headers = dict(headers or {})
-        all_headers["Authorization"] = f"Bearer {token}"
-        all_headers["Accept"] = f"{_JSON}, application/problem+json"
-        if content is not None:
-            all_headers["Content-Type"] = _JSON
-        if idempotency_key is not None:
-            all_headers["Idempotency-Key"] = idempotency_key
-
-        def build() -> httpx.Request:
-            request = self._client.build_request(method, path, content=content, headers=all_headers)
-            return self._prepare(request)
-
-        return build
-
-    async def _send(self, build: Callable[[], httpx.Request], *, retry: bool) -> httpx.Response:
-        """Send ``build()``; retry network errors, 429 and 5xx (not 501) when ``retry``."""
-        attempt = 0
-        resigned = False
-        while True:
-            retries_left = retry and attempt < self._max_retries
-            try:
-                response = await self._client.send(build())
-            except httpx.TransportError as exc:
-                if not retries_left or not _retryable_error(exc):
-                    raise connection_failed(self._base_url, exc) from exc
-                delay = backoff_delay(attempt)
-            else:
-                if not resigned and _signed_too_early(response):
-                    # The server refused the signature as older than its own start (its
-                    # replay store was emptied by a restart) and stored nothing: sign again
-                    # in the next second — once, whatever ``retry`` says.
-                    resigned = True
-                    await self._sleep(1.0 - time.time() % 1.0 + 0.01)
-                    continue
-                if not retries_left or not _retryable_status(response.status_code):
-                    return response
-                retry_after = _retry_after(response)
-                if retry_after is not None and retry_after > RETRY_AFTER_MAX:
-                    return response
-                delay = retry_after if retry_after is not None else backoff_delay(attempt)
-            attempt += 1
-            await self._sleep(delay)
-
-    # -- API -----------------------------------------------------------------------------
+    # -- messages ------------------------------------------------------------------------
 
     async def publish(
         self,
@@ -333,9 +95,15 @@ class AsyncPublisher:
         priority: str | None = None,
         ttl: int | None = None,
         recipients: list[str] | None = None,
+        channels: Sequence[str] | None = None,
+        fallback: Sequence[Mapping[str, Any]] | None = None,
+        category: str | None = None,
+        template: Mapping[str, Any] | None = None,
+        deliver_at: datetime | str | None = None,
+        dedup_window: int | None = None,
         idempotency_key: str | None = None,
     ) -> PublishResult:
-        """Publish one message (``POST /v1/messages``).
+        """Publish one message (``POST /v1/messages``), now or at ``deliver_at``.
 
         Args:
             topic: The topic, e.g. ``orders.shipped``.
@@ -345,17 +113,31 @@ class AsyncPublisher:
             priority: ``low``, ``normal`` (server default), ``high`` or ``urgent``.
             ttl: Seconds the message stays deliverable.
             recipients: Recipient ids that each get an in-app delivery.
+            channels: Deliver on these channels only, at once (e.g. ``["email"]``).
+            fallback: A delivery plan instead of ``channels``: steps like
+                ``{"channels": ["email"], "after": 300}``, each starting when the ones
+                before it failed or after ``after`` seconds without a delivery.
+            category: Selects the recipients' per-category opt-outs and frequency caps.
+            template: Render title and body from a stored template:
+                ``{"name", "version"?, "locale"?, "variables"?}`` (no ``title``/``body``).
+            deliver_at: Publish at this time (at most 30 days ahead) instead of now: a
+                timezone-aware :class:`~datetime.datetime` or an RFC 3339 string with an
+                offset. The message can be cancelled until then (:meth:`cancel`).
+            dedup_window: Seconds within which the same content to the same recipient is
+                suppressed (server default ``HERALD_DEDUP_WINDOW``).
             idempotency_key: Key that makes the publish safe to repeat; a random UUID by
                 default. Pass your own to de-duplicate across process restarts.
 
         Returns:
-            The receipt of the durably stored message.
+            The receipt of the durably stored message; ``scheduled`` and ``deliver_at``
+            are set when it is kept until ``deliver_at``.
 
         Raises:
+            HeraldClientError: ``deliver_at`` is a naive ``datetime`` (nothing was sent).
             ProblemError: The server refused the message.
             ConnectionFailed: The server could not be reached, retries included.
         """
-        message = _without_none(
+        message = without_none(
             {
                 "topic": topic,
                 "title": title,
@@ -364,11 +146,17 @@ class AsyncPublisher:
                 "priority": priority,
                 "ttl": ttl,
                 "recipients": recipients,
+                "channels": None if channels is None else list(channels),
+                "fallback": None if fallback is None else [dict(step) for step in fallback],
+                "category": category,
+                "template": None if template is None else dict(template),
+                "deliver_at": None if deliver_at is None else _rfc3339(deliver_at),
+                "dedup_window": dedup_window,
             }
         )
         key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
         response = await self._request("POST", "/v1/messages", json=message, idempotency_key=key)
-        return _publish_result(_json_object(response), topic)
+        return _publish_result(json_object(response), topic)
 
     async def publish_e2e(
         self,
@@ -433,7 +221,7 @@ class AsyncPublisher:
         )
         key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
         response = await self._request("POST", "/v1/messages", json=message, idempotency_key=key)
-        return _publish_result(_json_object(response), topic)
+        return _publish_result(json_object(response), topic)
 
     async def _fetch_devices(self, recipients: list[str]) -> dict[str, list[tuple[str, bytes]]]:
         limit = asyncio.Semaphore(DEVICE_FETCH_CONCURRENCY)
@@ -441,7 +229,7 @@ class AsyncPublisher:
         async def fetch(recipient: str) -> list[tuple[str, bytes]]:
             async with limit:
                 response = await self._request("GET", devices_path(recipient))
-            return parse_device_list(_json_object(response), recipient)
+            return parse_device_list(json_object(response), recipient)
 
         unique = list(dict.fromkeys(recipients))
         tasks = [asyncio.ensure_future(fetch(recipient)) for recipient in unique]
@@ -464,9 +252,9 @@ class AsyncPublisher:
             (unpadded base64url), "created_at"}``.
         """
         response = await self._request("GET", devices_path(recipient))
-        devices = _json_object(response).get("devices")
+        devices = json_object(response).get("devices")
         if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
-            raise HeraldClientError("the server answered an unexpected body")
+            raise HeraldClientError(_UNEXPECTED)
         return devices
 
     async def register_device(
@@ -492,9 +280,9 @@ class AsyncPublisher:
         """
         if not is_valid_public_key(public_key_raw):
             raise HeraldClientError("public_key_raw is not a valid 32-byte X25519 public key")
-        payload = _without_none({"public_key": b64url_encode(public_key_raw), "label": label})
+        payload = without_none({"public_key": b64url_encode(public_key_raw), "label": label})
         response = await self._request("POST", devices_path(recipient), json=payload)
-        return _json_object(response)
+        return json_object(response)
 
     async def publish_batch(
         self, messages: list[dict[str, Any]], *, idempotency_key: str | None = None
@@ -514,14 +302,14 @@ class AsyncPublisher:
             ProblemError: The whole batch was refused.
             ConnectionFailed: The server could not be reached, retries included.
         """
-        payload = {"messages": [_without_none(message) for message in messages]}
+        payload = {"messages": [without_none(message) for message in messages]}
         key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
         response = await self._request(
             "POST", "/v1/messages:batch", json=payload, idempotency_key=key
         )
-        results = _json_object(response).get("results")
+        results = json_object(response).get("results")
         if not isinstance(results, list):
-            raise HeraldClientError("the server answered an unexpected body")
+            raise HeraldClientError(_UNEXPECTED)
         out: list[PublishResult | ProblemError] = []
         for item, message in zip(results, messages, strict=False):
             if isinstance(item, dict) and isinstance(item.get("error"), dict):
@@ -529,7 +317,7 @@ class AsyncPublisher:
             elif isinstance(item, dict):
                 out.append(_publish_result(item, str(message.get("topic", ""))))
             else:
-                raise HeraldClientError("the server answered an unexpected body")
+                raise HeraldClientError(_UNEXPECTED)
         return out
 
     async def get_message(self, message_id: str) -> dict[str, Any]:
@@ -542,7 +330,29 @@ class AsyncPublisher:
             The message object, ``deliveries`` included.
         """
         response = await self._request("GET", f"/v1/messages/{quote(message_id, safe='')}")
-        return _json_object(response)
+        return json_object(response)
+
+    async def cancel(self, message_id: str) -> dict[str, Any]:
+        """Cancel a scheduled message until it is due (``POST /v1/messages/{id}:cancel``).
+
+        Not retried: after a lost answer a repeat would say 409 although the first one
+        cancelled the message; :meth:`get_message` tells which it is.
+
+        Args:
+            message_id: The id of a message published with ``deliver_at``.
+
+        Returns:
+            The message's schedule: ``{"id", "topic", "state": "cancelled", "deliver_at",
+            "created_at", "audit", "reason", "deliveries": []}``.
+
+        Raises:
+            ProblemError: 409 when it was published (or cancelled) already, 404 when there is
+                no such scheduled message.
+            ConnectionFailed: The server could not be reached.
+        """
+        path = f"/v1/messages/{quote(message_id, safe='')}:cancel"
+        response = await self._request("POST", path, retry=False)
+        return json_object(response)
 
     async def history(
         self, topic: str, since: str | None = None, limit: int | None = None
@@ -558,9 +368,9 @@ class AsyncPublisher:
             ``{"messages": [...], "next": <id of the last one or None>}``.
         """
         path = f"/v1/topics/{quote(topic, safe='')}/messages"
-        query = urlencode(_without_none({"since": since, "limit": limit}))
+        query = urlencode(without_none({"since": since, "limit": limit}))
         response = await self._request("GET", f"{path}?{query}" if query else path)
-        return _json_object(response)
+        return json_object(response)
 
     async def subscriber_token(
         self, recipient: str, topics: list[str], ttl: int | None = None
@@ -575,81 +385,250 @@ class AsyncPublisher:
         Returns:
             ``{"token", "expires_in", "recipient", "topics"}``.
         """
-        payload = _without_none({"recipient": recipient, "topics": topics, "ttl": ttl})
+        payload = without_none({"recipient": recipient, "topics": topics, "ttl": ttl})
         # Issuing a token stores nothing that a repeat could duplicate: safe to retry.
         response = await self._request("POST", "/v1/subscriber-tokens", json=payload, retry=True)
-        return _json_object(response)
+        return json_object(response)
 
+    # -- templates -----------------------------------------------------------------------
 
-def _encode_json(value: Any) -> bytes:
-    # Serialised once: these exact bytes are what a request signature will cover.
-    return jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    async def put_template(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Store the next version of a template (``PUT /v1/templates/{name}``, ``admin``).
 
+        Not retried: every ``PUT`` creates a version, so a repeat after a lost answer
+        would store two.
 
-def _without_none(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in fields.items() if value is not None}
+        Args:
+            name: The template name, e.g. ``order-shipped``.
+            spec: ``{"default_locale", "description"?, "variants": [{"channel"?, "locale",
+                "title"?, "body"?, "html"?}]}``; Jinja2 text rendered in a sandbox.
 
+        Returns:
+            The stored version: ``{"name", "version", "created_at", "created_by", ...spec}``.
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise HeraldClientError("the server answered a body that is not JSON") from exc
-    if not isinstance(body, dict):
-        raise HeraldClientError("the server answered an unexpected body")
-    return body
+        Raises:
+            ProblemError: ``invalid-template`` (422) when the spec reaches outside the
+                sandbox, does not parse or has no ``"*"`` variant in its default locale;
+                ``forbidden`` without the ``admin`` scope.
+            ConnectionFailed: The server could not be reached.
+        """
+        response = await self._request("PUT", _template_path(name), json=dict(spec), retry=False)
+        return json_object(response)
+
+    async def get_template(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """Fetch one version of a template (``GET /v1/templates/{name}``).
+
+        Args:
+            name: The template name.
+            version: The version; the newest by default.
+
+        Returns:
+            ``{"name", "version", "created_at", "created_by", "default_locale",
+            "variants", ...}``.
+
+        Raises:
+            ProblemError: No such template (or version), or not allowed to read templates.
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        response = await self._request("GET", _with_query(_template_path(name), version=version))
+        return json_object(response)
+
+    async def list_templates(self) -> dict[str, Any]:
+        """List the tenant's templates (``GET /v1/templates``).
+
+        Returns:
+            ``{"templates": [{"name", "version", "created_at"}]}``, the newest version of
+            each.
+
+        Raises:
+            ProblemError: Not allowed to read templates.
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        response = await self._request("GET", "/v1/templates")
+        return json_object(response)
+
+    async def render_template(
+        self,
+        name: str,
+        *,
+        channel: str | None = None,
+        locale: str | None = None,
+        version: int | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Preview what a channel would show (``POST /v1/templates/{name}:render``).
+
+        Renders without sending or storing anything, so it is safe to retry.
+
+        Args:
+            name: The template name.
+            channel: The channel whose variant to render; ``"*"`` (the default variant) by
+                default.
+            locale: The reader's locale (RFC 4647 lookup down to the default locale).
+            version: The version; the newest by default.
+            variables: Sample variables.
+
+        Returns:
+            ``{"version", "channel", "locale", "title", "body", "html"}``.
+
+        Raises:
+            ProblemError: No such template, or ``template-render-failed`` (422), e.g. for
+                a missing variable.
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        payload = without_none(
+            {
+                "channel": channel,
+                "locale": locale,
+                "version": version,
+                "variables": None if variables is None else dict(variables),
+            }
+        )
+        path = f"{_template_path(name)}:render"
+        response = await self._request("POST", path, json=payload, retry=True)
+        return json_object(response)
+
+    # -- recipients and deliveries -------------------------------------------------------
+
+    async def put_recipient(
+        self,
+        recipient: str,
+        endpoints: Sequence[Mapping[str, Any]],
+        preferences: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Replace a recipient's endpoints and preferences (``PUT /v1/recipients/{id}``).
+
+        Needs the ``admin`` scope. Retried: a ``PUT`` replaces, so a repeat leaves the
+        same state.
+
+        Args:
+            recipient: The recipient id.
+            endpoints: Every endpoint of the recipient, e.g. ``{"channel": "webhook",
+                "url": ..., "secret": ...}``; the ones not listed are removed.
+            preferences: ``locale``, ``timezone``, ``quiet_hours``, ``categories``,
+                ``fallback``; ``None`` resets them to the defaults.
+
+        Returns:
+            ``{"recipient", "endpoints": [<secrets redacted>], "preferences"}``.
+
+        Raises:
+            ProblemError: An endpoint or the preferences were refused (400), or no
+                ``admin`` scope.
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        payload = without_none(
+            {
+                "endpoints": [dict(endpoint) for endpoint in endpoints],
+                "preferences": None if preferences is None else dict(preferences),
+            }
+        )
+        response = await self._request("PUT", _recipient_path(recipient), json=payload, retry=True)
+        return json_object(response)
+
+    async def get_recipient(self, recipient: str) -> dict[str, Any]:
+        """Fetch a recipient's endpoints and preferences (``GET /v1/recipients/{id}``).
+
+        Args:
+            recipient: The recipient id.
+
+        Returns:
+            ``{"recipient", "endpoints": [<secrets redacted>], "preferences"}``.
+
+        Raises:
+            ProblemError: No such recipient, or not allowed to read recipients.
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        response = await self._request("GET", _recipient_path(recipient))
+        return json_object(response)
+
+    async def deliveries(
+        self, state: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any]:
+        """List the tenant's deliveries, oldest first (``GET /v1/deliveries``).
+
+        Args:
+            state: Only deliveries in this state, e.g. ``dead`` (the dead letters).
+            limit: Page size, 1 to 1,000 (server default 100).
+            after: Return only deliveries after this delivery id (the previous ``next``).
+
+        Returns:
+            ``{"deliveries": [...], "next": <id of the last one or None>}``.
+
+        Raises:
+            ProblemError: A bad ``state`` or ``limit``, or not allowed to list deliveries.
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        path = _with_query("/v1/deliveries", state=state, limit=limit, after=after)
+        response = await self._request("GET", path)
+        return json_object(response)
+
+    async def retry_delivery(self, delivery_id: str) -> dict[str, Any]:
+        """Make a dead delivery due again (``POST /v1/deliveries/{id}:retry``, ``admin``).
+
+        Not retried: after a lost answer a repeat would say 404 (no *dead* delivery)
+        although the first one re-queued it.
+
+        Args:
+            delivery_id: The delivery id.
+
+        Returns:
+            The re-queued delivery.
+
+        Raises:
+            ProblemError: 404 when there is no such dead delivery, 409 when its endpoint
+                was removed or disabled.
+            ConnectionFailed: The server could not be reached.
+        """
+        path = f"/v1/deliveries/{quote(delivery_id, safe='')}:retry"
+        response = await self._request("POST", path, retry=False)
+        return json_object(response)
 
 
 def _publish_result(body: dict[str, Any], default_topic: str) -> PublishResult:
     audit = body.get("audit")
     message_id = body.get("id")
     if not isinstance(message_id, str) or not isinstance(audit, dict):
-        raise HeraldClientError("the server answered an unexpected body")
+        raise HeraldClientError(_UNEXPECTED)
     index = audit.get("index")
     leaf_hash = audit.get("leaf_hash")
     if not isinstance(index, int) or not isinstance(leaf_hash, str):
-        raise HeraldClientError("the server answered an unexpected body")
+        raise HeraldClientError(_UNEXPECTED)
+    scheduled = body.get("scheduled", False)
+    deliver_at = body.get("deliver_at")
+    if not isinstance(scheduled, bool) or (scheduled and not isinstance(deliver_at, str)):
+        raise HeraldClientError(_UNEXPECTED)
     topic = body.get("topic")
     return PublishResult(
         id=message_id,
         topic=topic if isinstance(topic, str) else default_topic,
         audit_index=index,
         leaf_hash=leaf_hash,
+        scheduled=scheduled,
+        deliver_at=deliver_at if scheduled else None,
     )
 
 
-def _problem(response: httpx.Response) -> ProblemError:
-    return problem_from_http(
-        response.status_code,
-        response.headers.get("content-type"),
-        response.content,
-        response.reason_phrase,
-    )
+def _rfc3339(value: datetime | str) -> str:
+    """``deliver_at`` on the wire: RFC 3339 with an offset (a string is the caller's)."""
+    if isinstance(value, str):
+        return value
+    # A naive datetime means "local time" to one reader and "UTC" to another: refuse it
+    # rather than guess, before anything is sent.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise HeraldClientError(
+            "deliver_at must be timezone-aware (e.g. datetime.now(UTC) + timedelta(hours=1))"
+        )
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _signed_too_early(response: httpx.Response) -> bool:
-    return (
-        response.status_code == _UNAUTHORIZED
-        and response.headers.get("content-type", "").startswith("application/problem+json")
-        and b"urn:herald:problem:request-expired" in response.content
-        and b"before the server started" in response.content
-    )
+def _template_path(name: str) -> str:
+    return f"/v1/templates/{quote(name, safe='')}"
 
 
-def _retryable_status(status: int) -> bool:
-    return status == _TOO_MANY_REQUESTS or (status >= 500 and status != _NOT_IMPLEMENTED)
+def _recipient_path(recipient: str) -> str:
+    return f"/v1/recipients/{quote(recipient, safe='')}"
 
 
-def _retryable_error(exc: httpx.TransportError) -> bool:
-    # A certificate that is not trusted now will not be trusted in 200 ms either.
-    if is_certificate_error(exc):
-        return False
-    return isinstance(exc, httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    # RFC 9110 §10.2.3: delay-seconds (the HTTP-date form falls back to our own backoff).
-    value = response.headers.get("retry-after", "").strip()
-    if not (value.isascii() and value.isdigit()):
-        return None
-    return float(value)
+def _with_query(path: str, **params: str | int | None) -> str:
+    query = urlencode(without_none(params))
+    return f"{path}?{query}" if query else path

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 
+from herald.client._api import Sleep
 from herald.client._e2e import DeviceKey, Devices
 from herald.client._errors import ProblemError
-from herald.client._publisher import AsyncPublisher, PublishResult, Sleep
+from herald.client._publisher import AsyncPublisher, PublishResult
 from herald.client._receipts import Receipt
 from herald.client._signing import RequestSigner
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
@@ -116,6 +118,12 @@ class Publisher(_Blocking):
         priority: str | None = None,
         ttl: int | None = None,
         recipients: list[str] | None = None,
+        channels: Sequence[str] | None = None,
+        fallback: Sequence[Mapping[str, Any]] | None = None,
+        category: str | None = None,
+        template: Mapping[str, Any] | None = None,
+        deliver_at: datetime | str | None = None,
+        dedup_window: int | None = None,
         idempotency_key: str | None = None,
     ) -> PublishResult:
         """See :meth:`AsyncPublisher.publish <herald.client.AsyncPublisher.publish>`."""
@@ -128,6 +136,12 @@ class Publisher(_Blocking):
                 priority=priority,
                 ttl=ttl,
                 recipients=recipients,
+                channels=channels,
+                fallback=fallback,
+                category=category,
+                template=template,
+                deliver_at=deliver_at,
+                dedup_window=dedup_window,
                 idempotency_key=idempotency_key,
             )
         )
@@ -180,6 +194,10 @@ class Publisher(_Blocking):
         """See :meth:`AsyncPublisher.get_message <herald.client.AsyncPublisher.get_message>`."""
         return self._run(self._publisher.get_message(message_id))
 
+    def cancel(self, message_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.cancel <herald.client.AsyncPublisher.cancel>`."""
+        return self._run(self._publisher.cancel(message_id))
+
     def history(
         self, topic: str, since: str | None = None, limit: int | None = None
     ) -> dict[str, Any]:
@@ -191,6 +209,57 @@ class Publisher(_Blocking):
     ) -> dict[str, Any]:
         """See :meth:`AsyncPublisher.subscriber_token`."""
         return self._run(self._publisher.subscriber_token(recipient, topics, ttl))
+
+    def put_template(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.put_template <herald.client.AsyncPublisher.put_template>`."""
+        return self._run(self._publisher.put_template(name, spec))
+
+    def get_template(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.get_template <herald.client.AsyncPublisher.get_template>`."""
+        return self._run(self._publisher.get_template(name, version))
+
+    def list_templates(self) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.list_templates`."""
+        return self._run(self._publisher.list_templates())
+
+    def render_template(
+        self,
+        name: str,
+        *,
+        channel: str | None = None,
+        locale: str | None = None,
+        version: int | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.render_template`."""
+        return self._run(
+            self._publisher.render_template(
+                name, channel=channel, locale=locale, version=version, variables=variables
+            )
+        )
+
+    def put_recipient(
+        self,
+        recipient: str,
+        endpoints: Sequence[Mapping[str, Any]],
+        preferences: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.put_recipient`."""
+        return self._run(self._publisher.put_recipient(recipient, endpoints, preferences))
+
+    def get_recipient(self, recipient: str) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.get_recipient`."""
+        return self._run(self._publisher.get_recipient(recipient))
+
+    def deliveries(
+        self, state: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.deliveries <herald.client.AsyncPublisher.deliveries>`."""
+        return self._run(self._publisher.deliveries(state, limit, after))
+
+    def retry_delivery(self, delivery_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncPublisher.retry_delivery`."""
+        return self._run(self._publisher.retry_delivery(delivery_id))
 
 
 class Subscriber(_Blocking):
