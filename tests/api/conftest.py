@@ -27,6 +27,7 @@ from urllib.parse import unquote_plus
 
 import httpx
 import pytest
+from tests.api.peers import Pki, Receiver, Smtp, make_pki, smtp_server
 
 from herald.client import RequestSigner
 
@@ -415,3 +416,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield node
     finally:
         nodes.stop_all()
+
+
+# -- real peers (tests/api/peers.py) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A trustme CA (for ``HERALD_EGRESS_CA_FILE``) and a loopback server certificate."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def receiver(pki: Pki) -> Iterator[Receiver]:
+    """A Standard Webhooks receiver over HTTPS on 127.0.0.1, shared by a module's tests."""
+    running = Receiver(pki.server_context).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def smtp(pki: Pki) -> Iterator[Smtp]:
+    """An SMTP server on 127.0.0.1 that requires STARTTLS, shared by a module's tests."""
+    with smtp_server(pki, free_port()) as running:
+        yield running
