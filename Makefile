@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.publish_security
 	$(BIN)/python -m bench.encryption
 	$(BIN)/python -m bench.audit
+	$(BIN)/python -m bench.webhook
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

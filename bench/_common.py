@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,58 @@ def machine_busy_seconds() -> float | None:
     return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def distribution(values: Iterable[float], qs: Iterable[float] = (50, 99, 99.9)) -> dict[str, Any]:
+    """Percentiles ``p<q>`` (nearest rank), max, min (ms) and count of durations in seconds."""
+    ordered = sorted(values)
+    out: dict[str, Any] = {f"p{q:g}": ms(percentile(ordered, q)) for q in qs}
+    out["max"] = ms(ordered[-1] if ordered else None)
+    out["min"] = ms(ordered[0] if ordered else None)
+    out["samples"] = len(ordered)
+    return out
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds used so far by the machine and by each process of the benchmark."""
+
+    wall: float
+    machine: float | None
+    server: float | None
+    parent: float
+    clients: list[float | None]
+
+    @classmethod
+    def take(cls, server_pid: int, client_pids: list[int]) -> CpuSnapshot:
+        return cls(
+            wall=time.monotonic(),
+            machine=machine_busy_seconds(),
+            server=proc_cpu_seconds(server_pid),
+            parent=time.process_time(),
+            clients=[proc_cpu_seconds(pid) for pid in client_pids],
+        )
+
+
+def cpu_between(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
+    """CPU seconds per wall second of each part between two snapshots (``None``: unknown)."""
+    wall = max(b.wall - a.wall, 1e-9)
+
+    def rate(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else round((y - x) / wall, 3)
+
+    clients = [rate(x, y) for x, y in zip(a.clients, b.clients, strict=True)]
+    out: dict[str, Any] = {
+        "wall_s": round(wall, 3),
+        "machine_busy": rate(a.machine, b.machine),
+        "server": rate(a.server, b.server),
+        "publisher": rate(a.parent, b.parent),
+        "clients": clients,
+    }
+    ours = [out["server"], out["publisher"], *clients]
+    if out["machine_busy"] is not None and None not in ours:
+        out["other_processes"] = round(max(0.0, out["machine_busy"] - sum(ours)), 3)
+    return out
+
+
 def server_env(data_dir: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
     env.update(
@@ -86,8 +140,13 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
 
 
 def herald_init(env: dict[str, str]) -> dict[str, Any]:
+    return herald_json(env, "init")
+
+
+def herald_json(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """``herald ARGS --json`` against ``env``'s data directory; the parsed output."""
     done = subprocess.run(
-        [*HERALD, "init", "--json"],
+        [*HERALD, *args, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -95,7 +154,8 @@ def herald_init(env: dict[str, str]) -> dict[str, Any]:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"herald init failed ({done.returncode}): {done.stderr.strip()}")
+        command = " ".join(args[:2])
+        raise RuntimeError(f"herald {command} failed ({done.returncode}): {done.stderr.strip()}")
     return dict(json.loads(done.stdout))
 
 

@@ -56,15 +56,16 @@ from websockets.exceptions import ConnectionClosed
 from bench._common import (
     LOG_TAIL_LINES,
     SATURATED,
+    CpuSnapshot,
+    cpu_between,
+    distribution,
     fmt,
     free_port,
     herald_init,
     log_summary,
-    machine_busy_seconds,
     machine_facts,
     ms,
     percentile,
-    proc_cpu_seconds,
     raise_keyboard_interrupt,
     raise_nofile,
     server_env,
@@ -83,48 +84,6 @@ SAMPLE_PERIOD = 0.1  # seconds between CPU samples in the client processes
 
 
 # -- small helpers -----------------------------------------------------------------------
-
-
-@dataclass
-class CpuSnapshot:
-    """CPU seconds used so far by the machine and by each process of the benchmark."""
-
-    wall: float
-    machine: float | None
-    server: float | None
-    parent: float
-    clients: list[float | None]
-
-    @classmethod
-    def take(cls, server_pid: int, client_pids: list[int]) -> CpuSnapshot:
-        return cls(
-            wall=time.monotonic(),
-            machine=machine_busy_seconds(),
-            server=proc_cpu_seconds(server_pid),
-            parent=time.process_time(),
-            clients=[proc_cpu_seconds(pid) for pid in client_pids],
-        )
-
-
-def cpu_between(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, Any]:
-    """CPU seconds per wall second of each part between two snapshots (``None``: unknown)."""
-    wall = max(b.wall - a.wall, 1e-9)
-
-    def rate(x: float | None, y: float | None) -> float | None:
-        return None if x is None or y is None else round((y - x) / wall, 3)
-
-    clients = [rate(x, y) for x, y in zip(a.clients, b.clients, strict=True)]
-    out: dict[str, Any] = {
-        "wall_s": round(wall, 3),
-        "machine_busy": rate(a.machine, b.machine),
-        "server": rate(a.server, b.server),
-        "publisher": rate(a.parent, b.parent),
-        "clients": clients,
-    }
-    ours = [out["server"], out["publisher"], *clients]
-    if out["machine_busy"] is not None and None not in ours:
-        out["other_processes"] = round(max(0.0, out["machine_busy"] - sum(ours)), 3)
-    return out
 
 
 def busy_window(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
@@ -668,19 +627,6 @@ async def run_bench(run: Run, init: dict[str, Any], server_pid: int, signer: Any
             async with httpx.AsyncClient(verify=verify, trust_env=False, timeout=5) as client:
                 response = await client.get(init["url"] + "/metrics")
                 fig["server_metrics"] = parse_metrics(response.text)
-
-
-def distribution(values: list[float]) -> dict[str, Any]:
-    """p50/p99/p99.9/max (ms) of durations in seconds."""
-    ordered = sorted(values)
-    return {
-        "p50": ms(percentile(ordered, 50)),
-        "p99": ms(percentile(ordered, 99)),
-        "p99.9": ms(percentile(ordered, 99.9)),
-        "max": ms(ordered[-1] if ordered else None),
-        "min": ms(ordered[0] if ordered else None),
-        "samples": len(ordered),
-    }
 
 
 def fanout_figures(pub: dict[str, Any], results: list[Any], messages: int) -> dict[str, Any]:
