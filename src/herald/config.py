@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     delivery_retry_base: float = Field(default=2.0, gt=0, le=3600)
     delivery_retry_cap: float = Field(default=600.0, gt=0, le=86400)
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
+    #: Token bucket per app (every authenticated request) and per subscriber (stream
+    #: connections, tickets, device registrations): tokens per second and burst.
+    rate_limit_app_rate: float = Field(default=1000.0, gt=0, le=1_000_000)
+    rate_limit_app_burst: int = Field(default=2000, ge=1, le=1_000_000)
+    rate_limit_subscriber_rate: float = Field(default=2.0, gt=0, le=1_000_000)
+    rate_limit_subscriber_burst: int = Field(default=30, ge=1, le=1_000_000)
+    #: Token endpoint lockout: failures per client id / address before the first lock,
+    #: its length in seconds (doubling per further failure) and the longest lock.
+    lockout_threshold: int = Field(default=5, ge=1, le=1000)
+    #: Failures from one source address (for any client ids) before it is locked: higher,
+    #: since many clients may share an address behind NAT.
+    lockout_address_threshold: int = Field(default=100, ge=1, le=1_000_000)
+    lockout_base: float = Field(default=1.0, gt=0, le=3600)
+    lockout_cap: float = Field(default=900.0, gt=0, le=86400)
     #: Default content de-duplication window in seconds (0: off); a message may set its own.
     dedup_window: int = Field(default=0, ge=0, le=7 * 86400)
 

@@ -37,6 +37,7 @@ can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
         ├── KeyUnknown (401)        key-unknown
         ├── KeyRevoked (401)        key-revoked
         ├── IdempotencyMismatch (422) idempotency-key-reused
+        ├── RateLimited (429)       rate-limited (Retry-After, RateLimit headers)
         ├── ServiceUnavailable (503) unavailable
         └── InternalError (500)     internal
 """
@@ -67,6 +68,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "ReplayedRequest",
     "RequestExpired",
     "ServiceUnavailable",
@@ -297,6 +299,14 @@ class IdempotencyMismatch(ApiError):
     status = 422
     slug = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
+
+
+class RateLimited(ApiError):
+    """Too many requests for this app, subscriber, client id or address (RFC 6585 §4)."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
 
 
 class ServiceUnavailable(ApiError):

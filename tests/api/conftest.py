@@ -377,6 +377,15 @@ def base_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
         HERALD_LOG_LEVEL="info",
         HERALD_HEARTBEAT_INTERVAL="1",
         HERALD_STREAM_QUEUE_SIZE="64",
+        # Every test client comes from 127.0.0.1, tests reconnect one recipient many
+        # times and refuse credentials on purpose: rate limits and lockout are tested on
+        # nodes of their own (test_rate_limits.py).
+        HERALD_LOCKOUT_THRESHOLD="1000",
+        HERALD_LOCKOUT_ADDRESS_THRESHOLD="1000000",
+        HERALD_RATE_LIMIT_SUBSCRIBER_RATE="100000",
+        HERALD_RATE_LIMIT_SUBSCRIBER_BURST="1000000",
+        HERALD_RATE_LIMIT_APP_RATE="100000",
+        HERALD_RATE_LIMIT_APP_BURST="1000000",
     )
     env.update(extra)
     return env

@@ -22,7 +22,7 @@ from herald.core.messages import (
     validate_publish,
 )
 from herald.core.topics import validate_topic
-from herald.crypto.tokens import AccessClaims
+from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import (
     PROBLEM_TYPE_PREFIX,
     ApiError,
@@ -41,7 +41,7 @@ from herald.errors import (
 )
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
-from herald.service import audit, devices, identity, messages, signatures, streams
+from herald.service import audit, devices, identity, messages, signatures, streams, throttle
 from herald.service.runtime import Runtime
 
 __all__ = ["routes"]
@@ -65,18 +65,32 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def access_claims(request: Request) -> AccessClaims:
-    """Verify the bearer access token (DESIGN §4 step 2)."""
+async def access_claims(request: Request) -> AccessClaims:
+    """Verify the bearer access token (DESIGN §4 step 2) and spend one of the app's tokens.
+
+    The rate-limit fields of the decision go out with the response (see
+    :func:`ratelimit_fields`); a refusal is 429.
+    """
     token = bearer_token(request)
     rt = runtime(request)
     if token is None:
         rt.metrics.record_auth_failure("missing_token")
         raise InvalidToken("an access token is required (Authorization: Bearer …)")
     try:
-        return rt.token_service().verify_access(token)
+        claims = rt.token_service().verify_access(token)
     except InvalidToken:
         rt.metrics.record_auth_failure("invalid_token")
         raise
+    request.state.ratelimit = await throttle.admit_app(rt, claims.client_id)
+    return claims
+
+
+async def subscriber_claims(request: Request, token: str) -> SubscriberClaims:
+    """Verify a subscriber token and spend one of the subscriber's tokens (429 if none)."""
+    rt = runtime(request)
+    claims = rt.token_service().verify_subscriber(token)
+    request.state.ratelimit = await throttle.admit_subscriber(rt, claims)
+    return claims
 
 
 async def verify_signature(request: Request, body: bytes, *, tenant_id: str, app_id: str) -> None:
@@ -160,7 +174,15 @@ async def oauth_token(request: Request) -> Response:
         )
     scope = form.get("scope")
     client_id, secret = _basic_credentials(request)
-    app = await identity.authenticate_client(rt, client_id, secret)
+    address = request.client.host if request.client is not None else None
+    # Locked out: refused before the secret is compared or anything is audited.
+    await throttle.check_lockout(rt, client_id, address)
+    try:
+        app = await identity.authenticate_client(rt, client_id, secret)
+    except InvalidClient:
+        await throttle.record_login(rt, client_id, address, ok=False)
+        raise
+    await throttle.record_login(rt, client_id, address, ok=True)
     await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
     try:
         body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
@@ -218,7 +240,7 @@ async def _refused(rt: Runtime, claims: AccessClaims, reasons: list[str]) -> Non
 async def publish_one(request: Request) -> Response:
     """``POST /v1/messages``."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     try:
         return await _publish_one(rt, request, claims)
     except ApiError as exc:
@@ -248,7 +270,7 @@ async def _publish_one(rt: Runtime, request: Request, claims: AccessClaims) -> R
 async def publish_batch(request: Request) -> Response:
     """``POST /v1/messages:batch``: valid messages are stored, invalid ones answered."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     try:
         response, refusals = await _publish_batch(rt, request, claims)
     except ApiError as exc:
@@ -293,7 +315,7 @@ async def _publish_batch(
 async def get_message(request: Request) -> Response:
     """``GET /v1/messages/{id}``."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     message_id = parse_message_id(request.path_params["message_id"])
     return json_response(await messages.get_message(rt, claims, message_id))
 
@@ -301,7 +323,7 @@ async def get_message(request: Request) -> Response:
 async def cancel_message(request: Request) -> Response:
     """``POST /v1/messages/{id}:cancel``: cancel a scheduled message until it is due."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     raw = await read_body(request, 1024)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     message_id = parse_message_id(request.path_params["message_id"])
@@ -311,7 +333,7 @@ async def cancel_message(request: Request) -> Response:
 async def topic_history(request: Request) -> Response:
     """``GET /v1/topics/{topic}/messages?since=&limit=``."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     topic = validate_topic(request.path_params["topic"])
     since = request.query_params.get("since")
     limit_text = request.query_params.get("limit", "100")
@@ -326,7 +348,7 @@ async def topic_history(request: Request) -> Response:
 async def subscriber_token(request: Request) -> Response:
     """``POST /v1/subscriber-tokens``."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     raw = await read_body(request, rt.settings.max_body_bytes)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
@@ -345,7 +367,7 @@ async def stream_ticket(request: Request) -> Response:
     token = bearer_token(request)
     if token is None:
         raise InvalidToken("a subscriber token is required (Authorization: Bearer …)")
-    claims = rt.token_service().verify_subscriber(token)
+    claims = await subscriber_claims(request, token)
     return json_response(await streams.issue_stream_ticket(rt, claims), 201, _NO_STORE)
 
 
@@ -360,12 +382,12 @@ async def register_device(request: Request) -> Response:
     token = bearer_token(request)
     raw = await read_body(request, 4096)
     if token is not None and rt.token_service().kind_of(token) == "subscriber":
-        sub = rt.token_service().verify_subscriber(token)
+        sub = await subscriber_claims(request, token)
         if sub.recipient != recipient:
             raise Forbidden("a subscriber token registers devices of its own recipient only")
         tenant_id, actor = sub.tenant_id, f"recipient:{recipient}"
     else:
-        claims = access_claims(request)
+        claims = await access_claims(request)
         if not claims.scopes.has("admin"):
             raise Forbidden("registering a device for a recipient needs the admin scope")
         await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
@@ -379,7 +401,7 @@ async def register_device(request: Request) -> Response:
 async def list_devices(request: Request) -> Response:
     """``GET /v1/recipients/{recipient}/devices``: public keys to seal e2e content to."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     return json_response(
         await devices.list_devices(rt, claims.tenant_id, request.path_params["recipient"])
     )

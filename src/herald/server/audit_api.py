@@ -19,9 +19,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import BadRequest, InvalidToken, NotFound
-from herald.server.api import runtime
+from herald.server.api import access_claims, runtime, subscriber_claims
 from herald.server.requests import bearer_token
 from herald.server.responses import json_response
 from herald.service.runtime import Runtime
@@ -32,17 +31,18 @@ __all__ = ["audit_routes"]
 _PAGE = 1000
 
 
-def _viewer(rt: Runtime, request: Request) -> tuple[str, bool]:
-    """``(tenant, sees everything)`` of the bearer token, access or subscriber."""
+async def _viewer(rt: Runtime, request: Request) -> tuple[str, bool]:
+    """``(tenant, sees everything)`` of the bearer token, access or subscriber.
+
+    Either kind spends a token of its rate-limit bucket, like every other request.
+    """
     token = bearer_token(request)
     if token is None:
         raise InvalidToken("a token is required (Authorization: Bearer …)")
-    tokens = rt.token_service()
-    claims: AccessClaims | SubscriberClaims
-    if tokens.kind_of(token) == "subscriber":
-        claims = tokens.verify_subscriber(token)
-        return claims.tenant_id, False
-    claims = tokens.verify_access(token)
+    if rt.token_service().kind_of(token) == "subscriber":
+        sub = await subscriber_claims(request, token)
+        return sub.tenant_id, False
+    claims = await access_claims(request)
     return claims.tenant_id, claims.scopes.has("admin")
 
 
@@ -65,7 +65,7 @@ def _entry_tenant(entry: bytes) -> str | None:
 async def checkpoint(request: Request) -> Response:
     """``GET /v1/audit/checkpoint``: the latest signed checkpoint."""
     rt = runtime(request)
-    _viewer(rt, request)
+    await _viewer(rt, request)
     latest = await rt.store.latest_checkpoint()
     if latest is None:
         raise NotFound("no checkpoint has been signed yet")
@@ -82,7 +82,7 @@ async def checkpoint(request: Request) -> Response:
 async def entries(request: Request) -> Response:
     """``GET /v1/audit/entries?from=&to=``: entries (canonical JSON text) of a range."""
     rt = runtime(request)
-    tenant, everything = _viewer(rt, request)
+    tenant, everything = await _viewer(rt, request)
     start = _int_param(request, "from", 0)
     end = min(_int_param(request, "to", start + _PAGE), start + _PAGE)
     if end < start:
@@ -104,7 +104,7 @@ async def entries(request: Request) -> Response:
 async def inclusion(request: Request) -> Response:
     """``GET /v1/audit/proof/inclusion?index=&size=`` (RFC 9162 §2.1.3)."""
     rt = runtime(request)
-    tenant, everything = _viewer(rt, request)
+    tenant, everything = await _viewer(rt, request)
     index = _int_param(request, "index")
     size = _int_param(request, "size", await rt.store.audit_size())
     found = await rt.store.audit_entries(index, index + 1)
@@ -124,7 +124,7 @@ async def inclusion(request: Request) -> Response:
 async def consistency(request: Request) -> Response:
     """``GET /v1/audit/proof/consistency?first=&second=`` (RFC 9162 §2.1.4)."""
     rt = runtime(request)
-    _viewer(rt, request)
+    await _viewer(rt, request)
     first, second = _int_param(request, "first"), _int_param(request, "second")
     proof = await rt.audit_log().consistency(first, second)
     return json_response({"first": first, "second": second, "proof": [p.hex() for p in proof]})

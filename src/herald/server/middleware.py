@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: security headers and request metrics (one concern each)."""
+"""Pure ASGI middleware: response headers (security, rate limits) and request metrics."""
 
 from __future__ import annotations
 
@@ -35,7 +35,17 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message)
-                message["headers"] = list(message.get("headers", [])) + self.headers
+                extra = list(self.headers)
+                # An admitted request's RateLimit fields (set by the rate limiter); a
+                # refusal carries its own on the problem response.
+                fields = scope.get("state", {}).get("ratelimit") or {}
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra += [
+                    (name.lower().encode(), value.encode())
+                    for name, value in fields.items()
+                    if name.lower().encode() not in present
+                ]
+                message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -33,7 +33,7 @@ def _channels(rt: Runtime) -> ChannelRegistry:
 async def put_recipient(request: Request) -> Response:
     """``PUT /v1/recipients/{recipient}`` (``admin`` scope, signed)."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     if not claims.scopes.has("admin"):
         raise Forbidden("managing recipients needs the admin scope")
     raw = await read_body(request, rt.settings.max_body_bytes)
@@ -54,7 +54,7 @@ async def put_recipient(request: Request) -> Response:
 async def get_recipient(request: Request) -> Response:
     """``GET /v1/recipients/{recipient}`` (``admin`` or ``messages:read``)."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
         raise Forbidden("reading recipients needs admin or messages:read")
     body = await recipients.get_recipient(
@@ -66,7 +66,7 @@ async def get_recipient(request: Request) -> Response:
 async def list_deliveries(request: Request) -> Response:
     """``GET /v1/deliveries?state=dead&limit=&after=``: dead letters and the rest."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
         raise Forbidden("listing deliveries needs admin or messages:read")
     state = request.query_params.get("state")
@@ -87,7 +87,7 @@ async def retry_delivery(request: Request) -> Response:
     409 when its endpoint was removed or disabled: retrying could not succeed.
     """
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     if not claims.scopes.has("admin"):
         raise Forbidden("retrying deliveries needs the admin scope")
     raw = await read_body(request, 1024)

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from herald import limits
 from herald.core.ids import parse_message_id
 from herald.crypto.tokens import SubscriberClaims
-from herald.errors import ApiError, BadRequest, Forbidden, InvalidToken
+from herald.errors import ApiError, BadRequest, Forbidden, InvalidToken, RateLimited
 from herald.observability.logging import get_logger
 from herald.server.requests import bearer_token
 from herald.server.responses import problem_body
@@ -34,6 +34,7 @@ from herald.service.runtime import Runtime
 from herald.streams.hub import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
+    CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
     Heartbeat,
     StreamSession,
@@ -69,6 +70,8 @@ def _close_code(error: ApiError) -> int:
         return CLOSE_UNAUTHORIZED
     if isinstance(error, Forbidden):
         return CLOSE_FORBIDDEN
+    if isinstance(error, RateLimited):
+        return CLOSE_RATE_LIMITED
     return CLOSE_BAD_REQUEST
 
 
@@ -92,7 +95,7 @@ async def websocket_stream(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.runtime
     await websocket.accept()
     try:
-        claims = await streams.authenticate_stream(
+        claims, _ = await streams.authenticate_stream(
             rt,
             bearer=bearer_token(websocket),
             ticket=websocket.query_params.get("ticket"),
@@ -294,9 +297,10 @@ async def _wait_disconnect(receive: Receive) -> None:
 async def sse_stream(request: Request) -> Response:
     """``GET /v1/stream/sse``: resume with ``Last-Event-ID`` or ``since``."""
     rt: Runtime = request.app.state.runtime
-    claims = await streams.authenticate_stream(
+    claims, fields = await streams.authenticate_stream(
         rt, bearer=bearer_token(request), ticket=request.query_params.get("ticket")
     )
+    request.state.ratelimit = fields
     session = await _open_session(rt, claims, request.query_params.get("topics"), "sse")
     since = request.headers.get("last-event-id") or request.query_params.get("since")
     since_id = parse_message_id(since) if since else None

@@ -37,8 +37,8 @@ def _version(request: Request) -> int | None:
     return int(text)
 
 
-def _may_read(request: Request) -> tuple[str, str]:
-    claims = access_claims(request)
+async def _may_read(request: Request) -> tuple[str, str]:
+    claims = await access_claims(request)
     if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
         raise Forbidden("reading templates needs admin or messages:read")
     return claims.tenant_id, claims.client_id
@@ -47,7 +47,7 @@ def _may_read(request: Request) -> tuple[str, str]:
 async def put_template(request: Request) -> Response:
     """``PUT /v1/templates/{name}`` (``admin``, signed): a new version; 201."""
     rt = runtime(request)
-    claims = access_claims(request)
+    claims = await access_claims(request)
     if not claims.scopes.has("admin"):
         raise Forbidden("saving templates needs the admin scope")
     raw = await read_body(request, rt.settings.max_body_bytes)
@@ -61,7 +61,7 @@ async def put_template(request: Request) -> Response:
 
 async def get_template(request: Request) -> Response:
     """``GET /v1/templates/{name}?version=`` (newest by default)."""
-    tenant_id, _ = _may_read(request)
+    tenant_id, _ = await _may_read(request)
     view = await templates.get_template(
         runtime(request), tenant_id, request.path_params["name"], _version(request)
     )
@@ -70,14 +70,14 @@ async def get_template(request: Request) -> Response:
 
 async def list_templates(request: Request) -> Response:
     """``GET /v1/templates``: the newest version of each."""
-    tenant_id, _ = _may_read(request)
+    tenant_id, _ = await _may_read(request)
     return json_response(await templates.list_templates(runtime(request), tenant_id))
 
 
 async def preview_template(request: Request) -> Response:
     """``POST /v1/templates/{name}:render``: render one variant with sample variables."""
     rt = runtime(request)
-    tenant_id, _ = _may_read(request)
+    tenant_id, _ = await _may_read(request)
     raw = await read_body(request, rt.settings.max_body_bytes)
     require_json(request)
     req = decode_json(raw, PreviewRequest)

@@ -37,7 +37,9 @@ from herald.crypto.signing import (
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
 from herald.observability.metrics import Metrics
+from herald.state.lockout import Lockout, LockoutPolicy, MemoryLockout, RedisLockout
 from herald.state.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
+from herald.state.ratelimit import Bucket, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from herald.state.tickets import MemoryTicketStore
 from herald.storage.base import Store
 from herald.storage.sql import SqlStore
@@ -48,6 +50,27 @@ if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
     from herald.service.plans import Planner
 
 __all__ = ["Runtime", "utcnow"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lockouts:
+    """Token-endpoint lockouts by client id and by source address."""
+
+    client: Lockout
+    address: Lockout
+
+    async def close(self) -> None:
+        """Release both stores."""
+        await self.client.close()
+        await self.address.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """The rate-limit policies of this node."""
+
+    app: Bucket
+    subscriber: Bucket
 
 
 def utcnow() -> datetime:
@@ -69,6 +92,9 @@ class Runtime:
     bus: Bus
     tickets: MemoryTicketStore[SubscriberClaims]
     nonces: NonceStore
+    limiter: RateLimiter
+    lockouts: Lockouts
+    buckets: Buckets
     #: Requests signed before this instant are refused when the nonce store forgets on
     #: restart (embedded mode); None with a durable shared store (Redis).
     nonce_not_before: float | None
@@ -104,10 +130,23 @@ class Runtime:
             randbytes=os.urandom,
         )
         nonces: NonceStore
+        limiter: RateLimiter
+        lockouts: Lockouts
+        cap = max(settings.lockout_cap, settings.lockout_base)
+        by_client = LockoutPolicy(settings.lockout_threshold, settings.lockout_base, cap)
+        by_address = LockoutPolicy(settings.lockout_address_threshold, settings.lockout_base, cap)
         if settings.redis_url is not None:
-            nonces = RedisNonceStore.from_url(settings.redis_url.get_secret_value())
+            url = settings.redis_url.get_secret_value()
+            nonces = RedisNonceStore.from_url(url)
+            limiter = RedisRateLimiter.from_url(url)
+            lockouts = Lockouts(
+                RedisLockout.from_url(url, by_client, prefix="herald:lock:client:"),
+                RedisLockout.from_url(url, by_address, prefix="herald:lock:addr:"),
+            )
         else:
             nonces = MemoryNonceStore(clock=time.monotonic, capacity=settings.nonce_capacity)
+            limiter = MemoryRateLimiter()
+            lockouts = Lockouts(MemoryLockout(by_client), MemoryLockout(by_address))
         hub = Hub()
         bus = MemoryBus()
         bus.subscribe(hub.dispatch)
@@ -122,6 +161,16 @@ class Runtime:
             bus=bus,
             tickets=MemoryTicketStore(clock=time.monotonic),
             nonces=nonces,
+            limiter=limiter,
+            lockouts=lockouts,
+            buckets=Buckets(
+                app=Bucket(settings.rate_limit_app_rate, settings.rate_limit_app_burst, name="app"),
+                subscriber=Bucket(
+                    settings.rate_limit_subscriber_rate,
+                    settings.rate_limit_subscriber_burst,
+                    name="subscriber",
+                ),
+            ),
             # created is whole seconds: the first whole second after start is the earliest
             # one this process can vouch for.
             nonce_not_before=float(math.ceil(time.time())) if nonces.volatile else None,
@@ -179,4 +228,6 @@ class Runtime:
         self.hub.shutdown()
         await self.bus.close()
         await self.nonces.close()
+        await self.limiter.close()
+        await self.lockouts.close()
         await self.store.close()

@@ -10,7 +10,7 @@ from herald.core.messages import SubscriberTokenRequest
 from herald.core.topics import TopicPattern
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import BadRequest, Forbidden, InvalidToken, NotFound
-from herald.service import audit
+from herald.service import audit, throttle
 from herald.service.messages import _live, ensure_not_shredded, invalid_cursor, open_content
 from herald.service.runtime import Runtime, utcnow
 from herald.streams.hub import StreamSession
@@ -60,14 +60,20 @@ async def issue_stream_ticket(rt: Runtime, claims: SubscriberClaims) -> dict[str
 
 async def authenticate_stream(
     rt: Runtime, *, bearer: str | None, ticket: str | None
-) -> SubscriberClaims:
-    """A subscriber token from the header, or a ticket from the query (never both)."""
+) -> tuple[SubscriberClaims, dict[str, str]]:
+    """A subscriber token from the header, or a ticket from the query (never both).
+
+    Each connection with a token spends one of the subscriber's rate-limit tokens (429
+    when none); returns the claims and the RateLimit fields to answer with.
+    """
     if bearer is not None:
-        return rt.token_service().verify_subscriber(bearer)
+        claims = rt.token_service().verify_subscriber(bearer)
+        return claims, await throttle.admit_subscriber(rt, claims)
     if ticket is not None and len(ticket) <= 128:
-        claims = await rt.tickets.redeem(ticket)
-        if claims is not None and claims.expires_at > utcnow().timestamp():
-            return claims
+        redeemed = await rt.tickets.redeem(ticket)
+        if redeemed is not None and redeemed.expires_at > utcnow().timestamp():
+            # The ticket was paid for when it was issued.
+            return redeemed, {}
     raise InvalidToken("a subscriber token or a valid stream ticket is required")
 
 

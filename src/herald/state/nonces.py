@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from herald.errors import ServiceUnavailable
+from herald.state._redis import connect
 
 __all__ = ["MemoryNonceStore", "NonceStore", "RedisNonceStore", "nonce_key"]
 
@@ -99,20 +100,7 @@ class RedisNonceStore:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "herald:") -> RedisNonceStore:
         """Connect lazily to ``url`` (``redis://…``) with short timeouts."""
-        import redis.asyncio as redis  # noqa: PLC0415 - only cluster mode needs the client
-
-        # A blocking pool: a burst beyond the pool size waits (≤ 2 s) for a connection
-        # instead of failing with "too many connections" as the default pool does.
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=64,
-            timeout=2.0,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            health_check_interval=30,
-        )
-        # from_pool: the client owns the pool, so aclose() also closes its connections.
-        return cls(redis.Redis.from_pool(pool), prefix=prefix)
+        return cls(connect(url), prefix=prefix)
 
     async def claim(self, key: str, ttl: float) -> bool:
         """``SET key 1 NX PX ttl``: True only for the first claim."""

@@ -22,6 +22,7 @@ __all__ = [
     "CLOSE_BAD_REQUEST",
     "CLOSE_FORBIDDEN",
     "CLOSE_GOING_AWAY",
+    "CLOSE_RATE_LIMITED",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_UNAUTHORIZED",
     "HEARTBEAT",
@@ -36,6 +37,8 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_SLOW_CONSUMER = 4408
+#: Too many connections for this subscriber (the HTTP 429 of a WebSocket).
+CLOSE_RATE_LIMITED = 4429
 
 
 class Heartbeat:
