@@ -15,25 +15,24 @@ tampered bundle does not.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import secrets
 import sqlite3
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
+import tests.api.conftest as _api
+import tests.conftest as _root
 
 from herald.audit.entry import canonical_json
 from herald.audit.merkle import leaf_hash
@@ -44,23 +43,6 @@ if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
 WAIT = 15.0  # seconds: the bound of every single wait in this module
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_api = _loaded_conftest(Path(__file__).with_name("conftest.py"), "herald_api_conftest")
-_root = _loaded_conftest(Path(__file__).parents[1] / "conftest.py", "herald_root_conftest")
 run_cli = _api.run_cli
 start_server = _api.start_server
 stop_server = _api.stop_server

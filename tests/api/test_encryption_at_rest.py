@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 import secrets
 import ssl
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import asyncpg
 import pytest
+import tests.conftest as _root
 from websockets.asyncio.client import ClientConnection, connect
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
@@ -39,22 +37,6 @@ if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
 WAIT = 10.0  # seconds: the bound of every single wait in this module
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _loaded_conftest(Path(__file__).parents[1] / "conftest.py", "herald_root_conftest")
 run_async = _root.run_async
 
 

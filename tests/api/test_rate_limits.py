@@ -20,16 +20,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -37,6 +33,7 @@ import http_sf
 import httpx
 import pytest
 import redis
+import tests.conftest as _root
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -57,22 +54,6 @@ SUB_RATE, SUB_BURST = 0.01, 2  # a token every 100 s: w = 200
 THRESHOLD, BASE, CAP = 3, 1, 4  # locked 1 s after 3 failures, then 2 s, 4 s, 4 s, …
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _loaded_conftest(Path(__file__).parents[1] / "conftest.py", "herald_root_conftest")
 service_unavailable = _root.service_unavailable
 
 

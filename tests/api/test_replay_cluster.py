@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
 import pytest
 import redis
+import tests.conftest as _root
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
     from tests.api.conftest import App, Node, NodeFactory
@@ -41,22 +38,6 @@ DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 WINDOW = 300
 
 
-def _loaded_conftest(path: Path, name: str) -> ModuleType:
-    """A conftest module as pytest loaded it (or loaded privately when it has not)."""
-    path = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _loaded_conftest(Path(__file__).parents[1] / "conftest.py", "herald_root_conftest")
 service_unavailable = _root.service_unavailable
 run_async = _root.run_async
 
