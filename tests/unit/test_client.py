@@ -237,6 +237,94 @@ async def test_persistent_401_gives_up_after_one_refresh() -> None:
     assert len(api.token_requests) == 2
 
 
+# -- token revocation (RFC 7009) ---------------------------------------------------------
+
+
+async def test_revoke_token_revokes_the_held_token_then_fetches_a_new_one() -> None:
+    api = FakeApi(httpx.Response(200))
+    async with AsyncPublisher(
+        BASE, "app 1", "s3c/ret", transport=httpx.MockTransport(api), sleep=Sleeps()
+    ) as pub:
+        assert await pub.token() == "tok-1"
+        await pub.revoke_token()
+        assert await pub.token() == "tok-2"
+    (request,) = api.api_requests
+    assert (request.method, request.url.path) == ("POST", "/oauth/revoke")
+    # client_secret_basic like the token request, never the bearer token itself.
+    expected = base64.b64encode(b"app+1:s3c%2Fret").decode()
+    assert request.headers["authorization"] == f"Basic {expected}"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert parse_qs(request.content.decode(), strict_parsing=True) == {"token": ["tok-1"]}
+    assert len(api.token_requests) == 2
+
+
+async def test_revoke_token_with_nothing_held_sends_nothing() -> None:
+    api = FakeApi()
+    async with publisher(api) as pub:
+        await pub.revoke_token()
+    assert api.api_requests == []
+    assert api.token_requests == []
+
+
+async def test_revoke_token_of_another_token_keeps_the_held_one() -> None:
+    api = FakeApi(httpx.Response(200, json={}))
+    async with publisher(api) as pub:
+        assert await pub.token() == "tok-1"
+        await pub.revoke_token("sub.jwt+/=")
+        assert await pub.token() == "tok-1"
+    (request,) = api.api_requests
+    assert parse_qs(request.content.decode(), strict_parsing=True) == {"token": ["sub.jwt+/="]}
+    assert len(api.token_requests) == 1
+
+
+async def test_refused_revocation_raises_and_keeps_the_held_token() -> None:
+    sleeps = Sleeps()
+    api = FakeApi(
+        problem(403, "forbidden", "a client may revoke only its own tokens"),
+        problem(401, "invalid-client", "client authentication failed"),
+    )
+    async with publisher(api, sleep=sleeps) as pub:
+        await pub.token()
+        with pytest.raises(ProblemError) as info:
+            await pub.revoke_token("someone-elses")
+        assert not isinstance(info.value, AuthenticationError)
+        assert (info.value.status, info.value.slug) == (403, "forbidden")
+        with pytest.raises(AuthenticationError):
+            await pub.revoke_token()
+        assert await pub.token() == "tok-1"
+    assert len(api.api_requests) == 2  # neither is retried, nor refreshed and resent
+    assert sleeps.calls == []
+
+
+async def test_revocation_is_retried_with_the_same_body_and_signed_each_time() -> None:
+    signer = RequestSigner("key-1", Ed25519PrivateKey.generate())
+    sleeps = Sleeps()
+    api = FakeApi(problem(503, "unavailable", "db down"), httpx.ConnectError("boom"))
+    async with publisher(api, signer=signer, sleep=sleeps) as pub:
+        await pub.revoke_token("tok-x")
+    assert len(api.api_requests) == 3
+    assert len({r.content for r in api.api_requests}) == 1
+    assert all(r.url.path == "/oauth/revoke" for r in api.api_requests)
+    # RFC 9421: every attempt is signed afresh (a new nonce), over the same digest.
+    assert len({r.headers["signature-input"] for r in api.api_requests}) == 3
+    assert len({r.headers["content-digest"] for r in api.api_requests}) == 1
+    assert len(sleeps.calls) == 2
+
+
+def test_sync_publisher_revoke_token() -> None:
+    api = FakeApi(httpx.Response(200), httpx.Response(200))
+    with Publisher(BASE, "a", "b", transport=httpx.MockTransport(api)) as pub:
+        pub.revoke_token()  # nothing held yet: nothing sent
+        assert pub.token() == "tok-1"
+        pub.revoke_token()
+        pub.revoke_token("other")
+        assert pub.token() == "tok-2"
+    assert [parse_qs(r.content.decode())["token"] for r in api.api_requests] == [
+        ["tok-1"],
+        ["other"],
+    ]
+
+
 # -- retries ------------------------------------------------------------------------------
 
 

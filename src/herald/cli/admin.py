@@ -18,7 +18,7 @@ from herald.core.scopes import ScopeSet
 from herald.crypto.masterkey import generate_master_key_file
 from herald.crypto.tls import write_dev_tls
 from herald.errors import ConfigError, HeraldError
-from herald.service import identity, signatures
+from herald.service import identity, revocation, signatures
 from herald.service.runtime import Runtime
 from herald.storage.base import AppKeyRecord
 
@@ -173,6 +173,49 @@ def app_create(
 
     async def work(rt: Runtime) -> dict[str, Any]:
         return await _app_with_signing_key(rt, settings, tenant, name, scopes)
+
+    emit(_run(settings, work), as_json=as_json)
+
+
+def _set_disabled(client_id: str, *, disabled: bool, as_json: bool) -> None:
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        app = await revocation.disable_app(rt, client_id, disabled=disabled, actor="operator:cli")
+        return {"client_id": app.id, "disabled": app.disabled}
+
+    emit(_run(settings, work), as_json=as_json)
+
+
+@app_cli.command("disable")
+def app_disable(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Disable an app: no new tokens, and its live tokens are refused from now."""
+    _set_disabled(client_id, disabled=True, as_json=as_json)
+
+
+@app_cli.command("enable")
+def app_enable(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Enable a disabled app again (tokens from before it was disabled stay refused)."""
+    _set_disabled(client_id, disabled=False, as_json=as_json)
+
+
+@app_cli.command("rotate-secret")
+def app_rotate_secret(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Give an app a new client secret (printed once); tokens got with the old one die."""
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        secret = await revocation.rotate_secret(rt, client_id, actor="operator:cli")
+        return {"client_id": client_id, "client_secret": secret}
 
     emit(_run(settings, work), as_json=as_json)
 

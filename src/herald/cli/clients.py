@@ -29,7 +29,7 @@ from herald.client import (
 )
 from herald.config import load_settings
 
-__all__ = ["message_cli", "publish", "subscribe", "template_cli", "token"]
+__all__ = ["message_cli", "publish", "subscribe", "template_cli", "token", "token_cli"]
 
 message_cli = typer.Typer(help="Scheduled messages.", no_args_is_help=True)
 template_cli = typer.Typer(
@@ -138,7 +138,14 @@ def _run_client(coro: Any) -> Any:
         fail(str(exc))
 
 
+token_cli = typer.Typer(
+    help="Fetch an access token (no subcommand), or revoke one.", invoke_without_command=True
+)
+
+
+@token_cli.callback()
 def token(
+    ctx: typer.Context,
     scope: Annotated[str | None, typer.Option("--scope", help="Narrower scopes.")] = None,
     url: UrlOpt = None,
     ca: CaOpt = None,
@@ -149,6 +156,8 @@ def token(
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an access token (client credentials grant) and print it."""
+    if ctx.invoked_subcommand is not None:
+        return
     conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
 
     async def work() -> str:
@@ -387,6 +396,29 @@ def _call(
 
     result: dict[str, Any] = _run_client(work())
     return result
+
+
+@token_cli.command("revoke")
+def token_revoke(
+    token_value: Annotated[
+        str, typer.Argument(metavar="TOKEN", help="An access or subscriber token of this app.")
+    ],
+    url: UrlOpt = None,
+    ca: CaOpt = None,
+    client_id: ClientIdOpt = None,
+    client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a token (RFC 7009): it is refused everywhere within a second."""
+    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+
+    async def revoke(pub: AsyncPublisher) -> dict[str, Any]:
+        await pub.revoke_token(token_value)
+        return {"revoked": True}
+
+    emit(_call(conn, revoke), as_json=as_json, human="revoked")
 
 
 # -- herald message … ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ cli.add_typer(keys.keys_cli, name="keys")
 cli.add_typer(audit.audit_cli, name="audit")
 cli.command("publish")(clients.publish)
 cli.command("subscribe")(clients.subscribe)
-cli.command("token")(clients.token)
+cli.add_typer(clients.token_cli, name="token")
 cli.add_typer(clients.message_cli, name="message")
 cli.add_typer(clients.template_cli, name="template")
 

@@ -173,6 +173,39 @@ class ApiClient:
         self._token_refresh_at = started + expires_in - margin
         return access_token
 
+    async def revoke_token(self, token: str | None = None) -> None:
+        """Revoke one of this client's tokens (RFC 7009 ``POST /oauth/revoke``).
+
+        Args:
+            token: The access or subscriber token; by default the access token this client
+                holds, which is then forgotten (the next call fetches a new one).
+
+        Raises:
+            ProblemError: The server refused (e.g. the token belongs to another client).
+            ConnectionFailed: The server could not be reached, retries included.
+        """
+        target = token if token is not None else self._token
+        if target is None:
+            return  # nothing issued yet: nothing to revoke
+        content = urlencode({"token": target}).encode("ascii")
+        headers = {
+            "Authorization": self._basic_credentials(),
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+
+        def build() -> httpx.Request:
+            return self._prepare(
+                self._client.build_request(
+                    "POST", "/oauth/revoke", content=content, headers=headers
+                )
+            )
+
+        # Revoking twice is the same as once (RFC 7009 §2.2): safe to retry.
+        response = await self._send(build, retry=True)
+        if not response.is_success:
+            raise _problem(response)
+        self._invalidate_token(target)
+
     def _basic_credentials(self) -> str:
         # RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
         pair = f"{quote_plus(self._client_id)}:{quote_plus(self._client_secret)}"

@@ -194,6 +194,10 @@ class Publisher(_Blocking):
         """See :meth:`AsyncPublisher.get_message <herald.client.AsyncPublisher.get_message>`."""
         return self._run(self._publisher.get_message(message_id))
 
+    def revoke_token(self, token: str | None = None) -> None:
+        """See :meth:`AsyncPublisher.revoke_token <herald.client.AsyncPublisher.revoke_token>`."""
+        self._run(self._publisher.revoke_token(token))
+
     def cancel(self, message_id: str) -> dict[str, Any]:
         """See :meth:`AsyncPublisher.cancel <herald.client.AsyncPublisher.cancel>`."""
         return self._run(self._publisher.cancel(message_id))

@@ -51,6 +51,7 @@ class AccessClaims:
     scopes: ScopeSet
     jti: str
     expires_at: int
+    issued_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class SubscriberClaims:
     patterns: tuple[TopicPattern, ...]
     jti: str
     expires_at: int
+    issued_at: int = 0
 
 
 class TokenService:
@@ -198,7 +200,14 @@ class TokenService:
             scopes = ScopeSet.parse(scope)
         except BadRequest:
             raise InvalidToken from None
-        return AccessClaims(tenant, client_id, scopes, str(claims["jti"]), int(claims["exp"]))
+        return AccessClaims(
+            tenant,
+            client_id,
+            scopes,
+            str(claims["jti"]),
+            int(claims["exp"]),
+            int(claims["iat"]),
+        )
 
     def verify_subscriber(self, token: str) -> SubscriberClaims:
         """Verify a subscriber token; every failure is :class:`InvalidToken`."""
@@ -218,7 +227,13 @@ class TokenService:
         except BadRequest:
             raise InvalidToken from None
         return SubscriberClaims(
-            tenant, client_id, recipient, patterns, str(claims["jti"]), int(claims["exp"])
+            tenant,
+            client_id,
+            recipient,
+            patterns,
+            str(claims["jti"]),
+            int(claims["exp"]),
+            int(claims["iat"]),
         )
 
     @staticmethod

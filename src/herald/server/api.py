@@ -41,8 +41,18 @@ from herald.errors import (
 )
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
-from herald.service import audit, devices, identity, messages, signatures, streams, throttle
+from herald.service import (
+    audit,
+    devices,
+    identity,
+    messages,
+    revocation,
+    signatures,
+    streams,
+    throttle,
+)
 from herald.service.runtime import Runtime
+from herald.storage.base import AppRecord
 
 __all__ = ["routes"]
 
@@ -81,6 +91,7 @@ async def access_claims(request: Request) -> AccessClaims:
     except InvalidToken:
         rt.metrics.record_auth_failure("invalid_token")
         raise
+    await revocation.ensure_live(rt, claims)
     request.state.ratelimit = await throttle.admit_app(rt, claims.client_id)
     return claims
 
@@ -89,6 +100,7 @@ async def subscriber_claims(request: Request, token: str) -> SubscriberClaims:
     """Verify a subscriber token and spend one of the subscriber's tokens (429 if none)."""
     rt = runtime(request)
     claims = rt.token_service().verify_subscriber(token)
+    await revocation.ensure_live(rt, claims)
     request.state.ratelimit = await throttle.admit_subscriber(rt, claims)
     return claims
 
@@ -150,6 +162,24 @@ def _basic_credentials(request: Request) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+async def _authenticated_client(rt: Runtime, request: Request) -> AppRecord:
+    """``client_secret_basic`` behind the lockout.
+
+    A locked client id or address is refused before its secret is compared or anything is
+    audited.
+    """
+    client_id, secret = _basic_credentials(request)
+    address = request.client.host if request.client is not None else None
+    await throttle.check_lockout(rt, client_id, address)
+    try:
+        app = await identity.authenticate_client(rt, client_id, secret)
+    except InvalidClient:
+        await throttle.record_login(rt, client_id, address, ok=False)
+        raise
+    await throttle.record_login(rt, client_id, address, ok=True)
+    return app
+
+
 async def oauth_token(request: Request) -> Response:
     """``POST /oauth/token``: the client credentials grant (RFC 6749 §4.4)."""
     rt = runtime(request)
@@ -173,16 +203,7 @@ async def oauth_token(request: Request) -> Response:
             extra={"error": "unsupported_grant_type"},
         )
     scope = form.get("scope")
-    client_id, secret = _basic_credentials(request)
-    address = request.client.host if request.client is not None else None
-    # Locked out: refused before the secret is compared or anything is audited.
-    await throttle.check_lockout(rt, client_id, address)
-    try:
-        app = await identity.authenticate_client(rt, client_id, secret)
-    except InvalidClient:
-        await throttle.record_login(rt, client_id, address, ok=False)
-        raise
-    await throttle.record_login(rt, client_id, address, ok=True)
+    app = await _authenticated_client(rt, request)
     await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
     try:
         body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
@@ -191,6 +212,33 @@ async def oauth_token(request: Request) -> Response:
         exc.extra.setdefault("error", "invalid_scope")
         raise
     return json_response(body, headers=_NO_STORE)
+
+
+async def oauth_revoke(request: Request) -> Response:
+    """``POST /oauth/revoke``: RFC 7009 token revocation by the client that got the token.
+
+    Client authentication (and its lockout) as at the token endpoint; signed like it.
+    ``200`` with an empty body whether or not the token was valid (§2.2).
+    """
+    rt = runtime(request)
+    raw = await read_body(request, 16384)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("send the revocation as application/x-www-form-urlencoded")
+    try:
+        form = parse_qs(raw.decode("ascii"), strict_parsing=bool(raw), max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest(
+            "the revocation request is not a valid form", extra={"error": "invalid_request"}
+        ) from None
+    token = form.get("token")
+    if token is None or len(token) != 1:
+        raise BadRequest("token is required, once", extra={"error": "invalid_request"})
+    app = await _authenticated_client(rt, request)
+    await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
+    # token_type_hint is optional and only a hint (§2.1): both kinds are recognised anyway.
+    await revocation.revoke(rt, app, token[0])
+    return json_response({}, headers=_NO_STORE)  # §2.2: the body is ignored by clients
 
 
 async def jwks(request: Request) -> Response:
@@ -209,6 +257,8 @@ async def oauth_metadata(request: Request) -> Response:
             "jwks_uri": base + "/.well-known/jwks.json",
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "revocation_endpoint": base + "/oauth/revoke",
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic"],
             "response_types_supported": [],
             "scopes_supported": [
                 "publish:<pattern>",
@@ -411,6 +461,7 @@ def routes() -> list[Route]:
     """The API routes (order matters only for overlapping paths; there are none)."""
     return [
         Route("/oauth/token", oauth_token, methods=["POST"]),
+        Route("/oauth/revoke", oauth_revoke, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
         Route("/v1/messages", publish_one, methods=["POST"]),

@@ -125,7 +125,13 @@ async def _maintenance(rt: Runtime) -> None:
             forgotten = await rt.store.purge_notifications(
                 utcnow() - timedelta(seconds=limits.NOTIFY_LOG_RETENTION)
             )
-            _log.info("housekeeping done", idempotency=removed, notifications=forgotten)
+            expired = await rt.store.purge_revocations(utcnow())
+            _log.info(
+                "housekeeping done",
+                idempotency=removed,
+                notifications=forgotten,
+                revocations=expired,
+            )
         except StorageError:
             _log.warning("housekeeping skipped: database unavailable")
 

@@ -416,6 +416,38 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                 },
             }
         },
+        "/oauth/revoke": {
+            "post": {
+                "summary": "Revoke a token of the authenticated client (RFC 7009)",
+                "operationId": "revoke",
+                "security": [{"basic": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["token"],
+                                "properties": {
+                                    "token": {"type": "string"},
+                                    "token_type_hint": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "revoked, or nothing to revoke (RFC 7009 §2.2)",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": _problem("invalid request"),
+                    "401": _problem("client authentication failed"),
+                    "403": _problem("the token belongs to another client"),
+                    "429": _problem("client id or address locked out"),
+                },
+            }
+        },
         "/.well-known/jwks.json": {
             "get": {
                 "summary": "Token-signing public keys (RFC 7517)",

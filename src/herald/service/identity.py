@@ -36,6 +36,7 @@ __all__ = [
     "ensure_signing_keys",
     "hash_secret",
     "issue_access_token",
+    "new_client_secret",
 ]
 
 #: Tenant names: what operators type; ids are generated.
@@ -44,6 +45,11 @@ _NAME_MAX = 64
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def new_client_secret() -> str:
+    """A new client secret: 256 random bits, shown once, stored only as :func:`hash_secret`."""
+    return "hsec_" + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> bytes:
@@ -120,7 +126,7 @@ async def create_app(rt: Runtime, tenant_id: str, name: str, scopes: ScopeSet) -
     """Create an app of ``tenant_id`` with ``scopes``; the secret is returned once."""
     if await rt.store.get_tenant(tenant_id) is None:
         raise BadRequest(f"no tenant {tenant_id!r}")
-    secret = "hsec_" + secrets.token_urlsafe(32)
+    secret = new_client_secret()
     now = utcnow()
     app = AppRecord(
         id=_new_id("app"),

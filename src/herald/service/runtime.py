@@ -37,6 +37,7 @@ from herald.crypto.signing import (
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
 from herald.observability.metrics import Metrics
+from herald.state.live import LiveCheck
 from herald.state.lockout import Lockout, LockoutPolicy, MemoryLockout, RedisLockout
 from herald.state.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
 from herald.state.ratelimit import Bucket, MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -95,6 +96,7 @@ class Runtime:
     limiter: RateLimiter
     lockouts: Lockouts
     buckets: Buckets
+    live: LiveCheck
     #: Requests signed before this instant are refused when the nonce store forgets on
     #: restart (embedded mode); None with a durable shared store (Redis).
     nonce_not_before: float | None
@@ -163,6 +165,7 @@ class Runtime:
             nonces=nonces,
             limiter=limiter,
             lockouts=lockouts,
+            live=LiveCheck(store),
             buckets=Buckets(
                 app=Bucket(settings.rate_limit_app_rate, settings.rate_limit_app_burst, name="app"),
                 subscriber=Bucket(

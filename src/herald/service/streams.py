@@ -10,7 +10,7 @@ from herald.core.messages import SubscriberTokenRequest
 from herald.core.topics import TopicPattern
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import BadRequest, Forbidden, InvalidToken, NotFound
-from herald.service import audit, throttle
+from herald.service import audit, revocation, throttle
 from herald.service.messages import _live, ensure_not_shredded, invalid_cursor, open_content
 from herald.service.runtime import Runtime, utcnow
 from herald.streams.hub import StreamSession
@@ -68,11 +68,13 @@ async def authenticate_stream(
     """
     if bearer is not None:
         claims = rt.token_service().verify_subscriber(bearer)
+        await revocation.ensure_live(rt, claims)
         return claims, await throttle.admit_subscriber(rt, claims)
     if ticket is not None and len(ticket) <= 128:
         redeemed = await rt.tickets.redeem(ticket)
         if redeemed is not None and redeemed.expires_at > utcnow().timestamp():
-            # The ticket was paid for when it was issued.
+            # Paid for when it was issued; its token may have been revoked since.
+            await revocation.ensure_live(rt, redeemed)
             return redeemed, {}
     raise InvalidToken("a subscriber token or a valid stream ticket is required")
 

@@ -96,6 +96,7 @@ class AppRecord:
     scopes: tuple[str, ...]
     disabled: bool
     created_at: datetime
+    tokens_not_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +444,29 @@ class Store(Protocol):
         publish: it must still be ``scheduled`` (else IntegrityConflict, nothing stored)
         and becomes ``published`` in the same transaction.
         """
+        ...
+
+    # -- app credentials and token revocation (storage/_tokens.py) ----------------------------
+    async def set_app_disabled(self, app_id: str, disabled: bool, now: datetime) -> bool:
+        """Disable (live tokens die) or enable an app; False when there is no such app."""
+        ...
+
+    async def replace_app_secret(self, app_id: str, secret_hash: bytes, now: datetime) -> bool:
+        """A new client secret; tokens issued before ``now`` are refused."""
+        ...
+
+    async def revoke_token(
+        self, jti: str, app_id: str, expires_at: datetime, now: datetime
+    ) -> None:
+        """Record a revoked token id until ``expires_at``."""
+        ...
+
+    async def is_revoked(self, jti: str) -> bool:
+        """Whether a token id was revoked."""
+        ...
+
+    async def purge_revocations(self, before: datetime) -> int:
+        """Forget revocations of tokens that expired before ``before``."""
         ...
 
     # -- templates, scheduled messages, notification log, fallback (storage/_plans.py) -----

@@ -48,6 +48,7 @@ __all__ = [
     "messages",
     "metadata",
     "notify_log",
+    "revoked_tokens",
     "scheduled",
     "signing_keys",
     "templates",
@@ -153,7 +154,21 @@ apps = Table(
     Column("scopes", Text, nullable=False),
     Column("disabled", Boolean, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # Tokens of this app issued before this instant are refused (set when the app is
+    # disabled or its secret rotated): live tokens die with the credential.
+    Column("tokens_not_before", UtcDateTime, nullable=True),
     Index(None, "tenant_id"),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    # RFC 7009 revocations, kept until the token would have expired anyway.
+    Column("jti", Text, primary_key=True),
+    Column("app_id", Text, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=False),
+    Index(None, "expires_at"),
 )
 
 signing_keys = Table(

@@ -1,0 +1,65 @@
+"""A node's short-lived view of app credential state and revoked token ids.
+
+Read from the store and kept for :data:`CACHE_TTL` seconds, so that checking every token
+against revocations costs no database read per request, and a revocation or a disabled
+app takes effect on every node within that time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from herald.core.lru import Lru
+from herald.storage.base import Store
+
+__all__ = ["CACHE_TTL", "LiveCheck"]
+
+#: Seconds a node trusts what it read about an app or a token id.
+CACHE_TTL = 1.0
+
+
+class LiveCheck:
+    """Cached answers to "is this app usable" and "was this token id revoked"."""
+
+    def __init__(
+        self, store: Store, *, clock: Callable[[], float] = time.monotonic, size: int = 100_000
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._apps: Lru[str, tuple[float, bool, float | None]] = Lru(size)
+        self._revoked: Lru[str, tuple[float, bool]] = Lru(size)
+
+    async def app_state(self, app_id: str) -> tuple[bool, float | None]:
+        """``(disabled or missing, tokens_not_before in epoch seconds or None)``."""
+        now = self._clock()
+        cached = self._apps.get(app_id)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        app = await self._store.get_app(app_id)
+        disabled = app is None or app.disabled
+        not_before = _epoch(app.tokens_not_before) if app is not None else None
+        self._apps.put(app_id, (now + CACHE_TTL, disabled, not_before))
+        return disabled, not_before
+
+    async def revoked(self, jti: str) -> bool:
+        """Whether ``jti`` was revoked."""
+        now = self._clock()
+        cached = self._revoked.get(jti)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self._store.is_revoked(jti)
+        self._revoked.put(jti, (now + CACHE_TTL, found))
+        return found
+
+    def forget(self, *, app_id: str | None = None, jti: str | None = None) -> None:
+        """Drop what this node cached about something it just changed."""
+        if app_id is not None:
+            self._apps.put(app_id, (0.0, False, None))
+        if jti is not None:
+            self._revoked.put(jti, (0.0, False))
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
