@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     lockout_address_threshold: int = Field(default=100, ge=1, le=1_000_000)
     lockout_base: float = Field(default=1.0, gt=0, le=3600)
     lockout_cap: float = Field(default=900.0, gt=0, le=86400)
+    #: Seconds between a node's re-reads of the token-signing keys (rotations on other
+    #: nodes or by the CLI), and the JWKS cache lifetime it advertises.
+    key_reload_interval: float = Field(default=30.0, ge=0.2, le=3600)
+    jwks_max_age: int = Field(default=300, ge=0, le=86400)
     #: Default content de-duplication window in seconds (0: off); a message may set its own.
     dedup_window: int = Field(default=0, ge=0, le=7 * 86400)
 

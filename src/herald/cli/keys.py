@@ -14,7 +14,7 @@ from herald.cli.output import console, emit, fail
 from herald.config import Settings, load_settings
 from herald.crypto.masterkey import LocalKeyProvider, generate_master_key_file, load_master_key
 from herald.crypto.providers import KekRouter, master_key_files
-from herald.service import keys
+from herald.service import identity, keys
 from herald.service.runtime import Runtime
 
 __all__ = ["keys_cli"]
@@ -38,6 +38,35 @@ def rotate(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
         human=f"tenant {tenant}: data key version {result['version']} is now current "
         f"(running servers switch within {settings.key_cache_ttl:g} s); "
         f"run `herald keys reencrypt --tenant {tenant}` to move stored content",
+    )
+
+
+@keys_cli.command("rotate-signing")
+def rotate_signing(
+    prepublish: Annotated[
+        float | None,
+        typer.Option(
+            "--prepublish",
+            min=0,
+            help="Seconds the new key is published before it signs "
+            "(default and minimum: two key reloads and the JWKS max-age).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rotate the token-signing key: pre-publish the next, retire the old after its tokens."""
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        return await identity.rotate_token_key(rt, prepublish=prepublish)
+
+    result = _run(settings, work)
+    retiring = ", ".join(f"{r['kid']} at {r['retires_at']}" for r in result["retiring"])
+    emit(
+        result,
+        as_json=as_json,
+        human=f"token key {result['kid']} is published now and signs from "
+        f"{result['activates_at']}; retiring: {retiring or 'none'}",
     )
 
 

@@ -69,6 +69,17 @@ class LoadedSigningKey:
     private_key: Ed25519PrivateKey
     public_raw: bytes
     created_at: datetime
+    activates_at: datetime | None = None  # signs from then (None: from created_at)
+    retired_at: datetime | None = None  # verifies and is published until then
+
+    @property
+    def signs_from(self) -> datetime:
+        """When this key starts signing."""
+        return self.activates_at or self.created_at
+
+    def retired(self, now: datetime) -> bool:
+        """Whether the key no longer verifies (nor is published) at ``now``."""
+        return self.retired_at is not None and self.retired_at <= now
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -118,7 +129,13 @@ async def unwrap_signing_key(provider: KeyProvider, record: SigningKeyRecord) ->
     )
     private = Ed25519PrivateKey.from_private_bytes(private_raw)
     return LoadedSigningKey(
-        record.kid, record.purpose, private, record.public_key, record.created_at
+        record.kid,
+        record.purpose,
+        private,
+        record.public_key,
+        record.created_at,
+        record.activates_at,
+        record.retired_at,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -80,17 +81,34 @@ class TokenService:
     ) -> None:
         self.issuer = issuer
         self.stream_audience = issuer + "/v1/stream"
-        ordered = sorted(keys, key=lambda k: k.created_at, reverse=True)
+        # Newest created first: the newest key that is active and not retired signs, so a
+        # key superseded while still pre-published never signs (a later rotation wins).
+        ordered = sorted(keys, key=lambda k: (k.created_at, k.kid), reverse=True)
         if not ordered:
             raise ValueError("no token-signing key")
-        self._current = ordered[0]
+        self._ordered = ordered
         self._by_kid = {k.kid: k for k in ordered}
         self._clock = clock
         self._new_jti = new_jti
 
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _signing_key(self) -> LoadedSigningKey:
+        """The key that signs now: the newest-created active key that is not retired.
+
+        A pre-published key (activating in the future) is in the JWKS but does not sign yet,
+        so verifiers that cache the JWKS know it before they see a token it signed.
+        """
+        now = self._now()
+        for key in self._ordered:
+            if key.signs_from <= now and not key.retired(now):
+                return key
+        raise InvalidToken("no token-signing key is active")  # pragma: no cover - ops error
+
     # -- issuing ---------------------------------------------------------------------------
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
-        key = self._current
+        key = self._signing_key()
         return jwt.encode(
             claims, key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": typ}
         )
@@ -157,7 +175,7 @@ class TokenService:
             raise InvalidToken
         kid = header.get("kid")
         key = self._by_kid.get(kid) if isinstance(kid, str) else None
-        if key is None:
+        if key is None or key.retired(self._now()):
             raise InvalidToken
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -253,5 +271,11 @@ class TokenService:
         return "access"
 
     def jwks(self) -> dict[str, Any]:
-        """The JWK Set (RFC 7517 §5) of every published token-signing key."""
-        return {"keys": [k.public_jwk() for k in self._by_kid.values()]}
+        """The JWK Set (RFC 7517 §5): every key not retired, pre-published ones included."""
+        now = self._now()
+        return {"keys": [k.public_jwk() for k in self._ordered if not k.retired(now)]}
+
+    @property
+    def kids(self) -> frozenset[str]:
+        """Every key id this service knows (a changed set means keys were rotated)."""
+        return frozenset(self._by_kid)

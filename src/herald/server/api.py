@@ -244,7 +244,8 @@ async def oauth_revoke(request: Request) -> Response:
 async def jwks(request: Request) -> Response:
     """``GET /.well-known/jwks.json`` (RFC 7517)."""
     rt = runtime(request)
-    return json_response(rt.token_service().jwks(), headers={"Cache-Control": "max-age=300"})
+    max_age = rt.settings.jwks_max_age
+    return json_response(rt.token_service().jwks(), headers={"Cache-Control": f"max-age={max_age}"})
 
 
 async def oauth_metadata(request: Request) -> Response:

@@ -17,7 +17,13 @@ from starlette.routing import Route
 from herald import __version__, limits
 from herald.channels.registry import build_registry
 from herald.config import Settings
-from herald.errors import HeraldError, IntegrityConflict, ServiceUnavailable, StorageError
+from herald.errors import (
+    DecryptionFailed,
+    HeraldError,
+    IntegrityConflict,
+    ServiceUnavailable,
+    StorageError,
+)
 from herald.observability.logging import get_logger
 from herald.server import api
 from herald.server.audit_api import audit_routes
@@ -83,6 +89,20 @@ async def openapi(request: Request) -> Response:
     """The OpenAPI 3.1 document."""
     rt: Runtime = request.app.state.runtime
     return json_response(openapi_document(rt.settings.base_url))
+
+
+async def _key_reloader(rt: Runtime) -> None:
+    """Re-read the token-signing keys now and then: rotations made elsewhere take effect.
+
+    A rotated key is pre-published for at least two intervals before it signs, so every
+    node verifies its tokens before any node issues one.
+    """
+    while True:
+        await asyncio.sleep(rt.settings.key_reload_interval)
+        try:
+            await rt.reload_token_keys()
+        except (StorageError, DecryptionFailed):
+            _log.warning("token keys not reloaded: database or key provider unavailable")
 
 
 async def _checkpointer(rt: Runtime) -> None:
@@ -177,6 +197,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                 _maintenance(rt),
                 rt.hub.run_heartbeats(settings.heartbeat_interval),
                 _checkpointer(rt),
+                _key_reloader(rt),
             )
         ]
         try:

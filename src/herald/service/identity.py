@@ -8,12 +8,15 @@ later feature, get Argon2id).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
+from herald import limits
 from herald.core.scopes import ScopeSet
 from herald.crypto.keyring import wrap_new_data_key
 from herald.crypto.signing import (
@@ -36,7 +39,9 @@ __all__ = [
     "ensure_signing_keys",
     "hash_secret",
     "issue_access_token",
+    "min_prepublication",
     "new_client_secret",
+    "rotate_token_key",
 ]
 
 #: Tenant names: what operators type; ids are generated.
@@ -100,6 +105,59 @@ async def ensure_signing_keys(rt: Runtime) -> list[str]:
     await rt.reload_token_keys()
     await rt.load_audit_key()
     return created
+
+
+def min_prepublication(rt: Runtime) -> float:
+    """The shortest pre-publication a rotation may use, in seconds.
+
+    Every node and every JWKS cache must know the new key before it signs: two reload
+    intervals, and the JWKS max-age.
+    """
+    return max(2 * rt.settings.key_reload_interval, float(rt.settings.jwks_max_age))
+
+
+async def rotate_token_key(
+    rt: Runtime, *, prepublish: float | None = None, actor: str = "operator:cli"
+) -> dict[str, object]:
+    """Rotate the token-signing key with pre-publication (RFC 7517 key rollover).
+
+    The new key is published in the JWKS at once and signs from ``now + prepublish``; every
+    older key keeps verifying (and stays published) until the last token it can have signed
+    has expired — ``activation + the longest token lifetime + leeway`` — and is then retired.
+    """
+    floor = min_prepublication(rt)
+    wait = floor if prepublish is None else prepublish
+    if wait < floor:
+        raise BadRequest(
+            f"pre-publication must be at least {floor:g} s (two key reloads and the JWKS "
+            "max-age), so that every verifier knows the key before it signs"
+        )
+    now = utcnow()
+    activates = now + timedelta(seconds=wait)
+    record, _ = await new_signing_key(rt.provider, PURPOSE_TOKEN, now)
+    record = dataclasses.replace(record, activates_at=activates)
+    lifetime = max(limits.ACCESS_TOKEN_TTL_MAX, limits.SUBSCRIBER_TOKEN_TTL_MAX)
+    retire = activates + timedelta(seconds=lifetime + limits.JWT_LEEWAY)
+    older = [k for k in await rt.store.signing_keys(PURPOSE_TOKEN) if k.retired_at is None]
+    await rt.store.add_signing_key(record)
+    for key in older:
+        await rt.store.schedule_key_retirement(key.kid, retire)
+    await audit.record(
+        rt,
+        tenant=None,
+        actor=actor,
+        action="key.rotated",
+        obj=f"signing-key:{record.kid}",
+        purpose=PURPOSE_TOKEN,
+        activates_at=activates.isoformat(),
+        retires=[k.kid for k in older],
+    )
+    await rt.reload_token_keys()
+    return {
+        "kid": record.kid,
+        "activates_at": activates.isoformat(),
+        "retiring": [{"kid": k.kid, "retires_at": retire.isoformat()} for k in older],
+    }
 
 
 async def create_tenant(rt: Runtime, name: str) -> TenantRecord:

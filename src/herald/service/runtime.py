@@ -101,6 +101,7 @@ class Runtime:
     #: restart (embedded mode); None with a durable shared store (Redis).
     nonce_not_before: float | None
     tokens: TokenService | None = None
+    _token_key_state: tuple[object, ...] = ()
     audit: AuditLog | None = None
     #: Channel plugins and the delivery worker; set by the server (not admin commands).
     channels: ChannelRegistry | None = None
@@ -211,8 +212,14 @@ class Runtime:
     async def reload_token_keys(self) -> None:
         """(Re)load the token-signing keys; without one, token routes are unavailable."""
         records = await self.store.signing_keys(PURPOSE_TOKEN)
-        keys = [await unwrap_signing_key(self.provider, r) for r in records if r.retired_at is None]
+        now = utcnow()
+        live = [r for r in records if r.retired_at is None or r.retired_at > now]
+        state = tuple((r.kid, r.activates_at, r.retired_at) for r in live)
+        if self.tokens is not None and state == self._token_key_state:
+            return  # nothing changed: no unwrapping (a KMS call per key)
+        keys = [await unwrap_signing_key(self.provider, r) for r in live]
         if keys:
+            self._token_key_state = state
             self.tokens = TokenService(
                 issuer=self.settings.base_url,
                 keys=keys,

@@ -128,6 +128,7 @@ class SigningKeyRecord:
     wrapped_private_key: bytes
     created_at: datetime
     retired_at: datetime | None = None
+    activates_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +415,10 @@ class Store(Protocol):
 
     async def add_signing_key(self, key: SigningKeyRecord) -> None:
         """Store a server signing key."""
+        ...
+
+    async def schedule_key_retirement(self, kid: str, retired_at: datetime) -> bool:
+        """Set when a signing key stops verifying (never later than one already set)."""
         ...
 
     async def signing_keys(self, purpose: str) -> list[SigningKeyRecord]:

@@ -180,7 +180,10 @@ signing_keys = Table(
     Column("public_key", LargeBinary, nullable=False),
     Column("wrapped_private_key", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # Published (JWKS) from created_at, signs from activates_at (None: from created_at),
+    # verifies and stays published until retired_at (None: for ever).
     Column("retired_at", UtcDateTime, nullable=True),
+    Column("activates_at", UtcDateTime, nullable=True),
 )
 
 devices = Table(

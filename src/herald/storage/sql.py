@@ -469,6 +469,19 @@ class SqlStore(QueueMixin, PlansMixin, TokensMixin):
         async with self._tx(write=True) as conn:
             await conn.execute(insert(s.signing_keys).values(_fields(key)))
 
+    async def schedule_key_retirement(self, kid: str, retired_at: datetime) -> bool:
+        """Set when a signing key stops verifying and leaves the JWKS (may be in the future).
+
+        An earlier retirement already set is kept (a key is never un-retired or extended).
+        """
+        t = s.signing_keys
+        later = t.c.retired_at.is_(None) | (t.c.retired_at > retired_at)
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(t).where(t.c.kid == kid, later).values(retired_at=retired_at)
+            )
+        return bool(result.rowcount)
+
     async def signing_keys(self, purpose: str) -> list[SigningKeyRecord]:
         """Signing keys of a purpose, newest first, retired ones included."""
         t = s.signing_keys
