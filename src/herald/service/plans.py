@@ -178,24 +178,10 @@ class Planner:
             expires_at=message.expires_at,
             deadline=deadline,
         )
-        if action == "skip":
+        if action in _CLOSING:
+            state, reason = _CLOSING[action]
             closed = await rt.store.close_waiting(
-                tenant_id,
-                message_id,
-                recipient,
-                state="skipped",
-                reason="an earlier step was delivered",
-                now=now,
-            )
-            await self._record(closed)
-        elif action == "expire":
-            closed = await rt.store.close_waiting(
-                tenant_id,
-                message_id,
-                recipient,
-                state="expired",
-                reason="the message's TTL passed",
-                now=now,
+                tenant_id, message_id, recipient, state=state, reason=reason, now=now
             )
             await self._record(closed)
         elif action == "activate":
@@ -233,6 +219,13 @@ class Planner:
                 channel=delivery.channel,
                 attempts=delivery.attempts,
             )
+
+
+#: What "skip" and "expire" do to the waiting steps: their state and recorded reason.
+_CLOSING = {
+    "skip": ("skipped", "an earlier step was delivered"),
+    "expire": ("expired", "the message's TTL passed"),
+}
 
 
 def _for(delivery: DeliveryRecord, recipient: str) -> bool:

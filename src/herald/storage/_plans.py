@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.storage import schema as s
@@ -216,12 +216,7 @@ class PlansMixin:
         many rows started (0: another node did it first).
         """
         d = s.deliveries
-        group = (
-            (d.c.tenant_id == tenant_id)
-            & (d.c.message_id == message_id)
-            & (d.c.recipient == recipient)
-            & (d.c.state == _WAITING)
-        )
+        group = _waiting(tenant_id, message_id, recipient)
         async with self._tx(write=True) as conn:
             started = await conn.execute(
                 update(d)
@@ -248,12 +243,7 @@ class PlansMixin:
     ) -> list[DeliveryRecord]:
         """Every waiting row of the group → ``state`` (skipped or expired); returns them."""
         d = s.deliveries
-        group = (
-            (d.c.tenant_id == tenant_id)
-            & (d.c.message_id == message_id)
-            & (d.c.recipient == recipient)
-            & (d.c.state == _WAITING)
-        )
+        group = _waiting(tenant_id, message_id, recipient)
         async with self._tx(write=True) as conn:
             pick = select(d).where(group)
             if self.dialect == "postgresql":
@@ -270,3 +260,14 @@ class PlansMixin:
         return [
             replace(DeliveryRecord(**row._asdict()), state=state, last_error=reason) for row in rows
         ]
+
+
+def _waiting(tenant_id: str, message_id: str, recipient: str) -> ColumnElement[bool]:
+    """The waiting deliveries of one (message, recipient)."""
+    d = s.deliveries
+    return (
+        (d.c.tenant_id == tenant_id)
+        & (d.c.message_id == message_id)
+        & (d.c.recipient == recipient)
+        & (d.c.state == _WAITING)
+    )
