@@ -72,10 +72,9 @@ class LoadedSigningKey:
     activates_at: datetime | None = None  # signs from then (None: from created_at)
     retired_at: datetime | None = None  # verifies and is published until then
 
-    @property
-    def signs_from(self) -> datetime:
-        """When this key starts signing."""
-        return self.activates_at or self.created_at
+    def active(self, now: datetime) -> bool:
+        """Whether the key may sign at ``now`` (a pre-published key not yet)."""
+        return self.activates_at is None or self.activates_at <= now
 
     def retired(self, now: datetime) -> bool:
         """Whether the key no longer verifies (nor is published) at ``now``."""

@@ -102,7 +102,7 @@ class TokenService:
         """
         now = self._now()
         for key in self._ordered:
-            if key.signs_from <= now and not key.retired(now):
+            if key.active(now) and not key.retired(now):
                 return key
         raise InvalidToken("no token-signing key is active")  # pragma: no cover - ops error
 

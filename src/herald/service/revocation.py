@@ -31,10 +31,10 @@ __all__ = [
 
 async def ensure_live(rt: Runtime, claims: AccessClaims | SubscriberClaims) -> None:
     """401 ``invalid-token`` for a revoked token, or one of a disabled or re-keyed app."""
-    disabled, not_before = await rt.live.app_state(claims.client_id)
+    missing, not_before = await rt.live.app_state(claims.client_id)
     # Whole seconds: a token issued in the very second of the change is refused too.
     stale = not_before is not None and claims.issued_at <= int(not_before)
-    if disabled or stale or await rt.live.revoked(claims.jti):
+    if missing or stale or await rt.live.revoked(claims.jti):
         rt.metrics.record_auth_failure("revoked_token")
         raise InvalidToken("the token was revoked, or its app disabled or re-keyed")
 

@@ -32,16 +32,21 @@ class LiveCheck:
         self._revoked: Lru[str, tuple[float, bool]] = Lru(size)
 
     async def app_state(self, app_id: str) -> tuple[bool, float | None]:
-        """``(disabled or missing, tokens_not_before in epoch seconds or None)``."""
+        """``(missing, tokens_not_before in epoch seconds or None)``.
+
+        Disabling an app sets its ``tokens_not_before``; the ``disabled`` flag alone (a
+        shredded tenant's apps) stops new tokens but lets live ones learn, with 410, that
+        the content is gone.
+        """
         now = self._clock()
         cached = self._apps.get(app_id)
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
         app = await self._store.get_app(app_id)
-        disabled = app is None or app.disabled
+        missing = app is None
         not_before = _epoch(app.tokens_not_before) if app is not None else None
-        self._apps.put(app_id, (now + CACHE_TTL, disabled, not_before))
-        return disabled, not_before
+        self._apps.put(app_id, (now + CACHE_TTL, missing, not_before))
+        return missing, not_before
 
     async def revoked(self, jti: str) -> bool:
         """Whether ``jti`` was revoked."""
