@@ -9,6 +9,7 @@ TLS on a loopback port, talked to with real HTTP and WebSocket clients.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,3 +452,27 @@ def smtp(pki: Pki) -> Iterator[Smtp]:
     """An SMTP server on 127.0.0.1 that requires STARTTLS, shared by a module's tests."""
     with smtp_server(pki, free_port()) as running:
         yield running
+
+
+# -- Redis clean-up ----------------------------------------------------------------------------
+def forget_redis_keys(url: str, tenant: str, client_ids: Iterable[str]) -> None:
+    """Delete what test nodes wrote to Redis for one tenant and its apps.
+
+    Nonces (``herald:nonce:<tenant>:…``), rate-limit buckets of the apps and of the tenant's
+    subscribers, and the apps' lockout counts; never anything of another test run.
+    """
+    import redis
+
+    from herald.state.ratelimit import bucket_key
+
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in tenant)
+    with redis.Redis.from_url(url, socket_timeout=5.0) as r:
+        keys: list[str] = []
+        for client_id in client_ids:
+            keys.append(f"herald:rl:{bucket_key('app', client_id)}")
+            digest = hashlib.sha256(client_id.encode()).hexdigest()[:32]
+            keys.append(f"herald:lock:client:{digest}")
+        for pattern in (f"herald:nonce:{escaped}:*", f"herald:rl:subscriber:k:{escaped}/*"):
+            keys += [k.decode() for k in r.scan_iter(match=pattern, count=1000)]
+        if keys:
+            r.delete(*keys)

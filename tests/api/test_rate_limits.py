@@ -34,6 +34,7 @@ import httpx
 import pytest
 import redis
 import tests.conftest as _root
+from tests.api.conftest import forget_redis_keys
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -432,10 +433,6 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
 @pytest.fixture
 def cluster(
     redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory
@@ -470,16 +467,10 @@ def cluster(
         yield first, second
     finally:
         node_factory.stop_all()
-        with redis.Redis.from_url(redis_url, socket_timeout=5.0) as r:
-            keys = [
-                f"herald:rl:{bucket_key('app', app.client_id)}",
-                f"herald:lock:client:{sha32(app.client_id)}",
-            ]
-            if not address_key_existed:
-                keys.append(address_key)
-            pattern = f"herald:nonce:{_glob_escape(app.tenant)}:*"
-            keys += [k.decode() for k in r.scan_iter(match=pattern, count=1000)]
-            r.delete(*keys)
+        forget_redis_keys(redis_url, app.tenant, [app.client_id])
+        if not address_key_existed:
+            with redis.Redis.from_url(redis_url, socket_timeout=5.0) as r:
+                r.delete(address_key)
 
 
 async def spend_concurrently(node_a: Node, node_b: Node, token: str) -> list[httpx.Response]:

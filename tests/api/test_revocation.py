@@ -22,7 +22,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -32,6 +32,7 @@ import jwt
 import pytest
 import redis
 import tests.conftest as _root
+from tests.api.conftest import forget_redis_keys
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -483,8 +484,13 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def cluster(redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory) -> tuple[Node, Node]:
-    """Node ``a`` (on the public URL) and node ``b``: one database, one Redis."""
+def cluster(
+    redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory
+) -> Iterator[tuple[Node, Node]]:
+    """Node ``a`` (on the public URL) and node ``b``: one database, one Redis.
+
+    Afterwards the Redis keys of the nodes' tenant and apps are deleted.
+    """
     port = node_factory.free_port()
     first = node_factory(
         name="revocation-cluster",
@@ -493,7 +499,11 @@ def cluster(redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory) -> tup
         HERALD_REDIS_URL=redis_url,
         HERALD_PUBLIC_URL=f"https://127.0.0.1:{port}",
     )
-    return first, node_factory.peer(first)  # node_factory stops both
+    try:
+        yield first, node_factory.peer(first)
+    finally:
+        node_factory.stop_all()
+        forget_redis_keys(redis_url, first.demo.tenant, [a.client_id for a in first.apps.values()])
 
 
 def pg_revocations(dsn: str) -> int:
