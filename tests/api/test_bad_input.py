@@ -290,10 +290,12 @@ def test_batch_with_an_undecodable_item_is_refused_cleanly(server, client, item)
     "message_id",
     [
         "not-a-uuid",
-        str(uuid.uuid4()),
-        str(uuid.uuid1()),
+        # Fixed values (not uuid4()/uuid1() at collection) so that every collection of the
+        # suite, e.g. one per pytest-xdist worker, sees the same test ids.
+        "5d3c2b2e-8f0e-4c3b-9a7d-2f1e0d9c8b7a",  # version 4
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",  # version 1
         "00000000-0000-0000-0000-000000000000",
-        "{" + str(uuid.uuid4()) + "}",
+        "{5d3c2b2e-8f0e-4c3b-9a7d-2f1e0d9c8b7a}",
         "0190a6e4-6b1c-7cc3-8f2a-3c4d5e6f7a8b".replace("-", ""),
         "0190a6e4-6b1c-7cc3-cf2a-3c4d5e6f7a8b",  # version 7 but not the RFC variant
     ],

@@ -507,7 +507,12 @@ def _bad_points() -> list[bytes]:
     return [off_curve, tweaked, compressed, b"\x04" + b"\x00" * 64, good[:64], good + b"\x00"]
 
 
-@pytest.mark.parametrize("bad", _bad_points())
+@pytest.mark.parametrize(
+    "bad",
+    _bad_points(),
+    # Named, not derived from the random keys: every collection sees the same test ids.
+    ids=["off-curve", "y-mismatch", "compressed", "zero-point", "truncated", "extra-byte"],
+)
 def test_validate_refuses_a_p256dh_that_is_not_an_uncompressed_p256_point(
     channel: WebPushChannel, bad: bytes
 ) -> None:
