@@ -1,6 +1,7 @@
 """Client commands: SDK calls to a running server.
 
-``publish``, ``subscribe``, ``token``, ``message cancel`` and ``template put|get|list``.
+``publish``, ``subscribe``, ``token`` (and ``token revoke``), ``message cancel`` and
+``template put|get|list``.
 """
 
 from __future__ import annotations
