@@ -75,33 +75,24 @@ async def ensure_signing_keys(rt: Runtime) -> list[str]:
     gains the keys it lacks.
     """
     created = []
-    for purpose in (PURPOSE_TOKEN, PURPOSE_AUDIT):
-        if not await rt.store.signing_keys(purpose):
+    for purpose in (PURPOSE_TOKEN, PURPOSE_AUDIT, PURPOSE_VAPID):
+        if await rt.store.signing_keys(purpose):
+            continue
+        if purpose == PURPOSE_VAPID:
+            record, _ = await new_vapid_key(rt.provider, utcnow())
+        else:
             record, _ = await new_signing_key(rt.provider, purpose, utcnow())
-            await rt.store.add_signing_key(record)
-            await audit.record(
-                rt,
-                tenant=None,
-                actor="operator",
-                action="key.created",
-                obj=f"signing-key:{record.kid}",
-                purpose=purpose,
-                algorithm=record.algorithm,
-            )
-            created.append(record.kid)
-    if not await rt.store.signing_keys(PURPOSE_VAPID):
-        vapid, _ = await new_vapid_key(rt.provider, utcnow())
-        await rt.store.add_signing_key(vapid)
+        await rt.store.add_signing_key(record)
         await audit.record(
             rt,
             tenant=None,
             actor="operator",
             action="key.created",
-            obj=f"signing-key:{vapid.kid}",
-            purpose=PURPOSE_VAPID,
-            algorithm=vapid.algorithm,
+            obj=f"signing-key:{record.kid}",
+            purpose=purpose,
+            algorithm=record.algorithm,
         )
-        created.append(vapid.kid)
+        created.append(record.kid)
     await rt.reload_token_keys()
     await rt.load_audit_key()
     return created

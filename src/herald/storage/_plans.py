@@ -9,12 +9,13 @@ same group change each row at most once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.storage import schema as s
@@ -28,9 +29,10 @@ _SCHEDULED = "scheduled"
 
 
 class PlansMixin:
-    """Template, schedule, notification-log and fallback methods (needs ``_tx``)."""
+    """Template, schedule, notification-log and fallback methods (needs ``_tx``, ``_lease``)."""
 
     _tx: Callable[..., AbstractAsyncContextManager[AsyncConnection]]
+    _lease: Callable[..., Awaitable[Sequence[Row[Any]]]]
     dialect: str
 
     # -- templates ---------------------------------------------------------------------------
@@ -100,17 +102,9 @@ class PlansMixin:
             & (t.c.deliver_at <= now)
             & (t.c.lease_until.is_(None) | (t.c.lease_until < now))
         )
-        pick = select(t.c.id).where(due).order_by(t.c.deliver_at).limit(limit)
-        if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        async with self._tx(write=True) as conn:
-            ids = [row[0] for row in (await conn.execute(pick)).all()]
-            if not ids:
-                return []
-            await conn.execute(
-                update(t).where(t.c.id.in_(ids)).values(lease_owner=owner, lease_until=lease_until)
-            )
-            rows = (await conn.execute(select(t).where(t.c.id.in_(ids)))).all()
+        rows = await self._lease(
+            t, due, t.c.deliver_at, limit, lease_owner=owner, lease_until=lease_until
+        )
         return [ScheduledRecord(**row._asdict()) for row in rows]
 
     async def cancel_scheduled(

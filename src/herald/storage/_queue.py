@@ -9,12 +9,12 @@ due again (at-least-once; receivers de-duplicate by delivery id).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.storage import schema as s
@@ -131,27 +131,42 @@ class QueueMixin:
                 and_(d.c.state == _SENDING, d.c.lease_until < now),
             ),
         )
-        pick = select(d.c.id).where(due).order_by(d.c.next_attempt_at).limit(limit)
+        # The attempt is counted when it starts, so one cut short by a crash still shows.
+        rows = await self._lease(
+            d,
+            due,
+            d.c.next_attempt_at,
+            limit,
+            state=_SENDING,
+            attempts=d.c.attempts + 1,
+            lease_owner=owner,
+            lease_until=lease_until,
+            updated_at=now,
+        )
+        return [DeliveryRecord(**row._asdict()) for row in rows]
+
+    async def _lease(
+        self,
+        table: Table,
+        due: ColumnElement[bool],
+        order: ColumnElement[Any],
+        limit: int,
+        **values: Any,
+    ) -> Sequence[Row[Any]]:
+        """Pick up to ``limit`` due rows by ``order`` and set ``values`` on them, atomically.
+
+        PostgreSQL skips rows another node has locked (``FOR UPDATE SKIP LOCKED``), so two
+        nodes never lease the same row; SQLite has one writer at a time anyway.
+        """
+        pick = select(table.c.id).where(due).order_by(order).limit(limit)
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         async with self._tx(write=True) as conn:
             ids = [row[0] for row in (await conn.execute(pick)).all()]
             if not ids:
                 return []
-            # The attempt is counted when it starts, so one cut short by a crash still shows.
-            await conn.execute(
-                update(d)
-                .where(d.c.id.in_(ids))
-                .values(
-                    state=_SENDING,
-                    attempts=d.c.attempts + 1,
-                    lease_owner=owner,
-                    lease_until=lease_until,
-                    updated_at=now,
-                )
-            )
-            rows = (await conn.execute(select(d).where(d.c.id.in_(ids)))).all()
-        return [DeliveryRecord(**row._asdict()) for row in rows]
+            await conn.execute(update(table).where(table.c.id.in_(ids)).values(**values))
+            return (await conn.execute(select(table).where(table.c.id.in_(ids)))).all()
 
     async def finish_delivery(
         self,
