@@ -7,6 +7,7 @@ terminates it, then kills it after 10 s.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -291,3 +292,24 @@ def write_results(name: str, **fields: Any) -> Path:
     payload = {"benchmark": name, "finished_at": now.isoformat(), **fields}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+async def publish_in_process(
+    rt: Any, claims: Any, request: Any, request_hash: bytes, *, count: int, concurrency: int
+) -> None:
+    """``count`` publishes of one message each through the service layer (no HTTP)."""
+    from herald.service import messages
+
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            outcome = await messages.publish(
+                rt, claims, [request], single=True, idempotency_key=None, request_hash=request_hash
+            )
+            if outcome.status != 202:
+                raise RuntimeError(f"publish answered {outcome.status}: {outcome.body}")
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))

@@ -75,6 +75,7 @@ from bench._common import (
     fmt,
     machine_facts,
     percentile,
+    publish_in_process,
     raise_keyboard_interrupt,
 )
 from bench._common import (
@@ -252,27 +253,10 @@ def measure_raw(run: Run, event: Any) -> None:
 
 
 async def publish_many(b: Bench, count: int, concurrency: int) -> None:
-    """``count`` publishes of one message each, ``concurrency`` tasks at a time."""
-    from herald.service import messages
-
-    left = count
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            outcome = await messages.publish(
-                b.rt,
-                b.claims,
-                [b.request],
-                single=True,
-                idempotency_key=None,
-                request_hash=b.request_hash,
-            )
-            if outcome.status != 202:
-                raise RuntimeError(f"publish answered {outcome.status}: {outcome.body}")
-
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))
+    """``count`` in-process publishes of ``b.request``, ``concurrency`` at a time."""
+    await publish_in_process(
+        b.rt, b.claims, b.request, b.request_hash, count=count, concurrency=concurrency
+    )
 
 
 def count_nodes(db: Path) -> int:

@@ -71,6 +71,7 @@ from bench._common import (
     fmt,
     machine_busy_seconds,
     machine_facts,
+    publish_in_process,
     raise_keyboard_interrupt,
 )
 from bench._common import (
@@ -252,27 +253,10 @@ class Meter:
 
 
 async def publish_many(b: Bench, count: int, concurrency: int) -> None:
-    """``count`` publishes of one message each, ``concurrency`` at a time."""
-    from herald.service import messages
-
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            outcome = await messages.publish(
-                b.rt,
-                b.claims,
-                [b.request],
-                single=True,
-                idempotency_key=None,
-                request_hash=b.request_hash,
-            )
-            if outcome.status != 202:
-                raise RuntimeError(f"publish answered {outcome.status}: {outcome.body}")
-
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))
+    """``count`` in-process publishes of ``b.request``, ``concurrency`` at a time."""
+    await publish_in_process(
+        b.rt, b.claims, b.request, b.request_hash, count=count, concurrency=concurrency
+    )
 
 
 async def measure_publishes(run: Run, b: Bench) -> None:
