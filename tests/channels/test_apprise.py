@@ -9,19 +9,19 @@ shows the delivery is refused.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 import trustme
+from tests.channels.peers import TlsServer
 
 from herald.channels import apprise as apprise_channel
 from herald.channels.apprise import (
@@ -35,7 +35,6 @@ from herald.errors import BadRequest
 
 pytestmark = pytest.mark.timeout(30)
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 TOKEN = "9d41c0e7a2b35f68"  # made-up credential, looked for in every error message
 UNREACHABLE = Retry("the Apprise target refused or was unreachable")
 REFUSED = Failed("destination refused by the SSRF guard")
@@ -67,7 +66,7 @@ class Receiver:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: TlsServer
 
     def do_POST(self) -> None:
         receiver = self.server.receiver
@@ -86,29 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-
-    def __init__(self, ctx: ssl.SSLContext | None, receiver: Receiver) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.ctx = ctx
-        self.receiver = receiver
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(10)
-        if self.ctx is None:
-            self.RequestHandlerClass(request, client_address, self)
-            return
-        with self.ctx.wrap_socket(request, server_side=True) as tls:
-            self.RequestHandlerClass(tls, client_address, self)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that hang up (timeouts, refused handshakes) are part of the tests
-
-
 def _serve(ctx: ssl.SSLContext | None) -> Iterator[Receiver]:
     state = Receiver()
-    server = _Server(ctx, state)
+    server = TlsServer(ctx, state, _Handler)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -121,18 +100,6 @@ def _serve(ctx: ssl.SSLContext | None) -> Iterator[Receiver]:
         thread.join()
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # requests reads these; a proxy or a CA bundle from the developer's shell must not leak in.
@@ -141,11 +108,6 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-
-
-@pytest.fixture
-def policy(ca_file: Path) -> EgressPolicy:
-    return EgressPolicy(allow=LOOPBACK, ca_file=ca_file, connect_timeout=2.0, read_timeout=2.0)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import ipaddress
 import json
 import socket
 import ssl
@@ -21,13 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trustme
+from tests.channels.peers import LOOPBACK, TlsServer
 
 from herald.channels import robots
 from herald.channels.base import Channel, Delivered, DeliveryJob, Failed, Retry, redact_endpoint
@@ -52,7 +52,6 @@ from herald.errors import BadRequest
 
 pytestmark = pytest.mark.timeout(30)
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 TOKEN = "3f9c2e7a41b0d6c58e1f"  # made-up robot token, looked for in every error message
 DING_SECRET = "SEC" + "5a0c9e1b7d3f" * 5 + "0a1b"
 FEISHU_SECRET = "qvLRfKHxOHgh3vSoBq1kCe"
@@ -98,7 +97,7 @@ class Receiver:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: TlsServer
 
     def do_POST(self) -> None:
         receiver = self.server.receiver
@@ -123,46 +122,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-
-    def __init__(self, ctx: ssl.SSLContext, receiver: Receiver) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.ctx = ctx
-        self.receiver = receiver
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(10)
-        with self.ctx.wrap_socket(request, server_side=True) as tls:
-            self.RequestHandlerClass(tls, client_address, self)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
-@pytest.fixture
-def policy(ca_file: Path) -> EgressPolicy:
-    return EgressPolicy(allow=LOOPBACK, ca_file=ca_file, connect_timeout=2.0, read_timeout=2.0)
-
-
 @pytest.fixture
 def receiver(ca: trustme.CA) -> Iterator[Receiver]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     state = Receiver()
-    server = _Server(ctx, state)
+    server = TlsServer(ctx, state, _Handler)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()

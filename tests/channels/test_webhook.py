@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import ipaddress
 import json
 import socket
 import ssl
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from standardwebhooks import Webhook
+from tests.channels.peers import LOOPBACK, TlsServer
 
 from herald.channels.base import (
     Channel,
@@ -56,7 +56,6 @@ from herald.channels.webhook import (
 )
 from herald.errors import BadRequest
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 TOLERANCE = timedelta(minutes=5)  # standardwebhooks' fixed tolerance
 
 # The Standard Webhooks known-answer vector (REFERENCES.md).
@@ -129,7 +128,7 @@ def _verify_v1a(public_key: Ed25519PublicKey, body: bytes, headers: dict[str, st
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: TlsServer
 
     def do_POST(self) -> None:
         receiver = self.server.receiver
@@ -150,41 +149,6 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-
-    def __init__(self, ctx: ssl.SSLContext, receiver: Receiver) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.ctx = ctx
-        self.receiver = receiver
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # TLS per connection, in the handler thread: a bad client cannot stall accept().
-        request.settimeout(10)
-        with self.ctx.wrap_socket(request, server_side=True) as tls:
-            self.RequestHandlerClass(tls, client_address, self)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that hang up (timeouts, refused handshakes) are part of the tests
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
-@pytest.fixture
-def policy(ca_file: Path) -> EgressPolicy:
-    return EgressPolicy(allow=LOOPBACK, ca_file=ca_file, connect_timeout=2.0, read_timeout=2.0)
-
-
 @pytest.fixture
 def channel(policy: EgressPolicy) -> WebhookChannel:
     return WebhookChannel(policy)
@@ -195,7 +159,7 @@ def receiver(ca: trustme.CA) -> Iterator[Receiver]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     state = Receiver()
-    server = _Server(ctx, state)
+    server = TlsServer(ctx, state, _Handler)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()

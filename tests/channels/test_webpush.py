@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import ipaddress
 import json
 import secrets
 import socket
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.channels.peers import TlsServer
 
 from herald.channels.base import (
     Channel,
@@ -61,7 +61,6 @@ from herald.channels.webpush import (
 )
 from herald.errors import BadRequest
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 SUBJECT = "mailto:ops@herald.example"
 B64URL = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -191,10 +190,10 @@ class PushService:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: TlsServer
 
     def do_POST(self) -> None:
-        service = self.server.service
+        service = self.server.receiver
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         headers = {key.lower(): value for key, value in self.headers.items()}
         status = service.handle(self.path, headers, body)
@@ -206,40 +205,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-
-    def __init__(self, ctx: ssl.SSLContext, service: PushService) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.ctx = ctx
-        self.service = service
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(10)
-        with self.ctx.wrap_socket(request, server_side=True) as tls:
-            self.RequestHandlerClass(tls, client_address, self)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
-@pytest.fixture
-def policy(ca_file: Path) -> EgressPolicy:
-    return EgressPolicy(allow=LOOPBACK, ca_file=ca_file, connect_timeout=2.0, read_timeout=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +222,7 @@ def push(ca: trustme.CA, vapid_key: ec.EllipticCurvePrivateKey) -> Iterator[Push
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     state = PushService(application_server_key=vapid_public_key_b64url(vapid_key))
-    server = _Server(ctx, state)
+    server = TlsServer(ctx, state, _Handler)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
