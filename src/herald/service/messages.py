@@ -37,7 +37,7 @@ from herald.errors import (
     NotFound,
 )
 from herald.service import audit, templates
-from herald.service.routing import Routing, route
+from herald.service.routing import Routing, route, targets
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord, ScheduledRecord
 
@@ -439,10 +439,11 @@ async def _commit(
     now: datetime,
 ) -> dict[str, tuple[int, bytes]]:
     """Route, commit and fan out; returns each id's audit (index, leaf hash)."""
+    found = await targets(rt, tenant_id, batch.routing)
     async with rt.publish_lock:
         # Routed under the lock, so that this node's concurrent publishes see each
         # other's notification-log rows (frequency caps, de-duplication).
-        routed = await route(rt, tenant_id, batch.routing, now)
+        routed = await route(rt, tenant_id, batch.routing, found, now)
         events = [
             e.with_details(suppressed=routed.suppressed[r.id]) if r.id in routed.suppressed else e
             for e, r in zip(batch.events, batch.records, strict=True)

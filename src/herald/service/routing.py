@@ -37,9 +37,9 @@ from herald.core.preferences import (
 )
 from herald.errors import BadRequest
 from herald.service.runtime import Runtime
-from herald.storage.base import DeliveryRecord, MessageRecord, NotifyRecord
+from herald.storage.base import DeliveryRecord, EndpointRecord, MessageRecord, NotifyRecord
 
-__all__ = ["Routed", "Routing", "load_preferences", "route"]
+__all__ = ["Routed", "Routing", "Targets", "load_preferences", "route", "targets"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +118,36 @@ def _suppression(
     return None
 
 
-async def route(rt: Runtime, tenant_id: str, items: Sequence[Routing], now: datetime) -> Routed:
-    """Deliveries (and notification-log rows) for messages about to be committed."""
-    routed = Routed([], [], {})
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """The recipients' endpoints and preferences, read before the publish lock is taken."""
+
+    recipients: list[str]
+    endpoints: list[EndpointRecord]
+    prefs: dict[str, Preferences]
+
+
+async def targets(rt: Runtime, tenant_id: str, items: Sequence[Routing]) -> Targets:
+    """Read what routing needs that no concurrent publish changes (outside the lock)."""
     wanted = sorted({r for item in items for r in item.record.recipients})
     if not wanted:
-        return routed
+        return Targets([], [], {})
     endpoints = await rt.store.active_endpoints(tenant_id, wanted)
-    prefs = await load_preferences(rt, tenant_id, wanted)
+    return Targets(wanted, endpoints, await load_preferences(rt, tenant_id, wanted))
+
+
+async def route(
+    rt: Runtime, tenant_id: str, items: Sequence[Routing], found: Targets, now: datetime
+) -> Routed:
+    """Deliveries (and notification-log rows) for messages about to be committed.
+
+    Called under the publish lock: the notification log it reads (caps, de-duplication)
+    is what this node's concurrent publishes write.
+    """
+    routed = Routed([], [], {})
+    wanted, endpoints, prefs = found.recipients, found.endpoints, found.prefs
+    if not wanted:
+        return routed
     window = _window(items, prefs)
     history = (
         await rt.store.notifications_since(tenant_id, wanted, now - timedelta(seconds=window))
