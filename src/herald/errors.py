@@ -6,7 +6,8 @@ and an HTTP ``status``; the server turns them into ``application/problem+json`` 
 
 Security failures collapse into one opaque error per boundary so that an error is never an
 oracle: every way a bearer token can be wrong is :class:`InvalidToken`, every way a client
-can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
+can fail to authenticate is :class:`InvalidClient` (an operator's login:
+:class:`InvalidCredentials`), every decrypt failure is
 :class:`DecryptionFailed`.
 
 ::
@@ -22,6 +23,7 @@ can fail to authenticate is :class:`InvalidClient`, every decrypt failure is
         │                           too-many-recipients, invalid-cursor
         ├── InvalidToken (401)      invalid-token
         ├── InvalidClient (401)     invalid-client (OAuth client authentication)
+        ├── InvalidCredentials (401) invalid-credentials (operator login)
         ├── Forbidden (403)         forbidden
         ├── NotFound (404)          not-found
         ├── MethodNotAllowed (405)  method-not-allowed
@@ -61,6 +63,7 @@ __all__ = [
     "IntegrityConflict",
     "InternalError",
     "InvalidClient",
+    "InvalidCredentials",
     "InvalidToken",
     "InvalidTransition",
     "KeyRevoked",
@@ -176,6 +179,17 @@ class InvalidClient(ApiError):
             headers={"WWW-Authenticate": 'Basic realm="herald"'},
             extra={"error": "invalid_client"},
         )
+
+
+class InvalidCredentials(ApiError):
+    """An operator's name or password is wrong, or the operator is disabled (one answer)."""
+
+    status = 401
+    slug = "invalid-credentials"
+    title = "Sign-in failed"
+
+    def __init__(self, detail: str = "the name or password is wrong") -> None:
+        super().__init__(detail)
 
 
 class Forbidden(ApiError):

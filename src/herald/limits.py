@@ -21,6 +21,11 @@ __all__ = [
     "MAX_BATCH_BODY_BYTES",
     "MAX_BODY_BYTES",
     "MESSAGE_TTL_MAX",
+    "OPERATOR_NAME_MAX",
+    "OPERATOR_PASSWORD_MAX",
+    "OPERATOR_PASSWORD_MIN",
+    "OPERATOR_TOKEN_TTL",
+    "OPERATOR_TOKEN_TTL_MAX",
     "RECIPIENTS_MAX",
     "RECIPIENT_ID_MAX",
     "STREAM_FRAME_MAX",
@@ -64,6 +69,15 @@ ACCESS_TOKEN_TTL_MAX = 3600
 #: Subscriber-token lifetime by default and cap (seconds).
 SUBSCRIBER_TOKEN_TTL_DEFAULT = 3600
 SUBSCRIBER_TOKEN_TTL_MAX = 24 * 3600
+#: Operator tokens (``/v1/admin/login``): short-lived, as a person's session should be.
+OPERATOR_TOKEN_TTL = 900
+OPERATOR_TOKEN_TTL_MAX = 3600
+#: Operator passwords: NIST SP 800-63B asks for at least 8 characters and to allow at least
+#: 64; we ask 12 and bound the length so Argon2id's input stays small.
+OPERATOR_PASSWORD_MIN = 12
+OPERATOR_PASSWORD_MAX = 256
+#: Operator login names.
+OPERATOR_NAME_MAX = 64
 #: Clock-skew leeway when checking ``exp``/``nbf``/``iat`` (RFC 8725 advice: small).
 JWT_LEEWAY = 30
 #: One-time stream tickets for browsers live this long (seconds).

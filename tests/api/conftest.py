@@ -102,6 +102,7 @@ class Node:
     reuse_tokens: bool = False  # token() gets one token per app and scope, then reuses it
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tokens: dict[tuple[str, str | None], str] = field(default_factory=dict, repr=False)
+    operators: dict[str, str] = field(default_factory=dict, repr=False)  # name -> password
 
     def __post_init__(self) -> None:
         self.apps.setdefault("demo", self.demo)
@@ -156,6 +157,30 @@ class Node:
 
     def app(self, name: str) -> App:
         return self.apps[name]
+
+    def add_operator(self, name: str, *, tenant: str | None = None) -> dict[str, Any]:
+        """``herald admin create`` (global unless ``tenant``); keeps the generated password."""
+        options = ["--tenant", tenant] if tenant else []
+        created: dict[str, Any] = self.cli("admin", "create", name, *options)
+        self.operators[name] = str(created["password"])
+        return created
+
+    def operator_login(self, name: str = "root", password: str | None = None) -> httpx.Response:
+        """``POST /v1/admin/login`` for ``name`` (a global operator made on first use)."""
+        if name not in self.operators and password is None:
+            self.add_operator(name)
+        body = {"name": name, "password": password or self.operators[name]}
+        with self.client(sign=False) as client:
+            return client.post("/v1/admin/login", json=body)
+
+    def operator_token(self, name: str = "root") -> str:
+        """An operator token of ``name`` (a global operator made on first use)."""
+        key = ("operator:" + name, None)
+        if not self.reuse_tokens or key not in self._tokens:
+            response = self.operator_login(name)
+            assert response.status_code == 200, response.text
+            self._tokens[key] = str(response.json()["access_token"])
+        return self._tokens[key]
 
     # -- HTTP ---------------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:

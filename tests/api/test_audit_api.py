@@ -5,8 +5,8 @@ with a reference implementation of the RFC's recursive definitions (§2.1.1, §2
 §2.1.4.1) over every leaf, never with ``herald.audit.merkle``: a bug shared by the server
 and its own verifier would otherwise pass unnoticed.
 
-The module runs its own server (two tenants, an admin app) that signs a checkpoint every
-second, so that several checkpoints are seen within a test.
+The module runs its own server (two tenants, an admin app, a global operator) that signs a
+checkpoint every second, so that several checkpoints are seen within a test.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def all_entries(node: Node, token: str, end: int | None = None) -> list[dict[str
 
 
 def log_size(node: Node) -> int:
-    admin = node.token(node.app("admin"))
+    admin = node.operator_token()
     response = get(node, "/v1/audit/entries", admin, **{"from": 0, "to": 0})
     assert response.status_code == 200, response.text
     return int(response.json()["size"])
@@ -328,7 +328,7 @@ def test_every_inclusion_proof_verifies(node: Node) -> None:
         publish(node, node.demo, topic="audit.inclusion", title=f"demo {n}")
         publish(node, other, topic="audit.inclusion", title=f"other {n}")
     key = audit_key(node)
-    admin = node.token(node.app("admin"))
+    admin = node.operator_token()
     checkpoint = checkpoint_covering(node, admin, key, log_size(node))
     entries = all_entries(node, admin, checkpoint.size)
     assert [e["index"] for e in entries] == list(range(checkpoint.size))
@@ -375,7 +375,7 @@ def test_every_inclusion_proof_verifies(node: Node) -> None:
 
 def test_consistency_between_every_pair_of_checkpoints(node: Node) -> None:
     key = audit_key(node)
-    admin = node.token(node.app("admin"))
+    admin = node.operator_token()
     seen: dict[int, Checkpoint] = {}
     # Grow the log across several checkpoints (one per second) and watch them come.
     deadline = time.monotonic() + 4 * WAIT
@@ -429,13 +429,13 @@ def tenant_of(item: dict[str, Any]) -> str | None:
     return tenant
 
 
-def test_each_tenant_sees_only_its_entries_and_admin_sees_all(node: Node) -> None:
+def test_each_tenant_sees_only_its_entries_and_a_global_operator_sees_all(node: Node) -> None:
     other = node.app("other")
     mine = publish(node, node.demo, topic="audit.tenants", title="demo's")
     theirs = publish(node, other, topic="audit.tenants", title="other's")
     size = log_size(node)
 
-    everything = all_entries(node, node.token(node.app("admin")))
+    everything = all_entries(node, node.operator_token())
     assert [e["index"] for e in everything][:size] == list(range(size))
     assert {tenant_of(e) for e in everything} >= {None, node.demo.tenant, other.tenant}
     by_tenant: dict[str | None, set[int]] = {}
@@ -444,7 +444,11 @@ def test_each_tenant_sees_only_its_entries_and_admin_sees_all(node: Node) -> Non
         assert rfc_leaf_hash(item["entry"].encode()).hex() == item["leaf_hash"]
 
     views = {
-        node.demo.tenant: [node.token(node.demo), subscriber_token(node, node.demo, "u-demo")],
+        node.demo.tenant: [
+            node.token(node.demo),
+            node.token(node.app("admin")),
+            subscriber_token(node, node.demo, "u-demo"),
+        ],
         other.tenant: [node.token(other), subscriber_token(node, other, "u-other")],
     }
     for tenant, tokens in views.items():
@@ -470,18 +474,24 @@ def test_each_tenant_sees_only_its_entries_and_admin_sees_all(node: Node) -> Non
 def test_inclusion_proof_of_another_tenants_entry_is_not_found(node: Node) -> None:
     other, admin = node.app("other"), node.app("admin")
     theirs = publish(node, other, topic="audit.hidden", title="other's")["audit"]["index"]
-    system = next(e["index"] for e in all_entries(node, node.token(admin)) if not tenant_of(e))
-    for token in (node.token(node.demo), subscriber_token(node, node.demo, "u-hidden")):
+    system = next(e["index"] for e in all_entries(node, node.operator_token()) if not tenant_of(e))
+    # The demo tenant's admin app is an app of its tenant like any other: no wider view.
+    demo_callers = (
+        node.token(node.demo),
+        node.token(admin),
+        subscriber_token(node, node.demo, "u-hidden"),
+    )
+    for token in demo_callers:
         for index in (theirs, system):
             response = get(node, "/v1/audit/proof/inclusion", token, index=index)
             assert_problem(response, 404, "not-found")
-    # ... while the entry's own tenant and the admin get the proof.
-    for token in (node.token(other), node.token(admin)):
+    # ... while the entry's own tenant and a global operator get the proof.
+    for token in (node.token(other), node.operator_token()):
         assert get(node, "/v1/audit/proof/inclusion", token, index=theirs).status_code == 200
 
 
 def test_bad_parameters_are_400_problems(node: Node) -> None:
-    admin = node.token(node.app("admin"))
+    admin = node.operator_token()
     size = log_size(node)
     bad = [
         ("/v1/audit/entries", {"from": "abc"}),
@@ -543,7 +553,7 @@ def test_entries_never_contain_message_content(node: Node) -> None:
         data={"secret": marker, marker: 1},
         recipients=["content-user"],
     )
-    token = node.token(node.app("admin"))
+    token = node.operator_token()
     index = sent["audit"]["index"]
     response = get(node, "/v1/audit/entries", token, **{"from": index, "to": index + 1})
     assert response.status_code == 200, response.text
@@ -594,7 +604,7 @@ async def test_concurrent_publishes_get_gap_free_indices_and_the_log_verifies(
     assert indices == list(range(indices[0], indices[0] + CONCURRENT_PUBLISHES))
 
     key = await asyncio.to_thread(audit_key, node)
-    admin = await asyncio.to_thread(node.token, node.app("admin"))
+    admin = await asyncio.to_thread(node.operator_token)
     size = await asyncio.to_thread(log_size, node)
     checkpoint = await asyncio.to_thread(checkpoint_covering, node, admin, key, size)
     entries = await asyncio.to_thread(all_entries, node, admin, checkpoint.size)

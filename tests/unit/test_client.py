@@ -110,6 +110,7 @@ def publisher(api: FakeApi, **kwargs: Any) -> AsyncPublisher:
 
 def test_public_names() -> None:
     assert set(herald.client.__all__) == {
+        "AsyncAdmin",
         "AsyncPublisher",
         "AsyncSubscriber",
         "Publisher",

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from herald import __version__
-from herald.cli import admin, audit, clients, keys
+from herald.cli import admin, audit, clients, keys, operators
 from herald.cli.output import stderr
 from herald.config import Settings, load_settings
 from herald.errors import HeraldError
@@ -26,6 +26,7 @@ cli = typer.Typer(
 cli.command("init")(admin.init)
 cli.add_typer(admin.tenant_cli, name="tenant")
 cli.add_typer(admin.app_cli, name="app")
+cli.add_typer(operators.operator_cli, name="admin")
 cli.add_typer(keys.keys_cli, name="keys")
 cli.add_typer(audit.audit_cli, name="audit")
 cli.command("publish")(clients.publish)

@@ -31,10 +31,16 @@ once, e.g. from ``/.well-known/herald-audit-key``, and never re-fetch it to veri
     receipt = await stream.verify_receipt(message, audit_key=PINNED_AUDIT_KEY)
     # ReceiptInvalid when the server cannot prove the message was logged
 
+Operators (people who run Herald; ``herald admin create``) sign in with a password::
+
+    async with AsyncAdmin(url, "alice", password, ca=".herald/tls/ca.pem") as admin:
+        app = await admin.create_app(tenant_id, ["publish:orders.>"])
+
 :class:`Publisher` and :class:`Subscriber` are blocking equivalents. TLS certificates are
 always verified; every error raised on purpose is a :class:`HeraldClientError`.
 """
 
+from herald.client._admin import AsyncAdmin
 from herald.client._e2e import DeviceKey, E2EDecryptionError, register_device_with_token
 from herald.client._errors import (
     AuthenticationError,
@@ -51,6 +57,7 @@ from herald.client._sync import Publisher, Subscriber
 from herald.client._transport import make_ssl_context
 
 __all__ = [
+    "AsyncAdmin",
     "AsyncPublisher",
     "AsyncSubscriber",
     "AuthenticationError",

@@ -6,8 +6,8 @@ from the token; the key is looked up by ``kid`` among *our* keys only (``jku``, 
 because PyJWT does not; ``iss``, ``aud``, ``exp``, ``iat``, ``jti`` are required; leeway is
 small. Every failure is the same opaque :class:`~herald.errors.InvalidToken`.
 
-Subscriber tokens use a different ``typ`` and audience, so neither kind of token can stand
-in for the other.
+Subscriber and operator tokens use their own ``typ`` and audience, so no kind of token can
+stand in for another.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 
 from herald import limits
+from herald.core.policy import Principal
 from herald.core.scopes import ScopeSet
 from herald.core.topics import TopicPattern
 from herald.crypto.signing import LoadedSigningKey
@@ -28,14 +29,17 @@ from herald.errors import BadRequest, InvalidToken
 __all__ = [
     "ACCESS_TOKEN_TYP",
     "ALLOWED_ALGORITHMS",
+    "OPERATOR_TOKEN_TYP",
     "SUBSCRIBER_TOKEN_TYP",
     "AccessClaims",
+    "OperatorClaims",
     "SubscriberClaims",
     "TokenService",
 ]
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
 SUBSCRIBER_TOKEN_TYP = "herald-sub+jwt"  # noqa: S105 - a media type, not a secret
+OPERATOR_TOKEN_TYP = "herald-op+jwt"  # noqa: S105 - a media type, not a secret
 #: PyJWT knows Ed25519 JWS only as ``EdDSA`` (RFC 9864 renamed it; see REFERENCES.md).
 ALLOWED_ALGORITHMS = ("EdDSA",)
 #: Tokens longer than this are refused before any parsing.
@@ -54,6 +58,11 @@ class AccessClaims:
     expires_at: int
     issued_at: int = 0
 
+    @property
+    def principal(self) -> Principal:
+        """The app as the authorisation policy sees it."""
+        return Principal.app(self.tenant_id, self.client_id, self.scopes)
+
 
 @dataclass(frozen=True, slots=True)
 class SubscriberClaims:
@@ -66,6 +75,32 @@ class SubscriberClaims:
     jti: str
     expires_at: int
     issued_at: int = 0
+
+    @property
+    def principal(self) -> Principal:
+        """The recipient as the authorisation policy sees it."""
+        return Principal.subscriber(self.tenant_id, self.recipient, self.patterns, self.client_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorClaims:
+    """The verified identity behind an operator token (``tenant_id`` None: global)."""
+
+    operator_id: str
+    tenant_id: str | None
+    jti: str
+    expires_at: int
+    issued_at: int = 0
+
+    @property
+    def client_id(self) -> str:
+        """The credential holder whose state (disabled, re-keyed) the token depends on."""
+        return self.operator_id
+
+    @property
+    def principal(self) -> Principal:
+        """The operator as the authorisation policy sees it."""
+        return Principal.operator(self.operator_id, self.tenant_id)
 
 
 class TokenService:
@@ -81,6 +116,7 @@ class TokenService:
     ) -> None:
         self.issuer = issuer
         self.stream_audience = issuer + "/v1/stream"
+        self.operator_audience = issuer + "/v1/admin"
         # Newest created first: the newest key that is active and not retired signs, so a
         # key superseded while still pre-published never signs (a later rotation wins).
         ordered = sorted(keys, key=lambda k: (k.created_at, k.kid), reverse=True)
@@ -158,6 +194,25 @@ class TokenService:
             "jti": self._new_jti(),
         }
         return self._sign(claims, SUBSCRIBER_TOKEN_TYP), ttl
+
+    def issue_operator(
+        self, *, operator_id: str, tenant_id: str | None, ttl: int
+    ) -> tuple[str, int]:
+        """Return ``(jwt, expires_in)`` for an operator; no ``tenant`` claim when global."""
+        ttl = min(ttl, limits.OPERATOR_TOKEN_TTL_MAX)
+        now = int(self._clock())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.operator_audience,
+            "sub": operator_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": self._new_jti(),
+        }
+        if tenant_id is not None:
+            claims["tenant"] = tenant_id
+        return self._sign(claims, OPERATOR_TOKEN_TYP), ttl
 
     # -- verifying -------------------------------------------------------------------------
     def _decode(self, token: str, *, typ: str, audience: str) -> dict[str, Any]:
@@ -254,9 +309,19 @@ class TokenService:
             int(claims["iat"]),
         )
 
+    def verify_operator(self, token: str) -> OperatorClaims:
+        """Verify an operator token; every failure is :class:`InvalidToken`."""
+        claims = self._decode(token, typ=OPERATOR_TOKEN_TYP, audience=self.operator_audience)
+        operator_id, tenant = claims.get("sub"), claims.get("tenant")
+        if not isinstance(operator_id, str) or not (tenant is None or isinstance(tenant, str)):
+            raise InvalidToken
+        return OperatorClaims(
+            operator_id, tenant, str(claims["jti"]), int(claims["exp"]), int(claims["iat"])
+        )
+
     @staticmethod
     def kind_of(token: str) -> str | None:
-        """``"access"`` or ``"subscriber"`` by the (unverified) ``typ`` header, else None.
+        """``"access"``, ``"subscriber"`` or ``"operator"`` by the (unverified) ``typ``.
 
         Only chooses which verifier to run; the verifier then checks everything.
         """
@@ -268,6 +333,8 @@ class TokenService:
             return None
         if typ == SUBSCRIBER_TOKEN_TYP:
             return "subscriber"
+        if typ == OPERATOR_TOKEN_TYP:
+            return "operator"
         return "access"
 
     def jwks(self) -> dict[str, Any]:

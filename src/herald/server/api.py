@@ -21,6 +21,7 @@ from herald.core.messages import (
     decode_json,
     validate_publish,
 )
+from herald.core.policy import Action, Resource, authorize
 from herald.core.topics import validate_topic
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import (
@@ -28,7 +29,6 @@ from herald.errors import (
     ApiError,
     BadRequest,
     DigestMismatch,
-    Forbidden,
     InvalidClient,
     InvalidToken,
     KeyRevoked,
@@ -93,6 +93,13 @@ async def access_claims(request: Request) -> AccessClaims:
         raise
     await revocation.ensure_live(rt, claims)
     request.state.ratelimit = await throttle.admit_app(rt, claims.client_id)
+    return claims
+
+
+async def app_allowed(request: Request, action: Action) -> AccessClaims:
+    """Verify the access token and authorise ``action`` on the app's own tenant."""
+    claims = await access_claims(request)
+    authorize(claims.principal, action, Resource(claims.tenant_id))
     return claims
 
 
@@ -419,6 +426,7 @@ async def stream_ticket(request: Request) -> Response:
     if token is None:
         raise InvalidToken("a subscriber token is required (Authorization: Bearer …)")
     claims = await subscriber_claims(request, token)
+    authorize(claims.principal, Action.STREAM_TICKET_ISSUE, Resource(claims.tenant_id))
     return json_response(await streams.issue_stream_ticket(rt, claims), 201, _NO_STORE)
 
 
@@ -434,18 +442,17 @@ async def register_device(request: Request) -> Response:
     raw = await read_body(request, 4096)
     if token is not None and rt.token_service().kind_of(token) == "subscriber":
         sub = await subscriber_claims(request, token)
-        if sub.recipient != recipient:
-            raise Forbidden("a subscriber token registers devices of its own recipient only")
-        tenant_id, actor = sub.tenant_id, f"recipient:{recipient}"
+        principal = sub.principal
+        authorize(principal, Action.DEVICE_REGISTER, Resource(sub.tenant_id, recipient=recipient))
     else:
         claims = await access_claims(request)
-        if not claims.scopes.has("admin"):
-            raise Forbidden("registering a device for a recipient needs the admin scope")
+        principal = claims.principal
+        where = Resource(claims.tenant_id, recipient=recipient)
+        authorize(principal, Action.DEVICE_REGISTER, where)
         await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
-        tenant_id, actor = claims.tenant_id, f"app:{claims.client_id}"
     require_json(request)
     req = decode_json(raw, DeviceRequest)
-    body = await devices.register_device(rt, tenant_id, recipient, req, actor=actor)
+    body = await devices.register_device(rt, principal.home, recipient, req, actor=principal.actor)
     return json_response(body, 201)
 
 
@@ -453,6 +460,7 @@ async def list_devices(request: Request) -> Response:
     """``GET /v1/recipients/{recipient}/devices``: public keys to seal e2e content to."""
     rt = runtime(request)
     claims = await access_claims(request)
+    authorize(claims.principal, Action.DEVICE_LIST, Resource(claims.tenant_id))
     return json_response(
         await devices.list_devices(rt, claims.tenant_id, request.path_params["recipient"])
     )

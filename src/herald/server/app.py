@@ -26,6 +26,7 @@ from herald.errors import (
 )
 from herald.observability.logging import get_logger
 from herald.server import api
+from herald.server.admin_api import admin_routes
 from herald.server.audit_api import audit_routes
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_document
@@ -219,6 +220,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.routes(),
         *audit_routes(),
+        *admin_routes(),
         *recipient_routes(),
         *template_routes(),
         *stream_routes(),

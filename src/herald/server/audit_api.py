@@ -1,12 +1,10 @@
 """Audit log routes: checkpoints, entries, inclusion and consistency proofs, verifier key.
 
-Every route needs a token of the tenant (an app's access token, or a subscriber token so
-that a receiving device can check its receipts). Tenants see and prove their own entries;
-an ``admin`` token sees all (issue 5). Until the operator role of the identity issue
-exists, ``admin`` is an app scope, so an admin app of one tenant sees other tenants'
-entry metadata (ids, actions, topics — never content): grant ``admin`` to operators' apps
-only. The operator role will take this over. Checkpoints and consistency proofs concern
-the whole log and reveal only hashes.
+Every route needs a token: an app's access token, a subscriber token (so that a receiving
+device can check its receipts), or an operator token. Callers of a tenant see and prove
+their own tenant's entries; a global operator sees every entry, including those of no
+tenant (server keys, global operators). The decision is the policy's ``audit.read``.
+Checkpoints and consistency proofs concern the whole log and reveal only hashes.
 """
 
 from __future__ import annotations
@@ -19,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from herald.errors import BadRequest, InvalidToken, NotFound
-from herald.server.api import access_claims, runtime, subscriber_claims
-from herald.server.requests import bearer_token
+from herald.core.policy import Action, Principal, Resource, allowed, authorize
+from herald.errors import BadRequest, NotFound
+from herald.server.api import runtime
+from herald.server.auth import authenticate
 from herald.server.responses import json_response
-from herald.service.runtime import Runtime
 
 __all__ = ["audit_routes"]
 
@@ -31,19 +29,11 @@ __all__ = ["audit_routes"]
 _PAGE = 1000
 
 
-async def _viewer(rt: Runtime, request: Request) -> tuple[str, bool]:
-    """``(tenant, sees everything)`` of the bearer token, access or subscriber.
-
-    Either kind spends a token of its rate-limit bucket, like every other request.
-    """
-    token = bearer_token(request)
-    if token is None:
-        raise InvalidToken("a token is required (Authorization: Bearer …)")
-    if rt.token_service().kind_of(token) == "subscriber":
-        sub = await subscriber_claims(request, token)
-        return sub.tenant_id, False
-    claims = await access_claims(request)
-    return claims.tenant_id, claims.scopes.has("admin")
+async def _viewer(request: Request) -> Principal:
+    """The caller, allowed to read the log at all (its own tenant's part of it)."""
+    principal = await authenticate(request, Action.AUDIT_READ)
+    authorize(principal, Action.AUDIT_READ, Resource(principal.tenant_id))
+    return principal
 
 
 def _int_param(request: Request, name: str, default: int | None = None) -> int:
@@ -65,7 +55,7 @@ def _entry_tenant(entry: bytes) -> str | None:
 async def checkpoint(request: Request) -> Response:
     """``GET /v1/audit/checkpoint``: the latest signed checkpoint."""
     rt = runtime(request)
-    await _viewer(rt, request)
+    await _viewer(request)
     latest = await rt.store.latest_checkpoint()
     if latest is None:
         raise NotFound("no checkpoint has been signed yet")
@@ -82,14 +72,14 @@ async def checkpoint(request: Request) -> Response:
 async def entries(request: Request) -> Response:
     """``GET /v1/audit/entries?from=&to=``: entries (canonical JSON text) of a range."""
     rt = runtime(request)
-    tenant, everything = await _viewer(rt, request)
+    principal = await _viewer(request)
     start = _int_param(request, "from", 0)
     end = min(_int_param(request, "to", start + _PAGE), start + _PAGE)
     if end < start:
         raise BadRequest("to must not be below from")
     items: list[dict[str, Any]] = []
     for record in await rt.store.audit_entries(start, end):
-        if everything or _entry_tenant(record.entry) == tenant:
+        if allowed(principal, Action.AUDIT_READ, Resource(_entry_tenant(record.entry))):
             items.append(
                 {
                     "index": record.index,
@@ -104,12 +94,14 @@ async def entries(request: Request) -> Response:
 async def inclusion(request: Request) -> Response:
     """``GET /v1/audit/proof/inclusion?index=&size=`` (RFC 9162 §2.1.3)."""
     rt = runtime(request)
-    tenant, everything = await _viewer(rt, request)
+    principal = await _viewer(request)
     index = _int_param(request, "index")
     size = _int_param(request, "size", await rt.store.audit_size())
     found = await rt.store.audit_entries(index, index + 1)
-    if not found or not (everything or _entry_tenant(found[0].entry) == tenant):
-        raise NotFound(f"no audit entry {index} for this tenant")
+    name = f"audit entry {index} for this tenant"
+    if not found:
+        raise NotFound(f"no {name}")
+    authorize(principal, Action.AUDIT_READ, Resource(_entry_tenant(found[0].entry), name=name))
     proof = await rt.audit_log().inclusion(index, size)
     return json_response(
         {
@@ -124,7 +116,7 @@ async def inclusion(request: Request) -> Response:
 async def consistency(request: Request) -> Response:
     """``GET /v1/audit/proof/consistency?first=&second=`` (RFC 9162 §2.1.4)."""
     rt = runtime(request)
-    await _viewer(rt, request)
+    await _viewer(request)
     first, second = _int_param(request, "first"), _int_param(request, "second")
     proof = await rt.audit_log().consistency(first, second)
     return json_response({"first": first, "second": second, "proof": [p.hex() for p in proof]})

@@ -11,8 +11,9 @@ from herald.channels.registry import ChannelRegistry
 from herald.channels.webpush import vapid_public_key_b64url
 from herald.core.delivery import DeliveryState
 from herald.core.messages import decode_json
-from herald.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
-from herald.server.api import access_claims, runtime, verify_signature
+from herald.core.policy import Action
+from herald.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from herald.server.api import app_allowed, runtime, verify_signature
 from herald.server.requests import read_body, require_json
 from herald.server.responses import json_response
 from herald.service import recipients
@@ -33,9 +34,7 @@ def _channels(rt: Runtime) -> ChannelRegistry:
 async def put_recipient(request: Request) -> Response:
     """``PUT /v1/recipients/{recipient}`` (``admin`` scope, signed)."""
     rt = runtime(request)
-    claims = await access_claims(request)
-    if not claims.scopes.has("admin"):
-        raise Forbidden("managing recipients needs the admin scope")
+    claims = await app_allowed(request, Action.RECIPIENT_WRITE)
     raw = await read_body(request, rt.settings.max_body_bytes)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)
@@ -54,9 +53,7 @@ async def put_recipient(request: Request) -> Response:
 async def get_recipient(request: Request) -> Response:
     """``GET /v1/recipients/{recipient}`` (``admin`` or ``messages:read``)."""
     rt = runtime(request)
-    claims = await access_claims(request)
-    if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
-        raise Forbidden("reading recipients needs admin or messages:read")
+    claims = await app_allowed(request, Action.RECIPIENT_READ)
     body = await recipients.get_recipient(
         rt, _channels(rt), claims.tenant_id, request.path_params["recipient"]
     )
@@ -66,9 +63,7 @@ async def get_recipient(request: Request) -> Response:
 async def list_deliveries(request: Request) -> Response:
     """``GET /v1/deliveries?state=dead&limit=&after=``: dead letters and the rest."""
     rt = runtime(request)
-    claims = await access_claims(request)
-    if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
-        raise Forbidden("listing deliveries needs admin or messages:read")
+    claims = await app_allowed(request, Action.DELIVERY_LIST)
     state = request.query_params.get("state")
     if state is not None and state not in _STATES:
         raise BadRequest(f"state must be one of {', '.join(_STATES)}")
@@ -87,9 +82,7 @@ async def retry_delivery(request: Request) -> Response:
     409 when its endpoint was removed or disabled: retrying could not succeed.
     """
     rt = runtime(request)
-    claims = await access_claims(request)
-    if not claims.scopes.has("admin"):
-        raise Forbidden("retrying deliveries needs the admin scope")
+    claims = await app_allowed(request, Action.DELIVERY_RETRY)
     raw = await read_body(request, 1024)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     delivery_id = request.path_params["delivery_id"]

@@ -10,8 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from herald.core.messages import decode_json
-from herald.errors import BadRequest, Forbidden
-from herald.server.api import access_claims, runtime, verify_signature
+from herald.core.policy import Action
+from herald.errors import BadRequest
+from herald.server.api import app_allowed, runtime, verify_signature
 from herald.server.requests import read_body, require_json
 from herald.server.responses import json_response
 from herald.service import templates
@@ -38,18 +39,14 @@ def _version(request: Request) -> int | None:
 
 
 async def _may_read(request: Request) -> tuple[str, str]:
-    claims = await access_claims(request)
-    if not (claims.scopes.has("admin") or claims.scopes.has("messages:read")):
-        raise Forbidden("reading templates needs admin or messages:read")
+    claims = await app_allowed(request, Action.TEMPLATE_READ)
     return claims.tenant_id, claims.client_id
 
 
 async def put_template(request: Request) -> Response:
     """``PUT /v1/templates/{name}`` (``admin``, signed): a new version; 201."""
     rt = runtime(request)
-    claims = await access_claims(request)
-    if not claims.scopes.has("admin"):
-        raise Forbidden("saving templates needs the admin scope")
+    claims = await app_allowed(request, Action.TEMPLATE_WRITE)
     raw = await read_body(request, rt.settings.max_body_bytes)
     await verify_signature(request, raw, tenant_id=claims.tenant_id, app_id=claims.client_id)
     require_json(request)

@@ -33,6 +33,7 @@ from herald.storage.base import AppRecord, TenantKeyRecord, TenantRecord
 
 __all__ = [
     "CreatedApp",
+    "app_view",
     "authenticate_client",
     "create_app",
     "create_tenant",
@@ -42,6 +43,7 @@ __all__ = [
     "min_prepublication",
     "new_client_secret",
     "rotate_token_key",
+    "tenant_view",
 ]
 
 #: Tenant names: what operators type; ids are generated.
@@ -151,16 +153,38 @@ async def rotate_token_key(
     }
 
 
-async def create_tenant(rt: Runtime, name: str) -> TenantRecord:
+async def create_tenant(rt: Runtime, name: str, *, actor: str = "operator:cli") -> TenantRecord:
     """Create a tenant and its first data-encryption key (wrapped by the KEK)."""
     now = utcnow()
     tenant = TenantRecord(id=_new_id("tnt"), name=_check_name(name), created_at=now)
     wrapped = await wrap_new_data_key(rt.provider, tenant.id, 1, os.urandom)
     await rt.store.create_tenant(tenant, TenantKeyRecord(tenant.id, 1, wrapped, now))
     await audit.record(
-        rt, tenant=tenant.id, actor="operator", action="tenant.created", obj=f"tenant:{tenant.id}"
+        rt, tenant=tenant.id, actor=actor, action="tenant.created", obj=f"tenant:{tenant.id}"
     )
     return tenant
+
+
+def tenant_view(tenant: TenantRecord) -> dict[str, object]:
+    """What the admin API and the CLI show of a tenant."""
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "created_at": tenant.created_at.isoformat(),
+        "shredded": tenant.shredded_at is not None,
+    }
+
+
+def app_view(app: AppRecord) -> dict[str, object]:
+    """What the admin API and the CLI show of an app (never its secret or hash)."""
+    return {
+        "client_id": app.id,
+        "tenant": app.tenant_id,
+        "name": app.name,
+        "scopes": " ".join(app.scopes),
+        "disabled": app.disabled,
+        "created_at": app.created_at.isoformat(),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +195,9 @@ class CreatedApp:
     client_secret: str
 
 
-async def create_app(rt: Runtime, tenant_id: str, name: str, scopes: ScopeSet) -> CreatedApp:
+async def create_app(
+    rt: Runtime, tenant_id: str, name: str, scopes: ScopeSet, *, actor: str = "operator:cli"
+) -> CreatedApp:
     """Create an app of ``tenant_id`` with ``scopes``; the secret is returned once."""
     if await rt.store.get_tenant(tenant_id) is None:
         raise BadRequest(f"no tenant {tenant_id!r}")
@@ -190,7 +216,7 @@ async def create_app(rt: Runtime, tenant_id: str, name: str, scopes: ScopeSet) -
     await audit.record(
         rt,
         tenant=tenant_id,
-        actor="operator",
+        actor=actor,
         action="app.created",
         obj=f"app:{app.id}",
         scopes=str(scopes),

@@ -22,7 +22,7 @@ from herald.audit.entry import AuditEvent
 from herald.bus.base import LiveMessage
 from herald.channels.registry import INAPP
 from herald.core.messages import PublishRequest, content_of
-from herald.core.topics import TopicPattern
+from herald.core.policy import Action, Resource, allowed, authorize
 from herald.crypto.e2e import ENC_LEN, MAX_CIPHERTEXT, b64url_decode
 from herald.crypto.tokens import AccessClaims
 from herald.errors import (
@@ -85,13 +85,8 @@ def _audit_ref(seq: int, leaf: bytes) -> dict[str, Any]:
 
 
 def can_read(claims: AccessClaims, topic: str) -> bool:
-    """``messages:read``, or a publish/subscribe scope that reaches ``topic``."""
-    scopes = claims.scopes
-    return (
-        scopes.has("messages:read")
-        or scopes.can_publish(topic)
-        or scopes.can_subscribe(TopicPattern.parse(topic))
-    )
+    """Whether the app may read messages of ``topic`` (the policy's ``message.read``)."""
+    return allowed(claims.principal, Action.MESSAGE_READ, Resource(claims.tenant_id, topic=topic))
 
 
 def _frames(record: MessageRecord, content: dict[str, Any], e2e: Any = None) -> tuple[str, bytes]:
@@ -208,7 +203,7 @@ async def _admit(
     """Scope (DESIGN §4 step 5), channel, template and e2e checks; a refusal is the item's."""
     if isinstance(item, ApiError):
         return item
-    if not claims.scopes.can_publish(item.topic):
+    if not allowed(claims.principal, Action.PUBLISH, Resource(claims.tenant_id, topic=item.topic)):
         return Forbidden(f"the token may not publish to topic {item.topic!r}")
     named = list(item.channels or ()) + [c for s in item.fallback or () for c in s.channels]
     if named and rt.channels is not None:
@@ -597,22 +592,20 @@ def scheduled_view(record: ScheduledRecord) -> dict[str, Any]:
     }
 
 
-def _may_cancel(claims: AccessClaims, topic: str) -> bool:
-    return claims.scopes.can_publish(topic) or claims.scopes.has("admin")
-
-
 async def cancel_scheduled(rt: Runtime, claims: AccessClaims, message_id: str) -> dict[str, Any]:
     """Cancel a scheduled message until it is due; 409 once published or cancelled."""
+    name = f"scheduled message {message_id[:64]}"
     record = await rt.store.get_scheduled(claims.tenant_id, message_id)
     if record is None:
         published = await rt.store.get_message(claims.tenant_id, message_id)
-        if published is not None and _may_cancel(claims, published.topic):
+        if published is not None:
+            where = Resource(claims.tenant_id, name=name, topic=published.topic)
+            authorize(claims.principal, Action.MESSAGE_CANCEL, where)
             raise Conflict("the message was published already; it cannot be cancelled")
-        raise NotFound(f"no scheduled message {message_id[:64]}")
-    if not _may_cancel(claims, record.topic):
-        if not can_read(claims, record.topic):
-            raise NotFound(f"no scheduled message {message_id[:64]}")  # as GET would say
-        raise Forbidden(f"the token may not publish to topic {record.topic!r}")
+        raise NotFound(f"no {name}")
+    # A caller who may not even read it is told it does not exist, as GET would say.
+    where = Resource(claims.tenant_id, name=name, topic=record.topic)
+    authorize(claims.principal, Action.MESSAGE_CANCEL, where)
     reason = f"cancelled by app:{claims.client_id}"
     if not await rt.store.cancel_scheduled(claims.tenant_id, message_id, reason, utcnow()):
         raise Conflict(f"the message is {record.state} already; it cannot be cancelled")
@@ -633,8 +626,7 @@ async def history(
     rt: Runtime, claims: AccessClaims, topic: str, since: str | None, limit: int
 ) -> dict[str, Any]:
     """A page of one topic's history, oldest first, after message ``since``."""
-    if not can_read(claims, topic):
-        raise Forbidden(f"the token may not read topic {topic!r}")
+    authorize(claims.principal, Action.HISTORY_READ, Resource(claims.tenant_id, topic=topic))
     after = -1
     if since is not None:
         seq = await rt.store.message_seq(claims.tenant_id, since)

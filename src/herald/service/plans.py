@@ -24,6 +24,7 @@ from datetime import timedelta
 import msgspec
 
 from herald.core.messages import PublishRequest
+from herald.core.policy import Action, Principal, Resource, allowed
 from herald.core.preferences import Preferences, fallback_action, quiet_until
 from herald.core.scopes import ScopeSet
 from herald.crypto.tokens import AccessClaims
@@ -97,7 +98,9 @@ class Planner:
             await self._cancel(record, "the app that scheduled it was disabled or removed")
             return
         scopes = ScopeSet.from_iter(app.scopes)
-        if not scopes.can_publish(record.topic):
+        principal = Principal.app(app.tenant_id, app.id, scopes)
+        where = Resource(record.tenant_id, topic=record.topic)
+        if not allowed(principal, Action.PUBLISH, where):
             await self._cancel(record, "the app may no longer publish to this topic")
             return
         try:

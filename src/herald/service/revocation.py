@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 
-from herald.crypto.tokens import AccessClaims, SubscriberClaims
+from herald.crypto.tokens import AccessClaims, OperatorClaims, SubscriberClaims
 from herald.errors import Forbidden, IntegrityConflict, InvalidToken, NotFound
 from herald.service import audit
 from herald.service.identity import hash_secret, new_client_secret
@@ -29,9 +29,14 @@ __all__ = [
 ]
 
 
-async def ensure_live(rt: Runtime, claims: AccessClaims | SubscriberClaims) -> None:
-    """401 ``invalid-token`` for a revoked token, or one of a disabled or re-keyed app."""
-    missing, not_before = await rt.live.app_state(claims.client_id)
+async def ensure_live(
+    rt: Runtime, claims: AccessClaims | SubscriberClaims | OperatorClaims
+) -> None:
+    """401 ``invalid-token`` for a revoked token, or one of a disabled or re-keyed holder."""
+    if isinstance(claims, OperatorClaims):
+        missing, not_before = await rt.live.operator_state(claims.operator_id)
+    else:
+        missing, not_before = await rt.live.app_state(claims.client_id)
     # Whole seconds: a token issued in the very second of the change is refused too.
     stale = not_before is not None and claims.issued_at <= int(not_before)
     if missing or stale or await rt.live.revoked(claims.jti):

@@ -7,6 +7,7 @@ from typing import Any
 
 from herald import limits
 from herald.core.messages import SubscriberTokenRequest
+from herald.core.policy import Action, Resource, allowed
 from herald.core.topics import TopicPattern
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import BadRequest, Forbidden, InvalidToken, NotFound
@@ -34,7 +35,8 @@ async def issue_subscriber_token(
     """Mint a subscriber token for one recipient, limited to patterns the app may use."""
     patterns = [TopicPattern.parse(t) for t in req.topics]
     for pattern in patterns:
-        if not claims.scopes.can_subscribe(pattern):
+        where = Resource(claims.tenant_id, pattern=pattern)
+        if not allowed(claims.principal, Action.SUBSCRIBER_TOKEN_ISSUE, where):
             raise Forbidden(f"the token may not grant subscriptions to {pattern.text!r}")
     token, expires_in = rt.token_service().issue_subscriber(
         tenant_id=claims.tenant_id,
@@ -90,7 +92,8 @@ def resolve_patterns(
         raise BadRequest(f"at most {limits.TOPIC_PATTERNS_MAX} topic patterns")
     patterns = [TopicPattern.parse(t.strip()) for t in texts]
     for pattern in patterns:
-        if not any(granted.covers(pattern) for granted in claims.patterns):
+        where = Resource(claims.tenant_id, pattern=pattern)
+        if not allowed(claims.principal, Action.STREAM_SUBSCRIBE, where):
             raise Forbidden(f"the subscriber token does not cover {pattern.text!r}")
     return patterns
 

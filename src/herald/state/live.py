@@ -1,4 +1,4 @@
-"""A node's short-lived view of app credential state and revoked token ids.
+"""A node's short-lived view of credential state (apps, operators) and revoked token ids.
 
 Read from the store and kept for :data:`CACHE_TTL` seconds, so that checking every token
 against revocations costs no database read per request, and a revocation or a disabled
@@ -21,7 +21,7 @@ CACHE_TTL = 1.0
 
 
 class LiveCheck:
-    """Cached answers to "is this app usable" and "was this token id revoked"."""
+    """Cached answers to "is this app (operator) usable" and "was this token id revoked"."""
 
     def __init__(
         self, store: Store, *, clock: Callable[[], float] = time.monotonic, size: int = 100_000
@@ -48,6 +48,19 @@ class LiveCheck:
         self._apps.put(app_id, (now + CACHE_TTL, missing, not_before))
         return missing, not_before
 
+    async def operator_state(self, operator_id: str) -> tuple[bool, float | None]:
+        """``(missing or disabled, tokens_not_before in epoch seconds or None)``."""
+        key = "op\x00" + operator_id  # never the same key as an app id
+        now = self._clock()
+        cached = self._apps.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        operator = await self._store.get_operator(operator_id)
+        missing = operator is None or operator.disabled
+        not_before = _epoch(operator.tokens_not_before) if operator is not None else None
+        self._apps.put(key, (now + CACHE_TTL, missing, not_before))
+        return missing, not_before
+
     async def revoked(self, jti: str) -> bool:
         """Whether ``jti`` was revoked."""
         now = self._clock()
@@ -58,10 +71,14 @@ class LiveCheck:
         self._revoked.put(jti, (now + CACHE_TTL, found))
         return found
 
-    def forget(self, *, app_id: str | None = None, jti: str | None = None) -> None:
+    def forget(
+        self, *, app_id: str | None = None, operator_id: str | None = None, jti: str | None = None
+    ) -> None:
         """Drop what this node cached about something it just changed."""
         if app_id is not None:
             self._apps.put(app_id, (0.0, False, None))
+        if operator_id is not None:
+            self._apps.put("op\x00" + operator_id, (0.0, False, None))
         if jti is not None:
             self._revoked.put(jti, (0.0, False))
 

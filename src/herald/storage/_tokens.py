@@ -1,21 +1,23 @@
-"""App credential state and token revocations of :class:`~herald.storage.sql.SqlStore`."""
+"""Credentials of :class:`~herald.storage.sql.SqlStore`: app state, operators, revocations."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.storage import schema as s
+from herald.storage.base import OperatorRecord
 
 __all__ = ["TokensMixin"]
 
 
 class TokensMixin:
-    """Disable/enable apps, replace secrets, revoke tokens (needs ``_tx``)."""
+    """Disable/enable apps, replace secrets, operators, revoke tokens (needs ``_tx``)."""
 
     _tx: Callable[..., AbstractAsyncContextManager[AsyncConnection]]
 
@@ -69,3 +71,57 @@ class TokensMixin:
         async with self._tx(write=True) as conn:
             result = await conn.execute(delete(t).where(t.c.expires_at < before))
         return int(result.rowcount or 0)
+
+    # -- operators ------------------------------------------------------------------------
+    async def create_operator(self, operator: OperatorRecord) -> None:
+        """Create an operator; IntegrityConflict when the name (or id) is taken."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                insert(s.operators).values(
+                    {name: getattr(operator, name) for name in OperatorRecord.__slots__}
+                )
+            )
+
+    async def _operators(self, where: Any) -> list[OperatorRecord]:
+        t = s.operators
+        async with self._tx() as conn:
+            rows = (await conn.execute(select(t).where(where).order_by(t.c.created_at))).all()
+        return [OperatorRecord(**row._asdict()) for row in rows]
+
+    async def get_operator(self, operator_id: str) -> OperatorRecord | None:
+        """The operator with this id, or None."""
+        found = await self._operators(s.operators.c.id == operator_id)
+        return found[0] if found else None
+
+    async def get_operator_by_name(self, name: str) -> OperatorRecord | None:
+        """The operator with this login name, or None."""
+        found = await self._operators(s.operators.c.name == name)
+        return found[0] if found else None
+
+    async def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, oldest first."""
+        return await self._operators(s.operators.c.id.is_not(None))
+
+    async def update_operator(
+        self,
+        operator_id: str,
+        now: datetime,
+        *,
+        disabled: bool | None = None,
+        password_hash: str | None = None,
+        revoke_tokens: bool = False,
+    ) -> bool:
+        """Change an operator; ``revoke_tokens`` refuses its tokens issued before ``now``."""
+        t = s.operators
+        values: dict[str, object] = {}
+        if disabled is not None:
+            values["disabled"] = disabled
+        if password_hash is not None:
+            values["password_hash"] = password_hash
+        if revoke_tokens:
+            values["tokens_not_before"] = now
+        if not values:
+            return await self.get_operator(operator_id) is not None
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(update(t).where(t.c.id == operator_id).values(values))
+        return bool(result.rowcount)

@@ -29,6 +29,7 @@ __all__ = [
     "JobRecord",
     "MessageRecord",
     "NotifyRecord",
+    "OperatorRecord",
     "PublishResult",
     "RecipientRecord",
     "ScheduledRecord",
@@ -94,6 +95,19 @@ class AppRecord:
     name: str
     secret_hash: bytes
     scopes: tuple[str, ...]
+    disabled: bool
+    created_at: datetime
+    tokens_not_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRecord:
+    """A person who runs Herald; ``tenant_id`` None means every tenant (global)."""
+
+    id: str
+    name: str
+    tenant_id: str | None
+    password_hash: str
     disabled: bool
     created_at: datetime
     tokens_not_before: datetime | None = None
@@ -472,6 +486,38 @@ class Store(Protocol):
 
     async def purge_revocations(self, before: datetime) -> int:
         """Forget revocations of tokens that expired before ``before``."""
+        ...
+
+    # -- operators (storage/_tokens.py) ---------------------------------------------------------
+    async def create_operator(self, operator: OperatorRecord) -> None:
+        """Create an operator; IntegrityConflict when the name (or id) is taken."""
+        ...
+
+    async def get_operator(self, operator_id: str) -> OperatorRecord | None:
+        """The operator with this id, or None."""
+        ...
+
+    async def get_operator_by_name(self, name: str) -> OperatorRecord | None:
+        """The operator with this login name, or None."""
+        ...
+
+    async def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, oldest first."""
+        ...
+
+    async def update_operator(
+        self,
+        operator_id: str,
+        now: datetime,
+        *,
+        disabled: bool | None = None,
+        password_hash: str | None = None,
+        revoke_tokens: bool = False,
+    ) -> bool:
+        """Change an operator; ``revoke_tokens`` refuses its tokens issued before ``now``.
+
+        False when there is no such operator.
+        """
         ...
 
     # -- templates, scheduled messages, notification log, fallback (storage/_plans.py) -----

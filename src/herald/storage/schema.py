@@ -48,6 +48,7 @@ __all__ = [
     "messages",
     "metadata",
     "notify_log",
+    "operators",
     "revoked_tokens",
     "scheduled",
     "signing_keys",
@@ -160,10 +161,27 @@ apps = Table(
     Index(None, "tenant_id"),
 )
 
+operators = Table(
+    "operators",
+    metadata,
+    # People who run Herald. tenant_id NULL: a global operator (every tenant).
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=True),
+    # Argon2id PHC string (argon2-cffi), never the password.
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    # Operator tokens issued before this instant are refused (disable, new password).
+    Column("tokens_not_before", UtcDateTime, nullable=True),
+    UniqueConstraint("name"),
+)
+
 revoked_tokens = Table(
     "revoked_tokens",
     metadata,
-    # RFC 7009 revocations, kept until the token would have expired anyway.
+    # RFC 7009 revocations, kept until the token would have expired anyway. app_id is the
+    # credential holder: an app, or an operator for operator tokens (logout).
     Column("jti", Text, primary_key=True),
     Column("app_id", Text, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
