@@ -57,9 +57,7 @@ def admin_create(
     password, generated = _password(password_stdin)
 
     async def work(rt: Runtime) -> dict[str, Any]:
-        record = await operators.create_operator(
-            rt, name, password, tenant_id=tenant, actor=_ACTOR
-        )
+        record = await operators.create_operator(rt, name, password, tenant_id=tenant, actor=_ACTOR)
         return operators.operator_view(record) | ({"password": password} if generated else {})
 
     emit(_run(settings, work), as_json=as_json)

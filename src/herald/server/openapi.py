@@ -14,6 +14,7 @@ from herald import __version__
 from herald.core.delivery import DeliveryState
 from herald.core.messages import DeviceRequest, PublishRequest, SubscriberTokenRequest
 from herald.core.templates import TemplateSpec
+from herald.server.admin_api import AppRequest, LoginRequest, TenantRequest
 from herald.server.templates import PreviewRequest
 from herald.service.recipients import RecipientRequest
 
@@ -367,6 +368,136 @@ def _plan_paths(bearer: Any) -> dict[str, Any]:
     }
 
 
+_TENANT = {
+    "type": "object",
+    "required": ["id", "name", "created_at", "shredded"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "shredded": {"type": "boolean"},
+    },
+}
+_APP = {
+    "type": "object",
+    "required": ["client_id", "tenant", "name", "scopes", "disabled", "created_at"],
+    "properties": {
+        "client_id": {"type": "string"},
+        "tenant": {"type": "string"},
+        "name": {"type": "string"},
+        "scopes": {"type": "string", "description": "space-separated (RFC 6749 §3.3)"},
+        "disabled": {"type": "boolean"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "client_secret": {"type": "string", "description": "only when created, shown once"},
+    },
+}
+_ADMIN_RESPONSES: dict[str, Any] = {
+    "OperatorToken": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in", "operator"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "token_type": {"type": "string", "const": "Bearer"},
+            "expires_in": {"type": "integer"},
+            "operator": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "tenant": {"type": ["string", "null"]},
+                    "role": {"type": "string", "enum": ["global", "tenant"]},
+                },
+            },
+        },
+    },
+    "Tenant": _TENANT,
+    "TenantList": {
+        "type": "object",
+        "properties": {"tenants": {"type": "array", "items": _ref("Tenant")}},
+    },
+    "App": _APP,
+    "AppList": {"type": "object", "properties": {"apps": {"type": "array", "items": _ref("App")}}},
+    "AppSecret": {
+        "type": "object",
+        "required": ["client_id", "client_secret"],
+        "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"}},
+    },
+    "Empty": {"type": "object"},
+}
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The operator API: sign-in, tenants, apps (operator tokens, never app tokens)."""
+    operator: list[dict[str, list[str]]] = [{"operator": []}]
+    not_found = {"404": _problem("not found, or not this operator's")}
+    app_path = "/v1/admin/apps/{client_id}"
+    app_ops = {
+        ":disable": ("disableApp", "Disable an app: its live tokens die", "App"),
+        ":enable": ("enableApp", "Enable a disabled app", "App"),
+        ":rotate-secret": ("rotateAppSecret", "A new client secret (shown once)", "AppSecret"),
+    }
+    paths: dict[str, Any] = {
+        "/v1/admin/login": {
+            "post": {
+                "summary": "Operator sign-in: name + password → a short-lived operator token",
+                "operationId": "adminLogin",
+                "security": [],
+                "requestBody": _body("LoginRequest"),
+                "responses": {
+                    "200": _json("OperatorToken", "an operator token"),
+                    "400": _problem("invalid request"),
+                    "401": _problem("wrong name or password, or disabled"),
+                    "429": _problem("locked out after repeated failures"),
+                },
+            }
+        },
+        "/v1/admin/logout": {
+            "post": _op(
+                "adminLogout", "Revoke this operator token", operator, ("200", "Empty", "revoked")
+            )
+        },
+        "/v1/admin/tenants": {
+            "get": _op(
+                "listTenants",
+                "Tenants this operator administers",
+                operator,
+                ("200", "TenantList", "the tenants"),
+            ),
+            "post": _op(
+                "createTenant",
+                "Create a tenant (global operators)",
+                operator,
+                ("201", "Tenant", "created"),
+                requestBody=_body("TenantRequest"),
+            ),
+        },
+        "/v1/admin/tenants/{tenant}/apps": {
+            "parameters": [_param("tenant")],
+            "get": _op(
+                "listApps",
+                "The apps of a tenant",
+                operator,
+                ("200", "AppList", "the apps"),
+                responses=not_found,
+            ),
+            "post": _op(
+                "createApp",
+                "Create an app (its client secret is shown once)",
+                operator,
+                ("201", "App", "created"),
+                requestBody=_body("AppRequest"),
+                responses=not_found,
+            ),
+        },
+    }
+    for suffix, (op_id, summary, schema) in app_ops.items():
+        paths[app_path + suffix] = {
+            "parameters": [_param("client_id")],
+            "post": _op(op_id, summary, operator, ("200", schema, "done"), responses=not_found),
+        }
+    return paths
+
+
 def openapi_document(base_url: str) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for a server at ``base_url``."""
     _, components = msgspec.json.schema_components(
@@ -377,10 +508,13 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             TemplateSpec,
             PreviewRequest,
             RecipientRequest,
+            LoginRequest,
+            TenantRequest,
+            AppRequest,
         ],
         ref_template=_REF,
     )
-    schemas = {**components, **_RESPONSES}
+    schemas = {**components, **_RESPONSES, **_ADMIN_RESPONSES}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     idem = {
         "name": "Idempotency-Key",
@@ -527,6 +661,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             }
         },
         **_plan_paths(bearer),
+        **_admin_paths(),
         "/v1/topics/{topic}/messages": {
             "get": {
                 "summary": "Topic history, oldest first",
@@ -709,6 +844,12 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "basic": {"type": "http", "scheme": "basic"},
+                "operator": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "an operator token from /v1/admin/login",
+                },
             },
         },
     }
