@@ -9,12 +9,13 @@ names in lower case without the prefix. Invalid values stop start-up with a
 from __future__ import annotations
 
 import os
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
     public_url: str = ""
     database_url: str = ""
     redis_url: SecretStr | None = None
+    #: Cluster mode: several nodes share the database and Redis (live fan-out over the Redis
+    #: bus, tickets in Redis). Default: on exactly when HERALD_REDIS_URL is set; turning it
+    #: on without Redis is refused (nonces, revocations and limits would be node-local).
+    cluster: bool | None = None
+    #: This node's name in ``herald cluster status`` (default: host name and port).
+    node_id: str = ""
     master_key: SecretStr | None = None
     key_provider: Literal["local", "aws-kms"] = "local"
     aws_kms_key_id: str = ""
@@ -123,6 +130,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// path or a postgresql:// URL")
         return value
 
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        if self.cluster and self.redis_url is None:
+            raise ValueError(
+                "cluster mode needs HERALD_REDIS_URL: without it nonces, revoked tokens, "
+                "rate limits, stream tickets and live fan-out would stay on one node"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -184,6 +200,16 @@ class Settings(BaseSettings):
         return url
 
     @property
+    def cluster_mode(self) -> bool:
+        """Whether this node is one of several sharing the database and Redis."""
+        return self.redis_url is not None if self.cluster is None else self.cluster
+
+    @property
+    def node_name(self) -> str:
+        """This node's name among the cluster's nodes."""
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
     def cert_file(self) -> Path:
         """The server certificate chain (PEM)."""
         return self.tls_cert_file or self.data_dir / "tls" / "server.pem"
@@ -212,6 +238,7 @@ class Settings(BaseSettings):
             "token_alg": "EdDSA",
             "request_signatures": self.require_signatures,
             "replay_store": "redis" if self.redis_url is not None else "memory",
+            "cluster": self.cluster_mode,
             "warnings": self.security_warnings(),
         }
 
@@ -239,6 +266,7 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         messages = []
         for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
-            messages.append(f"{_ENV_PREFIX}{name.upper()}: {err['msg']}")
+            name = ".".join(str(p) for p in err["loc"])
+            where = f"{_ENV_PREFIX}{name.upper()}: " if name else ""
+            messages.append(where + str(err["msg"]).removeprefix("Value error, "))
         raise ConfigError("invalid configuration: " + "; ".join(messages)) from None

@@ -42,6 +42,10 @@ class Bus(Protocol):
         """Call ``handler`` for every message published on the bus."""
         ...
 
+    async def start(self) -> None:
+        """Begin receiving (the server calls it; admin commands never do)."""
+        ...
+
     async def publish(self, messages: list[LiveMessage]) -> None:
         """Deliver ``messages`` to every subscribed handler, in order."""
         ...

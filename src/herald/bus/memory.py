@@ -19,6 +19,9 @@ class MemoryBus:
         """Register a handler."""
         self._handlers.append(handler)
 
+    async def start(self) -> None:
+        """Nothing to start: publishing calls the handlers directly."""
+
     async def publish(self, messages: list[LiveMessage]) -> None:
         """Hand each message to every handler, in order."""
         for message in messages:

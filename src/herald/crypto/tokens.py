@@ -12,6 +12,7 @@ stand in for another.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,6 +81,34 @@ class SubscriberClaims:
     def principal(self) -> Principal:
         """The recipient as the authorisation policy sees it."""
         return Principal.subscriber(self.tenant_id, self.recipient, self.patterns, self.client_id)
+
+    def to_bytes(self) -> bytes:
+        """JSON for a shared ticket store (the claims were verified when the ticket was made)."""
+        return json.dumps(
+            [
+                self.tenant_id,
+                self.client_id,
+                self.recipient,
+                [p.text for p in self.patterns],
+                self.jti,
+                self.expires_at,
+                self.issued_at,
+            ]
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SubscriberClaims:
+        """The claims :meth:`to_bytes` wrote."""
+        tenant, client, recipient, patterns, jti, expires_at, issued_at = json.loads(raw)
+        return cls(
+            tenant,
+            client,
+            recipient,
+            tuple(TopicPattern.parse(p) for p in patterns),
+            jti,
+            int(expires_at),
+            int(issued_at),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,6 +190,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             lease=settings.delivery_lease,
         )
         rt.planner = Planner(rt, lease=settings.delivery_lease)
+        await rt.bus.start()
         background = [
             asyncio.create_task(work)
             for work in (

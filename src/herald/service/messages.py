@@ -51,6 +51,7 @@ __all__ = [
     "get_message",
     "history",
     "invalid_cursor",
+    "live_messages",
     "message_view",
     "open_content",
     "publish",
@@ -505,6 +506,21 @@ async def open_content(rt: Runtime, record: MessageRecord) -> dict[str, Any]:
         raise
     content: dict[str, Any] = msgspec.json.decode(plain)
     return content
+
+
+async def live_messages(rt: Runtime, seqs: list[int]) -> list[LiveMessage]:
+    """Frame committed messages from the database (the cluster bus's fallback).
+
+    A message whose content can no longer be opened (a shredded tenant) is left out.
+    """
+    found = []
+    for record in await rt.store.messages_by_seq(seqs):
+        try:
+            content = await open_content(rt, record)
+        except (DecryptionFailed, Gone):
+            continue
+        found.append(_live(record, content))
+    return found
 
 
 async def ensure_not_shredded(rt: Runtime, tenant_id: str) -> None:

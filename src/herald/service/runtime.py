@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from herald.audit.log import AuditLog, DirectoryWitness
 from herald.audit.note import NoteSigner
-from herald.bus.base import Bus
+from herald.bus.base import Bus, LiveMessage
 from herald.bus.memory import MemoryBus
+from herald.bus.redis import RedisBus
 from herald.channels.registry import ChannelRegistry
 from herald.config import Settings
 from herald.core.ids import UUIDv7Generator, default_generator
@@ -37,11 +38,12 @@ from herald.crypto.signing import (
 from herald.crypto.tokens import SubscriberClaims, TokenService
 from herald.errors import ConfigError
 from herald.observability.metrics import Metrics
+from herald.state._redis import connect
 from herald.state.live import LiveCheck
 from herald.state.lockout import Lockout, LockoutPolicy, MemoryLockout, RedisLockout
 from herald.state.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
 from herald.state.ratelimit import Bucket, MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from herald.state.tickets import MemoryTicketStore
+from herald.state.tickets import MemoryTicketStore, RedisTicketStore, TicketStore
 from herald.storage.base import Store
 from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
@@ -91,7 +93,7 @@ class Runtime:
     metrics: Metrics
     hub: Hub
     bus: Bus
-    tickets: MemoryTicketStore[SubscriberClaims]
+    tickets: TicketStore[SubscriberClaims]
     nonces: NonceStore
     limiter: RateLimiter
     lockouts: Lockouts
@@ -151,7 +153,30 @@ class Runtime:
             limiter = MemoryRateLimiter()
             lockouts = Lockouts(MemoryLockout(by_client), MemoryLockout(by_address))
         hub = Hub()
-        bus = MemoryBus()
+        bus: Bus
+        tickets: TicketStore[SubscriberClaims]
+        runtime_ref: list[Runtime] = []
+        if settings.cluster_mode:
+            assert settings.redis_url is not None  # noqa: S101 - the settings check it
+            url = settings.redis_url.get_secret_value()
+
+            async def load(seqs: list[int]) -> list[LiveMessage]:
+                from herald.service.messages import live_messages  # noqa: PLC0415 - cycle
+
+                return await live_messages(runtime_ref[0], seqs)
+
+            bus = RedisBus(
+                connect(url),
+                index=store.message_seqs_after,
+                load=load,
+                start_after=await store.last_message_seq(),
+            )
+            tickets = RedisTicketStore.from_url(
+                url, encode=SubscriberClaims.to_bytes, decode=SubscriberClaims.from_bytes
+            )
+        else:
+            bus = MemoryBus()
+            tickets = MemoryTicketStore(clock=time.monotonic)
         bus.subscribe(hub.dispatch)
         runtime = cls(
             settings=settings,
@@ -162,7 +187,7 @@ class Runtime:
             metrics=Metrics(),
             hub=hub,
             bus=bus,
-            tickets=MemoryTicketStore(clock=time.monotonic),
+            tickets=tickets,
             nonces=nonces,
             limiter=limiter,
             lockouts=lockouts,
@@ -179,6 +204,7 @@ class Runtime:
             # one this process can vouch for.
             nonce_not_before=float(math.ceil(time.time())) if nonces.volatile else None,
         )
+        runtime_ref.append(runtime)
         await runtime.reload_token_keys()
         await runtime.load_audit_key()
         return runtime
@@ -237,6 +263,7 @@ class Runtime:
         """Stop streams and release connections."""
         self.hub.shutdown()
         await self.bus.close()
+        await self.tickets.close()
         await self.nonces.close()
         await self.limiter.close()
         await self.lockouts.close()

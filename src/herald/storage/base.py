@@ -683,6 +683,22 @@ class Store(Protocol):
         """Messages of a tenant with ``seq > after_seq`` in seq order (one topic if given)."""
         ...
 
+    async def message_seqs_after(self, after_seq: int, limit: int) -> list[int]:
+        """The ``seq`` of every message (all tenants) above ``after_seq``, ascending.
+
+        Commit order equals seq order (indices are assigned under the audit lock held until
+        commit), so a message seen here has every lower-seq message committed before it.
+        """
+        ...
+
+    async def messages_by_seq(self, seqs: list[int]) -> list[MessageRecord]:
+        """The messages with these seqs (all tenants), in seq order."""
+        ...
+
+    async def last_message_seq(self) -> int:
+        """The highest message seq, or -1 when there is none."""
+        ...
+
     async def deliveries(self, tenant_id: str, message_id: str) -> list[DeliveryRecord]:
         """The deliveries of one message, oldest first."""
         ...

@@ -581,6 +581,28 @@ class SqlStore(QueueMixin, PlansMixin, TokensMixin):
             query = query.where(t.c.topic == topic)
         return await self._fetch(query.order_by(t.c.seq).limit(max(limit, 0)), MessageRecord)
 
+    async def message_seqs_after(self, after_seq: int, limit: int) -> list[int]:
+        """Seqs above ``after_seq`` in every tenant, ascending (the ``seq`` unique index)."""
+        t = s.messages
+        query = select(t.c.seq).where(t.c.seq > after_seq).order_by(t.c.seq).limit(max(limit, 0))
+        async with self._tx() as conn:
+            return [int(seq) for seq in (await conn.scalars(query)).all()]
+
+    async def messages_by_seq(self, seqs: list[int]) -> list[MessageRecord]:
+        """The messages with these seqs, in seq order."""
+        if not seqs:
+            return []
+        t = s.messages
+        query = select(t).where(t.c.seq.in_(seqs)).order_by(t.c.seq)
+        return await self._fetch(query, MessageRecord)
+
+    async def last_message_seq(self) -> int:
+        """The highest message seq, or -1."""
+        t = s.messages
+        async with self._tx() as conn:
+            found = await conn.scalar(select(func.max(t.c.seq)))
+        return -1 if found is None else int(found)
+
     async def deliveries(self, tenant_id: str, message_id: str) -> list[DeliveryRecord]:
         """The deliveries of one message, oldest first."""
         t = s.deliveries
