@@ -479,7 +479,26 @@ def smtp(pki: Pki) -> Iterator[Smtp]:
         yield running
 
 
-# -- Redis clean-up ----------------------------------------------------------------------------
+# -- Redis ------------------------------------------------------------------------------------
+REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (cluster tests); skips, or fails under HERALD_REQUIRE_SERVICES, without it."""
+    import redis
+    import tests.conftest as root
+
+    try:
+        with redis.Redis.from_url(
+            REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0
+        ) as client:
+            client.ping()
+    except (redis.RedisError, OSError) as exc:
+        root.service_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
 def forget_redis_keys(url: str, tenant: str, client_ids: Iterable[str]) -> None:
     """Delete what test nodes wrote to Redis for one tenant and its apps.
 

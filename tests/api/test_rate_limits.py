@@ -422,18 +422,6 @@ def test_address_lockout_spans_client_ids(node_factory: NodeFactory) -> None:
 
 # -- a cluster of two nodes sharing Redis -------------------------------------------------------
 @pytest.fixture
-def redis_url() -> str:
-    try:
-        with redis.Redis.from_url(
-            REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0
-        ) as client:
-            client.ping()
-    except (redis.RedisError, OSError) as exc:
-        service_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
-    return REDIS_URL
-
-
-@pytest.fixture
 def cluster(
     redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory
 ) -> Iterator[tuple[Node, Node]]:

@@ -125,18 +125,6 @@ def test_request_signed_before_a_restart_is_expired(node_factory: NodeFactory) -
 
 
 # -- two nodes sharing PostgreSQL and Redis ------------------------------------------------------
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        with redis.Redis.from_url(
-            REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0
-        ) as client:
-            client.ping()
-    except (redis.RedisError, OSError) as exc:
-        service_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
-    return REDIS_URL
-
-
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 

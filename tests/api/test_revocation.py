@@ -30,7 +30,6 @@ import asyncpg
 import httpx
 import jwt
 import pytest
-import redis
 import tests.conftest as _root
 from tests.api.conftest import forget_redis_keys
 from websockets.exceptions import ConnectionClosed
@@ -471,18 +470,6 @@ def test_revocation_survives_a_restart(node: Node) -> None:
 
 
 # -- 4. two nodes sharing PostgreSQL and Redis -------------------------------------------------
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        with redis.Redis.from_url(
-            REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0
-        ) as client:
-            client.ping()
-    except (redis.RedisError, OSError) as exc:
-        _root.service_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
-    return REDIS_URL
-
-
 @pytest.fixture
 def cluster(
     redis_url: str, pg_fresh_dsn: str, node_factory: NodeFactory
