@@ -36,6 +36,7 @@ __all__ = [
     "TITLE_MAX",
     "TOPIC_MAX",
     "TOPIC_PATTERNS_MAX",
+    "UNKNOWN_KID_RELOAD_INTERVAL",
 ]
 
 #: Largest request body for single-message routes, checked before any parsing (bytes).
@@ -80,6 +81,11 @@ OPERATOR_PASSWORD_MAX = 256
 OPERATOR_NAME_MAX = 64
 #: Clock-skew leeway when checking ``exp``/``nbf``/``iat`` (RFC 8725 advice: small).
 JWT_LEEWAY = 30
+#: A token naming a ``kid`` this node does not know makes it re-read the token-signing keys
+#: at once (a key rotated in on another node before this node's periodic reload), but at
+#: most once per this many seconds (monotonic), whatever the number of unknown kids: a
+#: flood of made-up kids costs at most one database read per interval.
+UNKNOWN_KID_RELOAD_INTERVAL = 10.0
 #: One-time stream tickets for browsers live this long (seconds).
 STREAM_TICKET_TTL = 30
 

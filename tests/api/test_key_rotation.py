@@ -311,3 +311,32 @@ def test_signing_key_rotation_with_prepublication(node: Node) -> None:
     assert_refused(node, unsigned({**header, "alg": "none"}, claims))
     assert_refused(node, unsigned({"alg": "none", "typ": header["typ"]}, claims))
     assert_live(node, new_token)  # the control
+
+
+def test_a_node_that_has_not_reloaded_yet_refetches_on_the_unknown_kid(
+    node: Node, node_factory: NodeFactory
+) -> None:
+    # Node B shares node A's data dir (SQLite) but would re-read the keys only hourly: a
+    # token signed with a key rotated in since then names a kid B does not know, so B
+    # reloads the keys once (limits.UNKNOWN_KID_RELOAD_INTERVAL) and then verifies it.
+    # One cluster: one public URL (the issuer), whichever node answers.
+    lagging = node_factory.peer(node, HERALD_KEY_RELOAD_INTERVAL="3600", HERALD_PUBLIC_URL=node.url)
+    old_token = node.token()
+    assert_live(lagging, old_token)
+    rotated = node.cli("keys", "rotate-signing", "--prepublish", "1")
+    kid_b = str(rotated["kid"])
+
+    def token_of_b() -> str | None:
+        token = node.token()
+        return token if kid_of(token) == kid_b else None
+
+    new_token = poll("a token signed with the new key", token_of_b)
+    assert kid_b not in kids(fetch_jwks(lagging))  # B has not reloaded on its own
+    assert_live(lagging, new_token)
+    assert kid_b in kids(fetch_jwks(lagging))
+    assert_live(lagging, old_token)
+    # An unknown kid is still refused after the reload, with the same opaque problem.
+    now = int(time.time())
+    claims = {**claims_of(new_token), "iat": now, "nbf": now, "exp": now + 300}
+    header = {**header_of(new_token), "kid": "k-" + secrets.token_hex(8)}
+    assert_refused(lagging, forged(header, claims, Ed25519PrivateKey.generate()))

@@ -45,6 +45,8 @@ OPERATOR_TOKEN_TYP = "herald-op+jwt"  # noqa: S105 - a media type, not a secret
 ALLOWED_ALGORITHMS = ("EdDSA",)
 #: Tokens longer than this are refused before any parsing.
 MAX_TOKEN_LENGTH = 8192
+#: A ``kid`` longer than this is never ours (ours are RFC 7638 thumbprints, 43 characters).
+_KID_MAX = 128
 _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
 
 
@@ -370,6 +372,21 @@ class TokenService:
         """The JWK Set (RFC 7517 §5): every key not retired, pre-published ones included."""
         now = self._now()
         return {"keys": [k.public_jwk() for k in self._ordered if not k.retired(now)]}
+
+    def names_unknown_kid(self, token: str) -> bool:
+        """Whether ``token``'s (unverified) header names a ``kid`` this service lacks.
+
+        Only decides whether reloading the keys could help (see
+        :meth:`herald.service.runtime.Runtime.verify_access`); verification trusts nothing
+        from the header. A malformed token, or one without a string ``kid``, is False.
+        """
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return False
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return False
+        return isinstance(kid, str) and 0 < len(kid) <= _KID_MAX and kid not in self._by_kid
 
     @property
     def kids(self) -> frozenset[str]:

@@ -87,7 +87,7 @@ async def access_claims(request: Request) -> AccessClaims:
         rt.metrics.record_auth_failure("missing_token")
         raise InvalidToken("an access token is required (Authorization: Bearer …)")
     try:
-        claims = rt.token_service().verify_access(token)
+        claims = await rt.verify_access(token)
     except InvalidToken:
         rt.metrics.record_auth_failure("invalid_token")
         raise
@@ -106,7 +106,7 @@ async def app_allowed(request: Request, action: Action) -> AccessClaims:
 async def subscriber_claims(request: Request, token: str) -> SubscriberClaims:
     """Verify a subscriber token and spend one of the subscriber's tokens (429 if none)."""
     rt = runtime(request)
-    claims = rt.token_service().verify_subscriber(token)
+    claims = await rt.verify_subscriber(token)
     await revocation.ensure_live(rt, claims)
     request.state.ratelimit = await throttle.admit_subscriber(rt, claims)
     return claims

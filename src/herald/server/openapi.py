@@ -498,6 +498,72 @@ def _admin_paths() -> dict[str, Any]:
     return paths
 
 
+def _audit_paths(bearer: Any) -> dict[str, Any]:
+    """The audit log routes (docs/audit.md), the audit verifier key and the VAPID key."""
+    obj = {"type": "object"}
+
+    def read(op_id: str, summary: str, params: list[Any], **more: Any) -> dict[str, Any]:
+        ok = {"description": "the answer", "content": {"application/json": {"schema": obj}}}
+        return {
+            "get": {
+                "summary": summary,
+                "operationId": op_id,
+                "security": bearer,
+                "parameters": params,
+                "responses": {"200": ok, **more, **_COMMON},
+            }
+        }
+
+    def num(name: str, required: bool = False) -> dict[str, Any]:
+        return {**_param(name, "query", type="integer", minimum=0), "required": required}
+
+    text = {"description": "the key", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/audit/checkpoint": read(
+            "auditCheckpoint",
+            "The latest signed checkpoint (C2SP signed note)",
+            [],
+            **{"404": _problem("no checkpoint yet")},
+        ),
+        "/v1/audit/entries": read(
+            "auditEntries", "The token's tenant's entries of a range", [num("from"), num("to")]
+        ),
+        "/v1/audit/proof/inclusion": read(
+            "auditInclusion",
+            "Inclusion proof of one entry of the token's tenant (RFC 9162 §2.1.3)",
+            [num("index", True), num("size")],
+            **{"404": _problem("no such entry of this tenant")},
+        ),
+        "/v1/audit/proof/consistency": read(
+            "auditConsistency",
+            "Consistency proof between two tree sizes (RFC 9162 §2.1.4)",
+            [num("first", True), num("second", True)],
+        ),
+        "/.well-known/herald-audit-key": {
+            "get": {
+                "summary": "The audit verifier key (signed-note verifier key text)",
+                "operationId": "auditKey",
+                "security": [],
+                "responses": {"200": text},
+            }
+        },
+        "/v1/webpush/vapid-key": {
+            "get": {
+                "summary": "The VAPID applicationServerKey for pushManager.subscribe",
+                "operationId": "vapidKey",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the key",
+                        "content": {"application/json": {"schema": obj}},
+                    },
+                    "503": _problem("no VAPID key yet"),
+                },
+            }
+        },
+    }
+
+
 def openapi_document(base_url: str) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for a server at ``base_url``."""
     _, components = msgspec.json.schema_components(
@@ -662,6 +728,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
         },
         **_plan_paths(bearer),
         **_admin_paths(),
+        **_audit_paths(bearer),
         "/v1/topics/{topic}/messages": {
             "get": {
                 "summary": "Topic history, oldest first",

@@ -180,7 +180,9 @@ async def _answered(
     return None
 
 
-async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> None:
+async def _check_e2e(
+    rt: Runtime, claims: AccessClaims, req: PublishRequest, *, release: bool
+) -> None:
     """Envelope sizes, and that every device belongs to the recipient it is addressed to."""
     assert req.e2e is not None  # noqa: S101 - only called for e2e requests
     for envelope in req.e2e.payloads:
@@ -194,7 +196,10 @@ async def _check_e2e(rt: Runtime, claims: AccessClaims, req: PublishRequest) -> 
     for device_id, recipient in wanted.items():
         if owners.get(device_id) != recipient:
             raise BadRequest(f"no device {device_id!r} of recipient {recipient[:64]!r}")
-    if req.id is not None and await rt.store.get_message(claims.tenant_id, req.id) is not None:
+    # Message ids are global (one key over every tenant, published and scheduled alike): a
+    # client-chosen id in use anywhere is refused, so no tenant can take another's id and
+    # block its scheduled release. (A release publishes under its own scheduled id.)
+    if req.id is not None and not release and await rt.store.message_id_taken(req.id):
         raise Conflict(f"a message with id {req.id} exists already")
 
 
@@ -215,7 +220,7 @@ async def _admit(
         if item.deliver_at is not None and not release:
             _deliver_at(rt, item, utcnow())  # refuse a bad schedule before sealing anything
         if item.e2e is not None:
-            await _check_e2e(rt, claims, item)
+            await _check_e2e(rt, claims, item, release=release)
         if item.template is not None:
             await _render_inapp(rt, claims.tenant_id, item)
     except ApiError as exc:

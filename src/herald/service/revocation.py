@@ -54,9 +54,9 @@ async def revoke(rt: Runtime, app: AppRecord, token: str) -> None:
     claims: AccessClaims | SubscriberClaims
     try:
         if tokens.kind_of(token) == "subscriber":
-            claims = tokens.verify_subscriber(token)
+            claims = await rt.verify_subscriber(token)
         else:
-            claims = tokens.verify_access(token)
+            claims = await rt.verify_access(token)
     except InvalidToken:
         return
     if claims.client_id != app.id:

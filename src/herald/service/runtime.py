@@ -10,12 +10,14 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from herald import limits
 from herald.audit.log import AuditLog, DirectoryWitness
 from herald.audit.note import NoteSigner
 from herald.bus.base import Bus, LiveMessage
@@ -35,8 +37,9 @@ from herald.crypto.signing import (
     unwrap_signing_key,
     unwrap_vapid_key,
 )
-from herald.crypto.tokens import SubscriberClaims, TokenService
-from herald.errors import ConfigError
+from herald.crypto.tokens import AccessClaims, SubscriberClaims, TokenService
+from herald.errors import ConfigError, DecryptionFailed, InvalidToken, StorageError
+from herald.observability.logging import get_logger
 from herald.observability.metrics import Metrics
 from herald.state._redis import connect
 from herald.state.live import LiveCheck
@@ -53,6 +56,9 @@ if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
     from herald.service.plans import Planner
 
 __all__ = ["Runtime", "utcnow"]
+
+_log = get_logger("herald.runtime")
+_Claims = TypeVar("_Claims", AccessClaims, SubscriberClaims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,12 @@ class Runtime:
     #: Serialises commit + fan-out on this node so that live order equals commit order.
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started_at: float = field(default_factory=time.time)
+    #: The monotonic clock of the unknown-kid reload throttle (injectable for tests).
+    clock: Callable[[], float] = time.monotonic
+    #: Token-key reloads caused by unknown kids since start (at most one per interval).
+    unknown_kid_reloads: int = 0
+    _unknown_kid_reload_at: float = -math.inf
+    _unknown_kid_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -252,6 +264,46 @@ class Runtime:
                 clock=time.time,
                 new_jti=self.ids.new_str,
             )
+
+    async def verify_access(self, token: str) -> AccessClaims:
+        """Verify an access token, knowing keys rotated in elsewhere (see :meth:`_verify`)."""
+        return await self._verify(token, TokenService.verify_access)
+
+    async def verify_subscriber(self, token: str) -> SubscriberClaims:
+        """Verify a subscriber token, knowing keys rotated in elsewhere (see :meth:`_verify`)."""
+        return await self._verify(token, TokenService.verify_subscriber)
+
+    async def _verify(self, token: str, verify: Callable[[TokenService, str], _Claims]) -> _Claims:
+        """Verify, reloading the keys once first when the token names a kid this node lacks.
+
+        A token that still fails is answered with the same :class:`InvalidToken`.
+        """
+        tokens = self.token_service()
+        try:
+            return verify(tokens, token)
+        except InvalidToken:
+            if not tokens.names_unknown_kid(token):
+                raise
+        await self.reload_for_unknown_kid()
+        return verify(self.token_service(), token)
+
+    async def reload_for_unknown_kid(self) -> None:
+        """Re-read the token keys because a token named an unknown kid.
+
+        At most once per :data:`~herald.limits.UNKNOWN_KID_RELOAD_INTERVAL`: callers that
+        arrive while a reload runs wait for it and share it, and later ones within the
+        interval change nothing, so a flood of made-up kids costs one read per interval.
+        A failing database or key provider is logged; the token is then simply unknown.
+        """
+        async with self._unknown_kid_lock:
+            if self.clock() - self._unknown_kid_reload_at < limits.UNKNOWN_KID_RELOAD_INTERVAL:
+                return
+            self._unknown_kid_reload_at = self.clock()
+            self.unknown_kid_reloads += 1
+            try:
+                await self.reload_token_keys()
+            except (StorageError, DecryptionFailed):
+                _log.warning("token keys not reloaded: database or key provider unavailable")
 
     def token_service(self) -> TokenService:
         """The token service; a clear error when ``herald init`` has not been run."""

@@ -69,7 +69,7 @@ async def authenticate_stream(
     when none); returns the claims and the RateLimit fields to answer with.
     """
     if bearer is not None:
-        claims = rt.token_service().verify_subscriber(bearer)
+        claims = await rt.verify_subscriber(bearer)
         await revocation.ensure_live(rt, claims)
         return claims, await throttle.admit_subscriber(rt, claims)
     if ticket is not None and len(ticket) <= 128:

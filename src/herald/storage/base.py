@@ -695,6 +695,10 @@ class Store(Protocol):
         """The messages with these seqs (all tenants), in seq order."""
         ...
 
+    async def message_id_taken(self, message_id: str) -> bool:
+        """Whether a message or scheduled message of any tenant has this id."""
+        ...
+
     async def last_message_seq(self) -> int:
         """The highest message seq, or -1 when there is none."""
         ...

@@ -596,6 +596,14 @@ class SqlStore(QueueMixin, PlansMixin, TokensMixin):
         query = select(t).where(t.c.seq.in_(seqs)).order_by(t.c.seq)
         return await self._fetch(query, MessageRecord)
 
+    async def message_id_taken(self, message_id: str) -> bool:
+        """Whether a message or scheduled message of any tenant has this id."""
+        m, q = s.messages, s.scheduled
+        async with self._tx() as conn:
+            if await conn.scalar(select(m.c.id).where(m.c.id == message_id)) is not None:
+                return True
+            return await conn.scalar(select(q.c.id).where(q.c.id == message_id)) is not None
+
     async def last_message_seq(self) -> int:
         """The highest message seq, or -1."""
         t = s.messages
