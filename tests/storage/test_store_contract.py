@@ -354,6 +354,27 @@ async def test_messages_after_pages_and_filters(store: Store) -> None:
     assert await store.messages_after(tid, -1, 100, topic="none") == []
 
 
+async def test_the_cluster_bus_reads_every_tenants_seqs_in_order(store: Store) -> None:
+    assert await store.last_message_seq() == -1
+    assert await store.message_seqs_after(-1, 10) == []
+    tid, other = await new_tenant(store), await new_tenant(store)
+    ids = []
+    for owner in (tid, other, tid, other):
+        msg = message(owner)
+        ids.append(msg.id)
+        await publish(store, msg)
+    assert await store.message_seqs_after(-1, 10) == [0, 1, 2, 3]
+    assert await store.message_seqs_after(1, 10) == [2, 3]
+    assert await store.message_seqs_after(-1, 2) == [0, 1]
+    assert await store.last_message_seq() == 3
+    found = await store.messages_by_seq([3, 0])
+    assert [(m.seq, m.id) for m in found] == [(0, ids[0]), (3, ids[3])]
+    assert await store.messages_by_seq([]) == []
+    # Ids are global: taken whatever the tenant; a fresh one is free.
+    assert await store.message_id_taken(ids[1])
+    assert not await store.message_id_taken(uid())
+
+
 async def test_reads_are_tenant_scoped(store: Store) -> None:
     tid, other = await new_tenant(store), await new_tenant(store)
     msg = message(tid, recipients=("alice",))
