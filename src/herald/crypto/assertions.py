@@ -55,6 +55,8 @@ KID_MAX = 64
 #: the generic ``JWT`` most libraries write, and the explicit type of RFC 7523bis.
 _TYPES = frozenset({"jwt", "client-authentication+jwt"})
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+#: Larger NumericDates are not dates (and an int this large would not convert to a float).
+_NUMERIC_DATE_MAX = 2**53
 _ED25519_SIGNATURE_BYTES = 64
 _ED25519_PUBLIC_BYTES = 32
 
@@ -176,7 +178,10 @@ def parse_assertion(text: str) -> ParsedAssertion:
 
 def _numeric_date(value: Any) -> float:
     # RFC 7519 §2: a JSON number of seconds; booleans are not numbers here.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidClient
+    # Integers beyond float range (and NaN/infinity, which strict JSON cannot even carry).
+    if abs(value) > _NUMERIC_DATE_MAX or not math.isfinite(value):
         raise InvalidClient
     return float(value)
 
