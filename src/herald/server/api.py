@@ -151,7 +151,10 @@ def _basic_credentials(request: Request) -> tuple[str, str]:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
-        raise InvalidClient("use client_secret_basic: Authorization: Basic base64(id:secret)")
+        raise InvalidClient(
+            "authenticate with Authorization: Basic base64(id:secret), or a client_assertion "
+            "(private_key_jwt)"
+        )
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
