@@ -10,6 +10,10 @@ __all__ = [
     "ACCESS_TOKEN_TTL_DEFAULT",
     "ACCESS_TOKEN_TTL_MAX",
     "BATCH_MAX_MESSAGES",
+    "CLIENT_ASSERTION_AUD_MAX",
+    "CLIENT_ASSERTION_JTI_MAX",
+    "CLIENT_ASSERTION_LIFETIME_MAX",
+    "CLIENT_ASSERTION_MAX",
     "DATA_MAX_DEPTH",
     "DEVICES_PER_RECIPIENT_MAX",
     "E2E_PAYLOADS_MAX",
@@ -34,6 +38,7 @@ __all__ = [
     "SUBSCRIBER_TOKEN_TTL_DEFAULT",
     "SUBSCRIBER_TOKEN_TTL_MAX",
     "TITLE_MAX",
+    "TOKEN_REQUEST_MAX_BYTES",
     "TOPIC_MAX",
     "TOPIC_PATTERNS_MAX",
     "UNKNOWN_KID_RELOAD_INTERVAL",
@@ -86,6 +91,19 @@ JWT_LEEWAY = 30
 #: most once per this many seconds (monotonic), whatever the number of unknown kids: a
 #: flood of made-up kids costs at most one database read per interval.
 UNKNOWN_KID_RELOAD_INTERVAL = 10.0
+#: Largest RFC 7523 client assertion (a JWT, in characters), refused before any parsing. An
+#: Ed25519 assertion with the usual claims is ~400 characters.
+CLIENT_ASSERTION_MAX = 4096
+#: A client assertion's ``exp`` may lie at most this far ahead (seconds, plus the leeway):
+#: assertions are one-shot credentials, and their ``jti`` is remembered until ``exp``.
+CLIENT_ASSERTION_LIFETIME_MAX = 300
+#: Length of a client assertion's ``jti`` (characters).
+CLIENT_ASSERTION_JTI_MAX = 255
+#: Entries of a client assertion's ``aud`` array.
+CLIENT_ASSERTION_AUD_MAX = 8
+#: Largest body of ``POST /oauth/token`` (bytes): room for a largest client assertion
+#: next to the grant type and a scope of some length.
+TOKEN_REQUEST_MAX_BYTES = 6144
 #: One-time stream tickets for browsers live this long (seconds).
 STREAM_TICKET_TTL = 30
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.markup import escape
@@ -43,15 +43,20 @@ _RFC3339 = re.compile(
 )
 
 
+#: The SDK's ``client_auth`` values.
+ClientAuth = Literal["client_secret_basic", "private_key_jwt"]
+
+
 @dataclass(frozen=True, slots=True)
 class Connection:
     """Where and as whom the CLI connects."""
 
     url: str
     client_id: str
-    client_secret: str
+    client_secret: str | None
     ca: Path | None
     signer: RequestSigner | None
+    client_auth: ClientAuth
 
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="HERALD_URL", help="Server base URL.")]
@@ -83,6 +88,16 @@ KeyFileOpt = Annotated[
         help="Ed25519 private key (PEM) of that key id.",
     ),
 ]
+ClientAuthOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-auth",
+        envvar="HERALD_CLIENT_AUTH",
+        help="client_secret_basic or private_key_jwt (RFC 7523, signed with the signing key); "
+        "default: the secret if there is one, else the signing key.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
 
 
@@ -93,8 +108,13 @@ def _connection(
     client_secret: str | None,
     keyid: str | None = None,
     key_file: Path | None = None,
+    client_auth: str | None = None,
 ) -> Connection:
-    """Flags and HERALD_* variables first, then the profile ``herald init`` wrote."""
+    """Flags and HERALD_* variables first, then the profile ``herald init`` wrote.
+
+    The profile's secret and signing key belong to the profile's app: they are only used
+    for its client id. Without a secret, the app authenticates with ``private_key_jwt``.
+    """
     settings = load_settings()
     profile: dict[str, Any] = {}
     path = settings.data_dir / "cli.json"
@@ -103,14 +123,8 @@ def _connection(
     default_ca = settings.ca_file if settings.ca_file.is_file() else None
     ca_value = ca or (Path(profile["ca_cert"]) if "ca_cert" in profile else default_ca)
     conn_id = client_id or profile.get("client_id")
-    secret = client_secret or profile.get("client_secret")
-    if not conn_id or not secret:
-        fail(
-            "no client credentials: pass --client-id/--client-secret, set HERALD_CLIENT_ID/"
-            f"HERALD_CLIENT_SECRET, or run `herald init` (which writes {path})"
-        )
-    # The profile's signing key belongs to the profile's app: only used with its identity.
-    own = {} if client_id else profile
+    own = profile if client_id in {None, profile.get("client_id")} else {}
+    secret = client_secret or own.get("client_secret")
     keyid = keyid or own.get("signing_keyid")
     key_path = key_file or (Path(own["signing_key_file"]) if "signing_key_file" in own else None)
     signer = None
@@ -121,14 +135,39 @@ def _connection(
             fail(str(exc))
     elif keyid or key_path:
         fail("pass both --signing-keyid and --signing-key-file (or neither)")
+    if not conn_id or not (secret or signer):
+        fail(
+            "no client credentials: pass --client-id and --client-secret (or a signing key for "
+            "private_key_jwt), set HERALD_CLIENT_ID/HERALD_CLIENT_SECRET, or run `herald init` "
+            f"(which writes {path})"
+        )
+    method = client_auth or ("client_secret_basic" if secret else "private_key_jwt")
+    if method == "client_secret_basic":
+        if not secret:
+            fail("client_secret_basic needs --client-secret (or HERALD_CLIENT_SECRET)")
+        auth: ClientAuth = "client_secret_basic"
+    elif method == "private_key_jwt":
+        if signer is None or not signer.can_assert:
+            fail(
+                "private_key_jwt needs the app's Ed25519 signing key: pass --signing-keyid "
+                "and --signing-key-file (or HERALD_SIGNING_KEYID/HERALD_SIGNING_KEY_FILE)"
+            )
+        auth = "private_key_jwt"
+    else:
+        fail("--client-auth must be client_secret_basic or private_key_jwt")
     return Connection(
-        url or profile.get("url") or settings.base_url, conn_id, secret, ca_value, signer
+        url or profile.get("url") or settings.base_url, conn_id, secret, ca_value, signer, auth
     )
 
 
 def _publisher(conn: Connection) -> AsyncPublisher:
     return AsyncPublisher(
-        conn.url, conn.client_id, conn.client_secret, ca=conn.ca, signer=conn.signer
+        conn.url,
+        conn.client_id,
+        conn.client_secret,
+        ca=conn.ca,
+        signer=conn.signer,
+        client_auth=conn.client_auth,
     )
 
 
@@ -154,12 +193,15 @@ def token(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an access token (client credentials grant) and print it."""
     if ctx.invoked_subcommand is not None:
         return
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
 
     async def work() -> str:
         async with AsyncPublisher(
@@ -169,6 +211,7 @@ def token(
             ca=conn.ca,
             scope=scope,
             signer=conn.signer,
+            client_auth=conn.client_auth,
         ) as pub:
             return await pub.token()
 
@@ -227,6 +270,7 @@ def publish(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one message, now or at --deliver-at."""
@@ -237,7 +281,9 @@ def publish(
             fail("--data must be a JSON object")
     template_ref = _template_ref(template, var or [], locale)
     at = None if deliver_at is None else _deliver_at(deliver_at)
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
 
     async def work() -> PublishResult:
         async with _publisher(conn) as pub:
@@ -349,10 +395,13 @@ def subscribe(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print messages live; reconnects and resumes by itself. Ctrl-C to stop."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
     last: list[str | None] = [since]
 
     async def work() -> None:
@@ -410,10 +459,13 @@ def token_revoke(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a token (RFC 7009): it is refused everywhere within a second."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
 
     async def revoke(pub: AsyncPublisher) -> dict[str, Any]:
         await pub.revoke_token(token_value)
@@ -434,10 +486,13 @@ def cancel(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a scheduled message (published with --deliver-at) until it is due."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
     view = _call(conn, lambda pub: pub.cancel(message_id))
     human = f"cancelled {view.get('id')} to {view.get('topic')} (was due {view.get('deliver_at')})"
     emit(view, as_json=as_json, human=escape(human))
@@ -458,13 +513,16 @@ def template_put(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Store the next version of a template from a JSON spec (needs the admin scope)."""
     spec = _json_value(_read_spec(file), "the template spec")
     if not isinstance(spec, dict):
         fail("the template spec must be a JSON object")
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
     view = _call(conn, lambda pub: pub.put_template(name, spec))
     emit(
         view,
@@ -495,10 +553,13 @@ def template_get(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one version of a template (the newest by default)."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
     view = _call(conn, lambda pub: pub.get_template(name, version))
     emit(view, as_json=as_json, human=_describe_template(view))
 
@@ -534,10 +595,13 @@ def template_list(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the templates (the newest version of each)."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+    )
     body = _call(conn, lambda pub: pub.list_templates())
     found = body.get("templates")
     rows = [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote_plus, urlencode
 
 import httpx
@@ -30,10 +30,12 @@ from herald.client._transport import (
 )
 
 __all__ = [
+    "ASSERTION_TYPE",
     "RETRY_AFTER_MAX",
     "TOKEN_REFRESH_FRACTION",
     "TOKEN_REFRESH_MARGIN",
     "ApiClient",
+    "ClientAuth",
     "Sleep",
     "encode_json",
     "json_object",
@@ -54,6 +56,10 @@ _TOO_MANY_REQUESTS = 429
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Sleep = Callable[[float], Awaitable[None]]
+#: How the client authenticates at ``/oauth/token`` and ``/oauth/revoke``.
+ClientAuth = Literal["client_secret_basic", "private_key_jwt"]
+#: RFC 7523 §2.2: the ``client_assertion_type`` of a JWT client assertion.
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class ApiClient:
@@ -62,7 +68,8 @@ class ApiClient:
     Args:
         base_url: The server's base URL, e.g. ``https://127.0.0.1:8443``.
         client_id: The app's OAuth client id.
-        client_secret: The app's OAuth client secret.
+        client_secret: The app's OAuth client secret; ``None`` to authenticate with
+            ``private_key_jwt`` instead.
         ca: A CA file to trust instead of the system store (the dev CA of ``herald init``).
         scope: Space-separated scopes to request; default: all of the app's scopes.
         transport: An ``httpx`` transport to use instead of the network (tests).
@@ -70,13 +77,21 @@ class ApiClient:
         clock: Monotonic clock in seconds, used for token expiry.
         sleep: Coroutine function used to wait between retries.
         signer: Signs every state-changing request (RFC 9421), the token request included.
+        client_auth: ``"client_secret_basic"`` (the secret in an ``Authorization: Basic``
+            header) or ``"private_key_jwt"`` (RFC 7523: a client assertion signed with the
+            ``signer``'s Ed25519 key, fresh for every request). By default the secret is
+            used when there is one, else the signer's key.
+
+    Raises:
+        HeraldClientError: the chosen method lacks what it needs (a secret; an Ed25519
+            ``signer``).
     """
 
     def __init__(
         self,
         base_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None,
         *,
         ca: str | Path | None = None,
         scope: str | None = None,
@@ -85,9 +100,21 @@ class ApiClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         signer: RequestSigner | None = None,
+        client_auth: ClientAuth | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if client_auth is None:
+            client_auth = "client_secret_basic" if client_secret else "private_key_jwt"
+        if client_auth not in {"client_secret_basic", "private_key_jwt"}:
+            raise HeraldClientError(f"unknown client authentication method {client_auth!r}")
+        if client_auth == "client_secret_basic" and not client_secret:
+            raise HeraldClientError("client_secret_basic needs the client secret")
+        if client_auth == "private_key_jwt" and (signer is None or not signer.can_assert):
+            raise HeraldClientError(
+                "private_key_jwt needs an Ed25519 signing key (signer); or give the client secret"
+            )
+        self._client_auth: ClientAuth = client_auth
         self._base_url = base_url.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret
@@ -137,18 +164,11 @@ class ApiClient:
         form = {"grant_type": "client_credentials"}
         if self._scope is not None:
             form["scope"] = self._scope
-        content = urlencode(form).encode("ascii")
-        headers = {
-            "Authorization": self._basic_credentials(),
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": _JSON,
-        }
         started = self._clock()
 
         def build() -> httpx.Request:
-            return self._prepare(
-                self._client.build_request("POST", "/oauth/token", content=content, headers=headers)
-            )
+            # A fresh assertion per attempt: a retry must not replay a used jti.
+            return self._authenticated_post("/oauth/token", form)
 
         # Issuing a token changes nothing on the server, so it is always safe to retry.
         response = await self._send(build, retry=True)
@@ -187,18 +207,9 @@ class ApiClient:
         target = token if token is not None else self._token
         if target is None:
             return  # nothing issued yet: nothing to revoke
-        content = urlencode({"token": target}).encode("ascii")
-        headers = {
-            "Authorization": self._basic_credentials(),
-            "Content-Type": "application/x-www-form-urlencoded",
-        }
 
         def build() -> httpx.Request:
-            return self._prepare(
-                self._client.build_request(
-                    "POST", "/oauth/revoke", content=content, headers=headers
-                )
-            )
+            return self._authenticated_post("/oauth/revoke", {"token": target})
 
         # Revoking twice is the same as once (RFC 7009 §2.2): safe to retry.
         response = await self._send(build, retry=True)
@@ -206,10 +217,31 @@ class ApiClient:
             raise _problem(response)
         self._invalidate_token(target)
 
-    def _basic_credentials(self) -> str:
-        # RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
-        pair = f"{quote_plus(self._client_id)}:{quote_plus(self._client_secret)}"
-        return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    def _authenticated_post(self, path: str, form: Mapping[str, str]) -> httpx.Request:
+        """A signed form POST to an OAuth endpoint, with the client's authentication.
+
+        ``client_secret_basic``: RFC 6749 §2.3.1, id and secret form-urlencoded, then
+        base64 in an ``Authorization: Basic`` header. ``private_key_jwt``: RFC 7523 §2.2,
+        ``client_assertion_type`` and a new ``client_assertion`` in the form (whose ``aud``
+        is the server's issuer identifier, its base URL).
+        """
+        fields = dict(form)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": _JSON}
+        if self._client_auth == "private_key_jwt":
+            if self._signer is None:  # pragma: no cover - refused in __init__
+                raise HeraldClientError("private_key_jwt needs an Ed25519 signing key")
+            fields["client_assertion_type"] = ASSERTION_TYPE
+            fields["client_assertion"] = self._signer.client_assertion(
+                self._client_id, self._base_url
+            )
+        else:
+            secret = self._client_secret or ""
+            pair = f"{quote_plus(self._client_id)}:{quote_plus(secret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        content = urlencode(fields).encode("ascii")
+        return self._prepare(
+            self._client.build_request("POST", path, content=content, headers=headers)
+        )
 
     def _invalidate_token(self, token: str) -> None:
         # Only forget the token that was refused: another task may have refreshed already.

@@ -72,7 +72,8 @@ class AsyncPublisher(ApiClient):
     Args:
         base_url: The server's base URL, e.g. ``https://127.0.0.1:8443``.
         client_id: The app's OAuth client id.
-        client_secret: The app's OAuth client secret.
+        client_secret: The app's OAuth client secret; ``None`` to authenticate with
+            ``private_key_jwt`` (RFC 7523) using the ``signer``'s Ed25519 key instead.
         ca: A CA file to trust instead of the system store (the dev CA of ``herald init``).
         scope: Space-separated scopes to request; default: all of the app's scopes.
         transport: An ``httpx`` transport to use instead of the network (tests).
@@ -81,6 +82,8 @@ class AsyncPublisher(ApiClient):
         sleep: Coroutine function used to wait between retries.
         signer: Signs every state-changing request (RFC 9421), the token request included;
             Herald refuses unsigned ones unless its operator turned signatures off.
+        client_auth: ``"client_secret_basic"`` or ``"private_key_jwt"``; by default the
+            secret when there is one, else a client assertion signed by ``signer``.
     """
 
     # -- messages ------------------------------------------------------------------------

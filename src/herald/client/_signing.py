@@ -11,6 +11,10 @@ Usable on its own with any HTTP client that builds ``httpx.Request`` objects::
 Each call of :meth:`RequestSigner.sign` adds ``Content-Digest`` (RFC 9530, sha-256 of the
 exact body bytes), ``Signature-Input`` and ``Signature`` with a fresh ``created`` and a
 192-bit random ``nonce`` — so a retry is a new signature, never a replay.
+
+The same Ed25519 key can stand in for the client secret: :meth:`RequestSigner.client_assertion`
+makes an RFC 7523 ``private_key_jwt`` client assertion (a 60 s EdDSA JWT with a fresh
+192-bit ``jti``) for the token and revocation endpoints.
 """
 
 from __future__ import annotations
@@ -25,16 +29,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from herald.client._errors import HeraldClientError
 from herald.core.signatures import content_digest, signature_base, signature_params
 
-__all__ = ["RequestSigner", "sign_request"]
+__all__ = ["CLIENT_ASSERTION_LIFETIME", "RequestSigner", "sign_request"]
 
 #: The label of Herald's signatures in ``Signature-Input``/``Signature``.
 LABEL = "herald"
+#: Seconds a client assertion is valid (its ``exp`` after ``iat``): it is used at once.
+CLIENT_ASSERTION_LIFETIME = 60
 
 
 class RequestSigner:
@@ -81,6 +88,39 @@ class RequestSigner:
         except (binascii.Error, ValueError):
             raise HeraldClientError("the HMAC secret is not valid base64") from None
         return cls(keyid, secret)
+
+    @property
+    def can_assert(self) -> bool:
+        """Whether the key can sign client assertions (Ed25519 keys only, never HMAC)."""
+        return isinstance(self._key, Ed25519PrivateKey)
+
+    def client_assertion(self, client_id: str, audience: str) -> str:
+        """An RFC 7523 client assertion (``private_key_jwt``) for ``client_id``.
+
+        Args:
+            client_id: The app's client id (``iss`` and ``sub``).
+            audience: The server's issuer identifier (its base URL), as ``aud``.
+
+        Returns:
+            A compact JWS signed EdDSA with ``kid`` = this key's id, valid for
+            :data:`CLIENT_ASSERTION_LIFETIME` seconds, with a fresh 192-bit ``jti``.
+
+        Raises:
+            HeraldClientError: the key is an HMAC secret (Herald offers no client_secret_jwt).
+        """
+        if not isinstance(self._key, Ed25519PrivateKey):
+            raise HeraldClientError("client assertions need an Ed25519 signing key, not HMAC")
+        now = int(self._clock())
+        claims = {
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + CLIENT_ASSERTION_LIFETIME,
+            "jti": secrets.token_urlsafe(24),
+        }
+        # PyJWT names Ed25519 "EdDSA" (RFC 8037); Herald accepts that and RFC 9864's name.
+        return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.keyid})
 
     def sign(self, request: httpx.Request) -> httpx.Request:
         """Add ``Content-Digest``, ``Signature-Input`` and ``Signature`` to ``request``."""

@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from herald.client._api import Sleep
+from herald.client._api import ClientAuth, Sleep
 from herald.client._e2e import DeviceKey, Devices
 from herald.client._errors import ProblemError
 from herald.client._publisher import AsyncPublisher, PublishResult
@@ -65,7 +65,7 @@ class Publisher(_Blocking):
         self,
         base_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None,
         *,
         ca: str | Path | None = None,
         scope: str | None = None,
@@ -74,6 +74,7 @@ class Publisher(_Blocking):
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         signer: RequestSigner | None = None,
+        client_auth: ClientAuth | None = None,
     ) -> None:
         super().__init__()
         self._publisher = AsyncPublisher(
@@ -87,6 +88,7 @@ class Publisher(_Blocking):
             clock=clock,
             sleep=sleep,
             signer=signer,
+            client_auth=client_auth,
         )
 
     def __enter__(self) -> Self:

@@ -42,6 +42,7 @@ from herald.errors import (
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
 from herald.service import (
+    assertions,
     audit,
     devices,
     identity,
@@ -157,7 +158,10 @@ def _basic_credentials(request: Request) -> tuple[str, str]:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
-        raise InvalidClient("use client_secret_basic: Authorization: Basic base64(id:secret)")
+        raise InvalidClient(
+            "authenticate with Authorization: Basic base64(id:secret), or a client_assertion "
+            "(private_key_jwt)"
+        )
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
@@ -169,28 +173,43 @@ def _basic_credentials(request: Request) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-async def _authenticated_client(rt: Runtime, request: Request) -> AppRecord:
-    """``client_secret_basic`` behind the lockout.
+async def _authenticated_client(
+    rt: Runtime, request: Request, form: dict[str, list[str]], *paths: str
+) -> tuple[AppRecord, str]:
+    """``client_secret_basic`` or ``private_key_jwt`` (RFC 7523) behind the lockout.
 
-    A locked client id or address is refused before its secret is compared or anything is
-    audited.
+    A locked client id or address is refused before its secret or assertion is checked or
+    anything is audited; an assertion counts against the client id it claims (unverified).
+    ``paths`` are the endpoints an assertion's ``aud`` may name besides the issuer.
+    Returns the app and the method it authenticated with.
     """
-    client_id, secret = _basic_credentials(request)
+    assertion = assertions.read_client_assertion(
+        form, has_authorization="authorization" in request.headers
+    )
+    if assertion is None:
+        client_id, secret = _basic_credentials(request)
+    else:
+        client_id, secret = assertion.claimed_client_id, ""
     address = request.client.host if request.client is not None else None
     await throttle.check_lockout(rt, client_id, address)
     try:
-        app = await identity.authenticate_client(rt, client_id, secret)
+        if assertion is None:
+            app = await identity.authenticate_client(rt, client_id, secret)
+        else:
+            base = rt.settings.base_url
+            audiences = {base, *(base + path for path in paths)}
+            app = await assertions.authenticate(rt, assertion, audiences=audiences)
     except InvalidClient:
         await throttle.record_login(rt, client_id, address, ok=False)
         raise
     await throttle.record_login(rt, client_id, address, ok=True)
-    return app
+    return app, "client_secret_basic" if assertion is None else assertions.METHOD
 
 
 async def oauth_token(request: Request) -> Response:
     """``POST /oauth/token``: the client credentials grant (RFC 6749 §4.4)."""
     rt = runtime(request)
-    raw = await read_body(request, 4096)
+    raw = await read_body(request, limits.TOKEN_REQUEST_MAX_BYTES)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType("send the token request as application/x-www-form-urlencoded")
@@ -210,10 +229,12 @@ async def oauth_token(request: Request) -> Response:
             extra={"error": "unsupported_grant_type"},
         )
     scope = form.get("scope")
-    app = await _authenticated_client(rt, request)
+    app, method = await _authenticated_client(rt, request, form, "/oauth/token")
     await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
     try:
-        body = await identity.issue_access_token(rt, app, scope[0] if scope else None)
+        body = await identity.issue_access_token(
+            rt, app, scope[0] if scope else None, auth_method=method
+        )
     except BadRequest as exc:
         # RFC 6749 §5.2: OAuth clients look for the "error" member.
         exc.extra.setdefault("error", "invalid_scope")
@@ -241,7 +262,7 @@ async def oauth_revoke(request: Request) -> Response:
     token = form.get("token")
     if token is None or len(token) != 1:
         raise BadRequest("token is required, once", extra={"error": "invalid_request"})
-    app = await _authenticated_client(rt, request)
+    app, _ = await _authenticated_client(rt, request, form, "/oauth/token", "/oauth/revoke")
     await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
     # token_type_hint is optional and only a hint (§2.1): both kinds are recognised anyway.
     await revocation.revoke(rt, app, token[0])
@@ -264,9 +285,12 @@ async def oauth_metadata(request: Request) -> Response:
             "token_endpoint": base + "/oauth/token",
             "jwks_uri": base + "/.well-known/jwks.json",
             "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
             "revocation_endpoint": base + "/oauth/revoke",
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "private_key_jwt",
+            ],
             "response_types_supported": [],
             "scopes_supported": [
                 "publish:<pattern>",
@@ -274,7 +298,8 @@ async def oauth_metadata(request: Request) -> Response:
                 "messages:read",
                 "admin",
             ],
-            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "Ed25519"],
+            "revocation_endpoint_auth_signing_alg_values_supported": ["EdDSA", "Ed25519"],
         },
         headers={"Cache-Control": "max-age=300"},
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from herald import __version__
+from herald import __version__, limits
 from herald.core.delivery import DeliveryState
 from herald.core.messages import DeviceRequest, PublishRequest, SubscriberTokenRequest
 from herald.core.templates import TemplateSpec
@@ -564,6 +564,32 @@ def _audit_paths(bearer: Any) -> dict[str, Any]:
     }
 
 
+#: RFC 7523 §2.2 ``private_key_jwt``: the alternative to the Basic header (never both).
+_CLIENT_ASSERTION_FIELDS: dict[str, Any] = {
+    "client_assertion_type": {
+        "type": "string",
+        "const": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "description": "With client_assertion, instead of an Authorization header.",
+    },
+    "client_assertion": {
+        "type": "string",
+        "maxLength": limits.CLIENT_ASSERTION_MAX,
+        "description": (
+            "A JWT signed EdDSA (Ed25519) with an active Ed25519 request-signing key of the "
+            "app, named by the header's kid; iss = sub = client id; aud = the issuer (or the "
+            f"endpoint URL); exp at most {limits.CLIENT_ASSERTION_LIFETIME_MAX} s ahead; iat; "
+            "jti, single-use."
+        ),
+    },
+    "client_id": {
+        "type": "string",
+        "description": "Optional with a client_assertion; must then equal its iss and sub.",
+    },
+}
+#: Basic, or no header (then a client assertion in the form).
+_CLIENT_AUTH: list[dict[str, list[str]]] = [{"basic": []}, {}]
+
+
 def openapi_document(base_url: str) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for a server at ``base_url``."""
     _, components = msgspec.json.schema_components(
@@ -593,7 +619,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "post": {
                 "summary": "Client credentials grant (RFC 6749 §4.4)",
                 "operationId": "token",
-                "security": [{"basic": []}],
+                "security": _CLIENT_AUTH,
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -604,6 +630,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                                 "properties": {
                                     "grant_type": {"type": "string", "const": "client_credentials"},
                                     "scope": {"type": "string"},
+                                    **_CLIENT_ASSERTION_FIELDS,
                                 },
                             }
                         }
@@ -620,7 +647,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "post": {
                 "summary": "Revoke a token of the authenticated client (RFC 7009)",
                 "operationId": "revoke",
-                "security": [{"basic": []}],
+                "security": _CLIENT_AUTH,
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -631,6 +658,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                                 "properties": {
                                     "token": {"type": "string"},
                                     "token_type_hint": {"type": "string"},
+                                    **_CLIENT_ASSERTION_FIELDS,
                                 },
                             }
                         }

@@ -250,9 +250,17 @@ async def authenticate_client(rt: Runtime, client_id: str, client_secret: str) -
 
 
 async def issue_access_token(
-    rt: Runtime, app: AppRecord, requested_scope: str | None
+    rt: Runtime,
+    app: AppRecord,
+    requested_scope: str | None,
+    *,
+    auth_method: str = "client_secret_basic",
 ) -> dict[str, object]:
-    """Issue an access token for an authenticated app (RFC 6749 §4.4.3, §5.1)."""
+    """Issue an access token for an authenticated app (RFC 6749 §4.4.3, §5.1).
+
+    ``auth_method`` (how the client authenticated) is noted in the audit entry only: the
+    token is the same whichever method was used.
+    """
     granted = ScopeSet.parse(" ".join(app.scopes))
     scopes = granted.narrow(ScopeSet.parse(requested_scope)) if requested_scope else granted
     token, expires_in = rt.token_service().issue_access(
@@ -270,6 +278,7 @@ async def issue_access_token(
         obj=f"app:{app.id}",
         scope=str(scopes),
         expires_in=expires_in,
+        method=auth_method,
     )
     return {
         "access_token": token,

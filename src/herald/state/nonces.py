@@ -2,7 +2,8 @@
 
 ``claim`` is atomic: of any number of concurrent claims of one key, exactly one returns
 True. Claims expire after ``ttl`` (twice the replay window, so a nonce outlives every
-signature that could carry it).
+signature that could carry it; for a client assertion's ``jti``, until its ``exp`` plus
+the leeway).
 
 - :class:`MemoryNonceStore` (embedded mode): a dict plus an insertion-ordered queue — O(1)
   claim, expired entries evicted from the head. It is bounded: when ``capacity`` live nonces
@@ -22,12 +23,20 @@ from typing import Any, Protocol
 from herald.errors import ServiceUnavailable
 from herald.state._redis import connect
 
-__all__ = ["MemoryNonceStore", "NonceStore", "RedisNonceStore", "nonce_key"]
+__all__ = ["MemoryNonceStore", "NonceStore", "RedisNonceStore", "assertion_key", "nonce_key"]
 
 
 def nonce_key(tenant_id: str, keyid: str, nonce: str) -> str:
     """``nonce:<tenant>:<keyid>:<nonce>`` (DESIGN §4)."""
     return f"nonce:{tenant_id}:{keyid}:{nonce}"
+
+
+def assertion_key(tenant_id: str, client_id: str, jti: str) -> str:
+    """``jti:<tenant>:<client id>:<jti>``: a used RFC 7523 client assertion.
+
+    Its own prefix, so that no request nonce can ever collide with an assertion's ``jti``.
+    """
+    return f"jti:{tenant_id}:{client_id}:{jti}"
 
 
 class NonceStore(Protocol):
