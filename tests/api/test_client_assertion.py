@@ -44,7 +44,6 @@ LEEWAY = 30
 
 # The two-node cluster (one PostgreSQL, one Redis, one public URL) of the replay tests.
 cluster = replay.cluster
-redis_url = replay.redis_url
 
 
 # -- helpers ----------------------------------------------------------------------------------
