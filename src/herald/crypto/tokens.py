@@ -6,6 +6,10 @@ from the token; the key is looked up by ``kid`` among *our* keys only (``jku``, 
 because PyJWT does not; ``iss``, ``aud``, ``exp``, ``iat``, ``jti`` are required; leeway is
 small. Every failure is the same opaque :class:`~herald.errors.InvalidToken`.
 
+An access token may be certificate-bound (RFC 8705 §3): ``cnf: {"x5t#S256": …}``. The
+verifier parses the claim (refusing any other shape) and returns the thumbprint; whether
+the connection presents that certificate is checked by the server, which sees the TLS layer.
+
 Subscriber tokens use a different ``typ`` and audience, so neither kind of token can stand
 in for the other.
 """
@@ -22,6 +26,7 @@ import jwt
 from herald import limits
 from herald.core.scopes import ScopeSet
 from herald.core.topics import TopicPattern
+from herald.crypto.certbinding import CNF_CLAIM, cnf_claim, parse_cnf
 from herald.crypto.signing import LoadedSigningKey
 from herald.errors import BadRequest, InvalidToken
 
@@ -45,7 +50,11 @@ _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
-    """The verified identity behind an access token."""
+    """The verified identity behind an access token.
+
+    ``cnf_x5t_s256`` is the RFC 8705 §3.1 thumbprint of the client certificate the token is
+    bound to, or ``None`` for an unbound token.
+    """
 
     tenant_id: str
     client_id: str
@@ -53,6 +62,7 @@ class AccessClaims:
     jti: str
     expires_at: int
     issued_at: int = 0
+    cnf_x5t_s256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +124,22 @@ class TokenService:
         )
 
     def issue_access(
-        self, *, tenant_id: str, client_id: str, scopes: ScopeSet, ttl: int
+        self,
+        *,
+        tenant_id: str,
+        client_id: str,
+        scopes: ScopeSet,
+        ttl: int,
+        bound_to: str | None = None,
     ) -> tuple[str, int]:
-        """Return ``(jwt, expires_in)`` for an app (RFC 9068 §2.2 claims)."""
+        """Return ``(jwt, expires_in)`` for an app (RFC 9068 §2.2 claims).
+
+        With ``bound_to`` (a client certificate's ``x5t#S256`` thumbprint) the token is
+        certificate-bound: it carries ``cnf`` (RFC 8705 §3.1).
+        """
         ttl = min(ttl, limits.ACCESS_TOKEN_TTL_MAX)
         now = int(self._clock())
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.issuer,
             "sub": client_id,
@@ -131,6 +151,8 @@ class TokenService:
             "exp": now + ttl,
             "jti": self._new_jti(),
         }
+        if bound_to is not None:
+            claims[CNF_CLAIM] = cnf_claim(bound_to)
         return self._sign(claims, ACCESS_TOKEN_TYP), ttl
 
     def issue_subscriber(
@@ -218,6 +240,8 @@ class TokenService:
             scopes = ScopeSet.parse(scope)
         except BadRequest:
             raise InvalidToken from None
+        # RFC 8705 §3.1; a cnf the server cannot check is a refusal, never "unbound".
+        bound_to = parse_cnf(claims[CNF_CLAIM]) if CNF_CLAIM in claims else None
         return AccessClaims(
             tenant,
             client_id,
@@ -225,6 +249,7 @@ class TokenService:
             str(claims["jti"]),
             int(claims["exp"]),
             int(claims["iat"]),
+            bound_to,
         )
 
     def verify_subscriber(self, token: str) -> SubscriberClaims:
