@@ -224,9 +224,13 @@ async def authenticate_client(rt: Runtime, client_id: str, client_secret: str) -
 
 
 async def issue_access_token(
-    rt: Runtime, app: AppRecord, requested_scope: str | None
+    rt: Runtime, app: AppRecord, requested_scope: str | None, *, bound_to: str | None = None
 ) -> dict[str, object]:
-    """Issue an access token for an authenticated app (RFC 6749 §4.4.3, §5.1)."""
+    """Issue an access token for an authenticated app (RFC 6749 §4.4.3, §5.1).
+
+    ``bound_to`` is the ``x5t#S256`` thumbprint of the client certificate the token request
+    came with, if any: the token is then certificate-bound (RFC 8705 §3).
+    """
     granted = ScopeSet.parse(" ".join(app.scopes))
     scopes = granted.narrow(ScopeSet.parse(requested_scope)) if requested_scope else granted
     token, expires_in = rt.token_service().issue_access(
@@ -234,8 +238,12 @@ async def issue_access_token(
         client_id=app.id,
         scopes=scopes,
         ttl=rt.settings.access_token_ttl,
+        bound_to=bound_to,
     )
     rt.metrics.record_token("access")
+    # The thumbprint is public (a hash of a certificate): recorded so a bound token can be
+    # traced to the certificate it needs.
+    binding = {"cnf_x5t_s256": bound_to} if bound_to is not None else {}
     await audit.record(
         rt,
         tenant=app.tenant_id,
@@ -244,6 +252,7 @@ async def issue_access_token(
         obj=f"app:{app.id}",
         scope=str(scopes),
         expires_in=expires_in,
+        **binding,
     )
     return {
         "access_token": token,
