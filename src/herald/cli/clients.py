@@ -52,6 +52,7 @@ class Connection:
     client_secret: str
     ca: Path | None
     signer: RequestSigner | None
+    client_cert: tuple[Path, Path] | None = None
 
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="HERALD_URL", help="Server base URL.")]
@@ -83,6 +84,22 @@ KeyFileOpt = Annotated[
         help="Ed25519 private key (PEM) of that key id.",
     ),
 ]
+ClientCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-cert",
+        envvar="HERALD_CLIENT_CERT_FILE",
+        help="Client certificate (PEM) for mutual TLS; tokens get bound to it (RFC 8705).",
+    ),
+]
+ClientKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-key",
+        envvar="HERALD_CLIENT_KEY_FILE",
+        help="Private key (PEM) of the client certificate.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
 
 
@@ -93,6 +110,8 @@ def _connection(
     client_secret: str | None,
     keyid: str | None = None,
     key_file: Path | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
 ) -> Connection:
     """Flags and HERALD_* variables first, then the profile ``herald init`` wrote."""
     settings = load_settings()
@@ -121,14 +140,25 @@ def _connection(
             fail(str(exc))
     elif keyid or key_path:
         fail("pass both --signing-keyid and --signing-key-file (or neither)")
+    if (client_cert is None) != (client_key is None):
+        fail(
+            "pass both --client-cert and --client-key (HERALD_CLIENT_CERT_FILE and "
+            "HERALD_CLIENT_KEY_FILE), or neither"
+        )
+    mtls = (client_cert, client_key) if client_cert and client_key else None
     return Connection(
-        url or profile.get("url") or settings.base_url, conn_id, secret, ca_value, signer
+        url or profile.get("url") or settings.base_url, conn_id, secret, ca_value, signer, mtls
     )
 
 
 def _publisher(conn: Connection) -> AsyncPublisher:
     return AsyncPublisher(
-        conn.url, conn.client_id, conn.client_secret, ca=conn.ca, signer=conn.signer
+        conn.url,
+        conn.client_id,
+        conn.client_secret,
+        ca=conn.ca,
+        signer=conn.signer,
+        client_cert=conn.client_cert,
     )
 
 
@@ -154,12 +184,16 @@ def token(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an access token (client credentials grant) and print it."""
     if ctx.invoked_subcommand is not None:
         return
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
 
     async def work() -> str:
         async with AsyncPublisher(
@@ -169,6 +203,7 @@ def token(
             ca=conn.ca,
             scope=scope,
             signer=conn.signer,
+            client_cert=conn.client_cert,
         ) as pub:
             return await pub.token()
 
@@ -227,6 +262,8 @@ def publish(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one message, now or at --deliver-at."""
@@ -237,7 +274,9 @@ def publish(
             fail("--data must be a JSON object")
     template_ref = _template_ref(template, var or [], locale)
     at = None if deliver_at is None else _deliver_at(deliver_at)
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
 
     async def work() -> PublishResult:
         async with _publisher(conn) as pub:
@@ -349,10 +388,14 @@ def subscribe(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print messages live; reconnects and resumes by itself. Ctrl-C to stop."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
     last: list[str | None] = [since]
 
     async def work() -> None:
@@ -410,10 +453,14 @@ def token_revoke(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a token (RFC 7009): it is refused everywhere within a second."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
 
     async def revoke(pub: AsyncPublisher) -> dict[str, Any]:
         await pub.revoke_token(token_value)
@@ -434,10 +481,14 @@ def cancel(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a scheduled message (published with --deliver-at) until it is due."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
     view = _call(conn, lambda pub: pub.cancel(message_id))
     human = f"cancelled {view.get('id')} to {view.get('topic')} (was due {view.get('deliver_at')})"
     emit(view, as_json=as_json, human=escape(human))
@@ -458,13 +509,17 @@ def template_put(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Store the next version of a template from a JSON spec (needs the admin scope)."""
     spec = _json_value(_read_spec(file), "the template spec")
     if not isinstance(spec, dict):
         fail("the template spec must be a JSON object")
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
     view = _call(conn, lambda pub: pub.put_template(name, spec))
     emit(
         view,
@@ -495,10 +550,14 @@ def template_get(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one version of a template (the newest by default)."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
     view = _call(conn, lambda pub: pub.get_template(name, version))
     emit(view, as_json=as_json, human=_describe_template(view))
 
@@ -534,10 +593,14 @@ def template_list(
     client_secret: SecretOpt = None,
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the templates (the newest version of each)."""
-    conn = _connection(url, ca, client_id, client_secret, signing_keyid, signing_key_file)
+    conn = _connection(
+        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_cert, client_key
+    )
     body = _call(conn, lambda pub: pub.list_templates())
     found = body.get("templates")
     rows = [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []

@@ -31,6 +31,9 @@ once, e.g. from ``/.well-known/herald-audit-key``, and never re-fetch it to veri
     receipt = await stream.verify_receipt(message, audit_key=PINNED_AUDIT_KEY)
     # ReceiptInvalid when the server cannot prove the message was logged
 
+Mutual TLS: ``AsyncPublisher(..., client_cert=(cert_file, key_file))`` presents a client
+certificate; a server that requests one binds the access tokens to it (RFC 8705).
+
 :class:`Publisher` and :class:`Subscriber` are blocking equivalents. TLS certificates are
 always verified; every error raised on purpose is a :class:`HeraldClientError`.
 """

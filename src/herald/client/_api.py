@@ -23,6 +23,7 @@ import httpx
 from herald.client._errors import HeraldClientError, ProblemError, problem_from_http
 from herald.client._signing import RequestSigner
 from herald.client._transport import (
+    ClientCert,
     backoff_delay,
     connection_failed,
     is_certificate_error,
@@ -70,6 +71,9 @@ class ApiClient:
         clock: Monotonic clock in seconds, used for token expiry.
         sleep: Coroutine function used to wait between retries.
         signer: Signs every state-changing request (RFC 9421), the token request included.
+        client_cert: ``(cert_file, key_file)`` presented on every connection (mutual TLS):
+            the server binds the access token to it (RFC 8705), and the token is then
+            accepted only over connections presenting the same certificate.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class ApiClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         signer: RequestSigner | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -96,7 +101,9 @@ class ApiClient:
         self._clock = clock
         self._sleep = sleep
         self._signer = signer
-        self._client = make_async_client(self._base_url, ca=ca, transport=transport)
+        self._client = make_async_client(
+            self._base_url, ca=ca, transport=transport, client_cert=client_cert
+        )
         self._token: str | None = None
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()

@@ -81,6 +81,8 @@ class AsyncPublisher(ApiClient):
         sleep: Coroutine function used to wait between retries.
         signer: Signs every state-changing request (RFC 9421), the token request included;
             Herald refuses unsigned ones unless its operator turned signatures off.
+        client_cert: ``(cert_file, key_file)`` for mutual TLS; the access token is then
+            bound to this certificate (RFC 8705).
     """
 
     # -- messages ------------------------------------------------------------------------

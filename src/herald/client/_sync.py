@@ -25,6 +25,7 @@ from herald.client._publisher import AsyncPublisher, PublishResult
 from herald.client._receipts import Receipt
 from herald.client._signing import RequestSigner
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
+from herald.client._transport import ClientCert
 
 __all__ = ["Publisher", "Subscriber"]
 
@@ -74,6 +75,7 @@ class Publisher(_Blocking):
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         signer: RequestSigner | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         super().__init__()
         self._publisher = AsyncPublisher(
@@ -87,6 +89,7 @@ class Publisher(_Blocking):
             clock=clock,
             sleep=sleep,
             signer=signer,
+            client_cert=client_cert,
         )
 
     def __enter__(self) -> Self:
