@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     insecure_http: bool = False
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    #: PEM CA bundle for client certificates (mutual TLS, optional per connection): tokens
+    #: requested over a connection with a certificate are bound to it (RFC 8705 §3).
+    tls_client_ca_file: Path | None = None
     hsts_max_age: int = Field(default=31536000, ge=0)
 
     access_token_ttl: int = Field(
@@ -229,6 +232,11 @@ class Settings(BaseSettings):
         """The 0600 master key file of the ``local`` key provider."""
         return self.data_dir / "master.key"
 
+    @property
+    def cert_bound_tokens(self) -> bool:
+        """Whether client certificates are requested and tokens bound to them (RFC 8705)."""
+        return not self.insecure_http and self.tls_client_ca_file is not None
+
     def security_summary(self) -> dict[str, Any]:
         """What ``/readyz`` and start-up report about the security posture."""
         return {
@@ -237,6 +245,7 @@ class Settings(BaseSettings):
             "encryption_at_rest": True,
             "token_alg": "EdDSA",
             "request_signatures": self.require_signatures,
+            "cert_bound_tokens": self.cert_bound_tokens,
             "replay_store": "redis" if self.redis_url is not None else "memory",
             "cluster": self.cluster_mode,
             "warnings": self.security_warnings(),

@@ -183,8 +183,12 @@ class Node:
         return self._tokens[key]
 
     # -- HTTP ---------------------------------------------------------------------------------
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
+    def ssl_context(self, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+        """Trusting the dev CA; presenting the client certificate ``(cert, key)`` if given."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return context
 
     def sign(self, request: httpx.Request) -> None:
         """Sign a state-changing request with the key of the app it speaks for (if ours)."""
@@ -195,12 +199,15 @@ class Node:
             if app.client_id == client_id:
                 app.signer.sign(request)
 
-    def client(self, *, sign: bool = True, **kwargs: object) -> httpx.Client:
-        """An HTTPS client trusting the dev CA; signs like the SDK unless ``sign=False``."""
+    def client(
+        self, *, sign: bool = True, cert: tuple[Path, Path] | None = None, **kwargs: object
+    ) -> httpx.Client:
+        """An HTTPS client trusting the dev CA; signs like the SDK unless ``sign=False``;
+        presents the client certificate ``cert`` (``(cert_file, key_file)``) if given."""
         hooks = {"request": [self.sign]} if sign else {}
         options: dict[str, object] = {"timeout": 10.0, **kwargs}
         return httpx.Client(  # type: ignore[arg-type]
-            base_url=self.url, verify=self.ssl_context(), event_hooks=hooks, **options
+            base_url=self.url, verify=self.ssl_context(cert), event_hooks=hooks, **options
         )
 
     def async_client(self, *, sign: bool = True, **kwargs: object) -> httpx.AsyncClient:
@@ -215,13 +222,20 @@ class Node:
             base_url=self.url, verify=self.ssl_context(), event_hooks=hooks, **options
         )
 
-    def token_response(self, app: App | None = None, scope: str | None = None) -> httpx.Response:
-        """The answer to a client-credentials grant for ``app`` (default: demo)."""
+    def token_response(
+        self,
+        app: App | None = None,
+        scope: str | None = None,
+        *,
+        cert: tuple[Path, Path] | None = None,
+    ) -> httpx.Response:
+        """The answer to a client-credentials grant for ``app`` (default: demo), over a
+        connection presenting the client certificate ``cert`` if given."""
         app = app or self.demo
         data = {"grant_type": "client_credentials"}
         if scope:
             data["scope"] = scope
-        with self.client() as client:
+        with self.client(cert=cert) as client:
             return client.post("/oauth/token", data=data, auth=(app.client_id, app.client_secret))
 
     def token(self, app: App | None = None, scope: str | None = None) -> str:

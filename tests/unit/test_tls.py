@@ -525,6 +525,7 @@ def test_missing_ca_files_are_config_errors(files: TlsFiles, tmp_path: Path) -> 
 def test_public_names() -> None:
     assert sorted(tls.__all__) == [
         "CA_VALID_DAYS",
+        "CLIENT_CERT_VALID_DAYS",
         "CLOCK_SKEW_BACKDATE",
         "SERVER_CERT_VALID_DAYS",
         "TLS12_CIPHERS",
@@ -532,7 +533,9 @@ def test_public_names() -> None:
         "certificate_fingerprint",
         "client_ssl_context",
         "create_dev_ca",
+        "issue_client_cert",
         "issue_server_cert",
         "server_ssl_context",
+        "write_client_cert",
         "write_dev_tls",
     ]

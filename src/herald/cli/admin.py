@@ -11,14 +11,23 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from herald.cli.output import console, emit, fail
 from herald.config import Settings, load_settings
 from herald.core.scopes import ScopeSet
+from herald.crypto.certbinding import thumbprint
 from herald.crypto.masterkey import generate_master_key_file
-from herald.crypto.tls import write_dev_tls
-from herald.errors import ConfigError, HeraldError
-from herald.service import identity, revocation, signatures
+from herald.crypto.tls import (
+    CLIENT_CERT_VALID_DAYS,
+    SERVER_CERT_VALID_DAYS,
+    issue_client_cert,
+    write_client_cert,
+    write_dev_tls,
+)
+from herald.errors import BadRequest, ConfigError, HeraldError
+from herald.service import audit, identity, revocation, signatures
 from herald.service.runtime import Runtime
 from herald.storage.base import AppKeyRecord
 
@@ -302,5 +311,76 @@ def key_revoke(
 
     async def work(rt: Runtime) -> dict[str, Any]:
         return _key_view(await signatures.revoke_key(rt, client_id, keyid))
+
+    emit(_run(settings, work), as_json=as_json)
+
+
+cert_cli = typer.Typer(
+    help="Client certificates for mutual TLS (tokens bound to them, RFC 8705).",
+    no_args_is_help=True,
+)
+app_cli.add_typer(cert_cli, name="cert")
+
+
+def _read_dev_ca(settings: Settings) -> tuple[bytes, bytes]:
+    tls_dir = settings.data_dir / "tls"
+    try:
+        return (tls_dir / "ca.pem").read_bytes(), (tls_dir / "ca.key").read_bytes()
+    except OSError:
+        raise ConfigError(
+            f"no local CA in {tls_dir} (ca.pem and ca.key from `herald init`); with your own "
+            "CA, issue client certificates there and point HERALD_TLS_CLIENT_CA_FILE at it"
+        ) from None
+
+
+@cert_cli.command("issue")
+def cert_issue(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for <client id>.pem and .key (0600).")
+    ],
+    days: Annotated[
+        int,
+        typer.Option(
+            "--days", min=1, max=SERVER_CERT_VALID_DAYS, help="Days the certificate is valid."
+        ),
+    ] = CLIENT_CERT_VALID_DAYS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a client certificate for an app, signed by the data dir's local CA.
+
+    The server trusts it with HERALD_TLS_CLIENT_CA_FILE=<data dir>/tls/ca.pem; tokens the
+    app requests while presenting it are bound to it.
+    """
+    settings = load_settings()
+    ca_cert, ca_key = _read_dev_ca(settings)
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        app = await rt.store.get_app(client_id)
+        if app is None:
+            raise BadRequest(f"no app {client_id!r}")
+        cert_pem, key_pem = issue_client_cert(
+            ca_cert, ca_key, app.id, now=datetime.now(UTC), valid_days=days
+        )
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        bound_to = thumbprint(cert.public_bytes(serialization.Encoding.DER))
+        cert_file, key_file = write_client_cert(out, app.id, cert_pem, key_pem)
+        expires = cert.not_valid_after_utc.isoformat()
+        await audit.record(
+            rt,
+            tenant=app.tenant_id,
+            actor="operator:cli",
+            action="app.certificate.issued",
+            obj=f"app:{app.id}",
+            cnf_x5t_s256=bound_to,
+            not_after=expires,
+        )
+        return {
+            "client_id": app.id,
+            "cert_file": str(cert_file.resolve()),
+            "key_file": str(key_file.resolve()),
+            "x5t#S256": bound_to,
+            "not_after": expires,
+        }
 
     emit(_run(settings, work), as_json=as_json)

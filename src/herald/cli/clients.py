@@ -57,6 +57,7 @@ class Connection:
     ca: Path | None
     signer: RequestSigner | None
     client_auth: ClientAuth
+    client_cert: tuple[Path, Path] | None = None
 
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="HERALD_URL", help="Server base URL.")]
@@ -98,6 +99,22 @@ ClientAuthOpt = Annotated[
         show_default=False,
     ),
 ]
+ClientCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-cert",
+        envvar="HERALD_CLIENT_CERT_FILE",
+        help="Client certificate (PEM) for mutual TLS; tokens get bound to it (RFC 8705).",
+    ),
+]
+ClientKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-key",
+        envvar="HERALD_CLIENT_KEY_FILE",
+        help="Private key (PEM) of the client certificate.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON.")]
 
 
@@ -109,6 +126,8 @@ def _connection(
     keyid: str | None = None,
     key_file: Path | None = None,
     client_auth: str | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
 ) -> Connection:
     """Flags and HERALD_* variables first, then the profile ``herald init`` wrote.
 
@@ -155,8 +174,20 @@ def _connection(
         auth = "private_key_jwt"
     else:
         fail("--client-auth must be client_secret_basic or private_key_jwt")
+    if (client_cert is None) != (client_key is None):
+        fail(
+            "pass both --client-cert and --client-key (HERALD_CLIENT_CERT_FILE and "
+            "HERALD_CLIENT_KEY_FILE), or neither"
+        )
+    mtls = (client_cert, client_key) if client_cert and client_key else None
     return Connection(
-        url or profile.get("url") or settings.base_url, conn_id, secret, ca_value, signer, auth
+        url or profile.get("url") or settings.base_url,
+        conn_id,
+        secret,
+        ca_value,
+        signer,
+        auth,
+        mtls,
     )
 
 
@@ -168,6 +199,7 @@ def _publisher(conn: Connection) -> AsyncPublisher:
         ca=conn.ca,
         signer=conn.signer,
         client_auth=conn.client_auth,
+        client_cert=conn.client_cert,
     )
 
 
@@ -194,13 +226,23 @@ def token(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an access token (client credentials grant) and print it."""
     if ctx.invoked_subcommand is not None:
         return
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
 
     async def work() -> str:
@@ -212,6 +254,7 @@ def token(
             scope=scope,
             signer=conn.signer,
             client_auth=conn.client_auth,
+            client_cert=conn.client_cert,
         ) as pub:
             return await pub.token()
 
@@ -271,6 +314,8 @@ def publish(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one message, now or at --deliver-at."""
@@ -282,7 +327,15 @@ def publish(
     template_ref = _template_ref(template, var or [], locale)
     at = None if deliver_at is None else _deliver_at(deliver_at)
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
 
     async def work() -> PublishResult:
@@ -396,11 +449,21 @@ def subscribe(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print messages live; reconnects and resumes by itself. Ctrl-C to stop."""
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
     last: list[str | None] = [since]
 
@@ -460,11 +523,21 @@ def token_revoke(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a token (RFC 7009): it is refused everywhere within a second."""
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
 
     async def revoke(pub: AsyncPublisher) -> dict[str, Any]:
@@ -487,11 +560,21 @@ def cancel(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a scheduled message (published with --deliver-at) until it is due."""
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
     view = _call(conn, lambda pub: pub.cancel(message_id))
     human = f"cancelled {view.get('id')} to {view.get('topic')} (was due {view.get('deliver_at')})"
@@ -514,6 +597,8 @@ def template_put(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Store the next version of a template from a JSON spec (needs the admin scope)."""
@@ -521,7 +606,15 @@ def template_put(
     if not isinstance(spec, dict):
         fail("the template spec must be a JSON object")
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
     view = _call(conn, lambda pub: pub.put_template(name, spec))
     emit(
@@ -554,11 +647,21 @@ def template_get(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one version of a template (the newest by default)."""
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
     view = _call(conn, lambda pub: pub.get_template(name, version))
     emit(view, as_json=as_json, human=_describe_template(view))
@@ -596,11 +699,21 @@ def template_list(
     signing_keyid: KeyIdOpt = None,
     signing_key_file: KeyFileOpt = None,
     client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the templates (the newest version of each)."""
     conn = _connection(
-        url, ca, client_id, client_secret, signing_keyid, signing_key_file, client_auth
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
     )
     body = _call(conn, lambda pub: pub.list_templates())
     found = body.get("templates")

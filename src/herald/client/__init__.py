@@ -36,6 +36,9 @@ Operators (people who run Herald; ``herald admin create``) sign in with a passwo
     async with AsyncAdmin(url, "alice", password, ca=".herald/tls/ca.pem") as admin:
         app = await admin.create_app(tenant_id, ["publish:orders.>"])
 
+Mutual TLS: ``AsyncPublisher(..., client_cert=(cert_file, key_file))`` presents a client
+certificate; a server that requests one binds the access tokens to it (RFC 8705).
+
 :class:`Publisher` and :class:`Subscriber` are blocking equivalents. TLS certificates are
 always verified; every error raised on purpose is a :class:`HeraldClientError`.
 """

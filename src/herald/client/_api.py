@@ -23,6 +23,7 @@ import httpx
 from herald.client._errors import HeraldClientError, ProblemError, problem_from_http
 from herald.client._signing import RequestSigner
 from herald.client._transport import (
+    ClientCert,
     backoff_delay,
     connection_failed,
     is_certificate_error,
@@ -81,6 +82,9 @@ class ApiClient:
             header) or ``"private_key_jwt"`` (RFC 7523: a client assertion signed with the
             ``signer``'s Ed25519 key, fresh for every request). By default the secret is
             used when there is one, else the signer's key.
+        client_cert: ``(cert_file, key_file)`` presented on every connection (mutual TLS):
+            the server binds the access token to it (RFC 8705), and the token is then
+            accepted only over connections presenting the same certificate.
 
     Raises:
         HeraldClientError: the chosen method lacks what it needs (a secret; an Ed25519
@@ -101,6 +105,7 @@ class ApiClient:
         sleep: Sleep = asyncio.sleep,
         signer: RequestSigner | None = None,
         client_auth: ClientAuth | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -123,7 +128,9 @@ class ApiClient:
         self._clock = clock
         self._sleep = sleep
         self._signer = signer
-        self._client = make_async_client(self._base_url, ca=ca, transport=transport)
+        self._client = make_async_client(
+            self._base_url, ca=ca, transport=transport, client_cert=client_cert
+        )
         self._token: str | None = None
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()

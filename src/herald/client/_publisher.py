@@ -84,6 +84,8 @@ class AsyncPublisher(ApiClient):
             Herald refuses unsigned ones unless its operator turned signatures off.
         client_auth: ``"client_secret_basic"`` or ``"private_key_jwt"``; by default the
             secret when there is one, else a client assertion signed by ``signer``.
+        client_cert: ``(cert_file, key_file)`` for mutual TLS; the access token is then
+            bound to this certificate (RFC 8705).
     """
 
     # -- messages ------------------------------------------------------------------------

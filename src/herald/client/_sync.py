@@ -25,6 +25,7 @@ from herald.client._publisher import AsyncPublisher, PublishResult
 from herald.client._receipts import Receipt
 from herald.client._signing import RequestSigner
 from herald.client._subscriber import AsyncSubscriber, StreamMessage
+from herald.client._transport import ClientCert
 
 __all__ = ["Publisher", "Subscriber"]
 
@@ -75,6 +76,7 @@ class Publisher(_Blocking):
         sleep: Sleep = asyncio.sleep,
         signer: RequestSigner | None = None,
         client_auth: ClientAuth | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         super().__init__()
         self._publisher = AsyncPublisher(
@@ -89,6 +91,7 @@ class Publisher(_Blocking):
             sleep=sleep,
             signer=signer,
             client_auth=client_auth,
+            client_cert=client_cert,
         )
 
     def __enter__(self) -> Self:

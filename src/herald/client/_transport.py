@@ -1,7 +1,9 @@
 """TLS, HTTP and retry setup shared by the publisher and the subscriber.
 
 Certificate verification is always on: the SDK deliberately has no switch that turns it
-off. A development server's self-signed CA is trusted by passing its file as ``ca``.
+off. A development server's self-signed CA is trusted by passing its file as ``ca``. A
+client certificate (``client_cert=(cert_file, key_file)``) is presented for mutual TLS; a
+Herald server that requests one binds the access tokens it issues to it (RFC 8705).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "BACKOFF_CAP",
     "DEFAULT_TIMEOUT",
     "USER_AGENT",
+    "ClientCert",
     "backoff_delay",
     "connection_failed",
     "is_certificate_error",
@@ -46,20 +49,28 @@ _HOSTNAME_MISMATCH = 62
 
 _random = secrets.SystemRandom()
 
+#: A client certificate for mutual TLS: ``(certificate PEM file, private key PEM file)``.
+ClientCert = tuple[str | Path, str | Path]
 
-def make_ssl_context(ca: str | Path | None = None) -> ssl.SSLContext:
+
+def make_ssl_context(
+    ca: str | Path | None = None, *, client_cert: ClientCert | None = None
+) -> ssl.SSLContext:
     """Create the client TLS context: verification on, TLS 1.2 at least.
 
     Args:
         ca: A PEM file of CA certificates to trust *instead of* the system store (the
             development CA of ``herald init`` is ``.herald/tls/ca.pem``). ``None`` uses the
             system trust store.
+        client_cert: ``(cert_file, key_file)`` to present when the server asks for a
+            client certificate (e.g. from ``herald app cert issue``); the key unencrypted.
 
     Returns:
         A context that verifies the server's certificate chain and host name.
 
     Raises:
-        HeraldClientError: The CA file cannot be read or holds no usable certificate.
+        HeraldClientError: The CA file cannot be read or holds no usable certificate, or the
+            client certificate and key cannot be loaded or do not match.
     """
     try:
         context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
@@ -70,6 +81,16 @@ def make_ssl_context(ca: str | Path | None = None) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
+    if client_cert is not None:
+        cert_file, key_file = client_cert
+        try:
+            # An encrypted key gets an empty passphrase and fails, instead of a prompt.
+            context.load_cert_chain(cert_file, key_file, password=lambda: b"")
+        except OSError as exc:  # missing file, bad PEM, key not matching the certificate
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise HeraldClientError(
+                f"cannot use client certificate {cert_file} with key {key_file}: {reason}"
+            ) from None
     return context
 
 
@@ -78,6 +99,7 @@ def make_async_client(
     *,
     ca: str | Path | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    client_cert: ClientCert | None = None,
 ) -> httpx.AsyncClient:
     """Create the ``httpx`` client the publisher talks through.
 
@@ -86,6 +108,7 @@ def make_async_client(
         ca: The CA file to trust (see :func:`make_ssl_context`).
         transport: A transport to use instead of the network (tests pass
             ``httpx.MockTransport``); it then owns TLS and ``ca`` is not used.
+        client_cert: ``(cert_file, key_file)`` for mutual TLS (see :func:`make_ssl_context`).
 
     Returns:
         A client with safe defaults: verified TLS, timeouts, no redirects, no proxies or
@@ -93,7 +116,8 @@ def make_async_client(
         publisher retries itself, with the same ``Idempotency-Key``).
     """
     if transport is None:
-        transport = httpx.AsyncHTTPTransport(verify=make_ssl_context(ca), retries=0)
+        context = make_ssl_context(ca, client_cert=client_cert)
+        transport = httpx.AsyncHTTPTransport(verify=context, retries=0)
     return httpx.AsyncClient(
         base_url=base_url,
         transport=transport,

@@ -46,6 +46,7 @@ from herald.errors import ConfigError
 
 __all__ = [
     "CA_VALID_DAYS",
+    "CLIENT_CERT_VALID_DAYS",
     "CLOCK_SKEW_BACKDATE",
     "SERVER_CERT_VALID_DAYS",
     "TLS12_CIPHERS",
@@ -53,8 +54,10 @@ __all__ = [
     "certificate_fingerprint",
     "client_ssl_context",
     "create_dev_ca",
+    "issue_client_cert",
     "issue_server_cert",
     "server_ssl_context",
+    "write_client_cert",
     "write_dev_tls",
 ]
 
@@ -66,6 +69,10 @@ CA_VALID_DAYS = 3650
 #: maximum (§6.3.2); some clients apply that ceiling to every root, private ones included.
 SERVER_CERT_VALID_DAYS = 397
 
+#: Default lifetime of a client certificate for mutual TLS (``herald app cert issue``);
+#: the server certificate's ceiling applies to it as well.
+CLIENT_CERT_VALID_DAYS = 90
+
 #: ``notBefore`` is set this far in the past so that a client whose clock runs slightly
 #: behind the issuing machine does not reject a freshly issued certificate.
 CLOCK_SKEW_BACKDATE = timedelta(minutes=5)
@@ -76,6 +83,8 @@ CLOCK_SKEW_BACKDATE = timedelta(minutes=5)
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK"
 
 _ALPN_PROTOCOLS = ["http/1.1"]
+# ub-common-name, RFC 5280 Appendix A.1: the longest commonName a certificate may carry.
+_COMMON_NAME_MAX = 64
 _CURVE = ec.SECP256R1()
 _SERVER_HINT = (
     "run `herald init` to create development certificates, "
@@ -181,32 +190,74 @@ def issue_server_cert(
     if not_after <= now:
         raise ConfigError("the development CA has expired; delete the TLS directory and rerun")
     key = ec.generate_private_key(_CURVE)
-    try:
-        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     cert = (
-        x509.CertificateBuilder()
+        _leaf_builder(ca_cert, ca_key, key, now=now, not_after=not_after)
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW_BACKDATE)
-        .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        # ECDHE key exchange needs only signatures from the certificate key.
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(aki, critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
         serialization.Encoding.PEM
     )
     return chain, _key_pem(key)
+
+
+def issue_client_cert(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    client_id: str,
+    *,
+    now: datetime,
+    valid_days: int = CLIENT_CERT_VALID_DAYS,
+) -> tuple[bytes, bytes]:
+    """Issue a TLS client certificate for an app, signed by a CA from :func:`create_dev_ca`.
+
+    The subject common name is the app's client id; the extended key usage is
+    ``clientAuth`` only, so the certificate cannot serve as a server certificate (and
+    OpenSSL's server-side verification requires that purpose, RFC 5280 §4.2.1.12). Access
+    tokens requested over a connection presenting it are bound to it (RFC 8705 §3).
+
+    Args:
+        ca_cert_pem: The issuing CA certificate (PEM).
+        ca_key_pem: The issuing CA private key (unencrypted PEM).
+        client_id: The app's client id (printable ASCII, at most 64 characters: the
+            ``commonName`` upper bound of RFC 5280 Appendix A).
+        now: The current time (timezone-aware).
+        valid_days: Days from ``now`` until the certificate expires, at most
+            :data:`SERVER_CERT_VALID_DAYS`; also capped at the CA's own expiry.
+
+    Returns:
+        ``(cert_pem, key_pem)``: the leaf certificate and its unencrypted PEM PKCS#8
+        ECDSA P-256 key.
+
+    Raises:
+        ConfigError: ``client_id`` is unusable as a name, or the CA material is unusable or
+            expired.
+        ValueError: ``now`` is naive or ``valid_days`` is not in 1..397.
+    """
+    _check_validity(now, valid_days)
+    if valid_days > SERVER_CERT_VALID_DAYS:
+        raise ValueError(f"valid_days must be at most {SERVER_CERT_VALID_DAYS}")
+    if (
+        not client_id
+        or len(client_id) > _COMMON_NAME_MAX
+        or not client_id.isascii()
+        or not client_id.isprintable()
+    ):
+        raise ConfigError("the client id must be 1-64 printable ASCII characters")
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
+    not_after = min(now + timedelta(days=valid_days), ca_cert.not_valid_after_utc)
+    if not_after <= now:
+        raise ConfigError("the development CA has expired; it can issue no more certificates")
+    key = ec.generate_private_key(_CURVE)
+    cert = (
+        _leaf_builder(ca_cert, ca_key, key, now=now, not_after=not_after)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, client_id)]))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
 def write_dev_tls(tls_dir: Path, hostnames: Sequence[str], *, now: datetime) -> TlsFiles:
@@ -254,6 +305,52 @@ def write_dev_tls(tls_dir: Path, hostnames: Sequence[str], *, now: datetime) -> 
     finally:
         os.close(dir_fd)
     return files
+
+
+def write_client_cert(
+    out_dir: Path, stem: str, cert_pem: bytes, key_pem: bytes
+) -> tuple[Path, Path]:
+    """Write a client certificate and its key as ``<stem>.pem`` and ``<stem>.key``.
+
+    ``out_dir`` is created with mode 0700 if it does not exist. The key file is created with
+    mode 0600 before any byte is written, and neither file overwrites anything (``O_EXCL``,
+    no symlinks followed), as in :func:`write_dev_tls`.
+
+    Args:
+        out_dir: Directory for the two files.
+        stem: File name without extension (letters, digits, ``._-``).
+        cert_pem: The certificate (PEM).
+        key_pem: Its private key (PEM).
+
+    Returns:
+        ``(cert_path, key_path)``.
+
+    Raises:
+        ConfigError: A file exists already, ``stem`` is not a plain file name, or
+            ``out_dir`` is not a directory.
+    """
+    if (
+        not stem
+        or stem.startswith(".")
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in stem)
+    ):
+        raise ConfigError(f"{stem!r} cannot be used as a file name")
+    cert_name, key_name = stem + ".pem", stem + ".key"
+    out_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise ConfigError(f"{out_dir} is not a directory (or is a symlink)") from None
+    try:
+        _refuse_existing([key_name, cert_name], dir_fd, out_dir)
+        _write_all(
+            [(key_name, key_pem, _PRIVATE_MODE), (cert_name, cert_pem, _PUBLIC_MODE)],
+            dir_fd,
+            out_dir,
+        )
+    finally:
+        os.close(dir_fd)
+    return out_dir / cert_name, out_dir / key_name
 
 
 def server_ssl_context(
@@ -370,6 +467,35 @@ def _check_validity(now: datetime, valid_days: int) -> None:
         raise ValueError("now must be timezone-aware")
     if valid_days <= 0:
         raise ValueError("valid_days must be positive")
+
+
+def _leaf_builder(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    now: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """What every leaf (server or client) certificate of the CA has in common."""
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    return (
+        x509.CertificateBuilder()
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW_BACKDATE)
+        .not_valid_after(not_after)
+        # ECDHE key exchange (and TLS client authentication) needs only signatures.
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(aki, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
 
 
 def _key_usage(

@@ -8,6 +8,12 @@ small. Every failure is the same opaque :class:`~herald.errors.InvalidToken`.
 
 Subscriber and operator tokens use their own ``typ`` and audience, so no kind of token can
 stand in for another.
+An access token may be certificate-bound (RFC 8705 §3): ``cnf: {"x5t#S256": …}``. The
+verifier parses the claim (refusing any other shape) and returns the thumbprint; whether
+the connection presents that certificate is checked by the server, which sees the TLS layer.
+
+Subscriber tokens use a different ``typ`` and audience, so neither kind of token can stand
+in for the other.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from herald import limits
 from herald.core.policy import Principal
 from herald.core.scopes import ScopeSet
 from herald.core.topics import TopicPattern
+from herald.crypto.certbinding import CNF_CLAIM, cnf_claim, parse_cnf
 from herald.crypto.signing import LoadedSigningKey
 from herald.errors import BadRequest, InvalidToken
 
@@ -52,7 +59,11 @@ _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
-    """The verified identity behind an access token."""
+    """The verified identity behind an access token.
+
+    ``cnf_x5t_s256`` is the RFC 8705 §3.1 thumbprint of the client certificate the token is
+    bound to, or ``None`` for an unbound token.
+    """
 
     tenant_id: str
     client_id: str
@@ -60,6 +71,7 @@ class AccessClaims:
     jti: str
     expires_at: int
     issued_at: int = 0
+    cnf_x5t_s256: str | None = None
 
     @property
     def principal(self) -> Principal:
@@ -181,12 +193,22 @@ class TokenService:
         )
 
     def issue_access(
-        self, *, tenant_id: str, client_id: str, scopes: ScopeSet, ttl: int
+        self,
+        *,
+        tenant_id: str,
+        client_id: str,
+        scopes: ScopeSet,
+        ttl: int,
+        bound_to: str | None = None,
     ) -> tuple[str, int]:
-        """Return ``(jwt, expires_in)`` for an app (RFC 9068 §2.2 claims)."""
+        """Return ``(jwt, expires_in)`` for an app (RFC 9068 §2.2 claims).
+
+        With ``bound_to`` (a client certificate's ``x5t#S256`` thumbprint) the token is
+        certificate-bound: it carries ``cnf`` (RFC 8705 §3.1).
+        """
         ttl = min(ttl, limits.ACCESS_TOKEN_TTL_MAX)
         now = int(self._clock())
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.issuer,
             "sub": client_id,
@@ -198,6 +220,8 @@ class TokenService:
             "exp": now + ttl,
             "jti": self._new_jti(),
         }
+        if bound_to is not None:
+            claims[CNF_CLAIM] = cnf_claim(bound_to)
         return self._sign(claims, ACCESS_TOKEN_TYP), ttl
 
     def issue_subscriber(
@@ -304,6 +328,8 @@ class TokenService:
             scopes = ScopeSet.parse(scope)
         except BadRequest:
             raise InvalidToken from None
+        # RFC 8705 §3.1; a cnf the server cannot check is a refusal, never "unbound".
+        bound_to = parse_cnf(claims[CNF_CLAIM]) if CNF_CLAIM in claims else None
         return AccessClaims(
             tenant,
             client_id,
@@ -311,6 +337,7 @@ class TokenService:
             str(claims["jti"]),
             int(claims["exp"]),
             int(claims["iat"]),
+            bound_to,
         )
 
     def verify_subscriber(self, token: str) -> SubscriberClaims:

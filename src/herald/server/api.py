@@ -23,6 +23,7 @@ from herald.core.messages import (
 )
 from herald.core.policy import Action, Resource, authorize
 from herald.core.topics import validate_topic
+from herald.crypto.certbinding import binding_holds
 from herald.crypto.tokens import AccessClaims, SubscriberClaims
 from herald.errors import (
     PROBLEM_TYPE_PREFIX,
@@ -41,6 +42,7 @@ from herald.errors import (
 )
 from herald.server.requests import bearer_token, read_body, require_json
 from herald.server.responses import json_response
+from herald.server.tls_extension import client_thumbprint
 from herald.service import (
     assertions,
     audit,
@@ -92,6 +94,10 @@ async def access_claims(request: Request) -> AccessClaims:
     except InvalidToken:
         rt.metrics.record_auth_failure("invalid_token")
         raise
+    # RFC 8705 §3: a certificate-bound token only over a connection presenting that cert.
+    if not binding_holds(claims.cnf_x5t_s256, client_thumbprint(request.scope)):
+        rt.metrics.record_auth_failure("certificate_mismatch")
+        raise InvalidToken
     await revocation.ensure_live(rt, claims)
     request.state.ratelimit = await throttle.admit_app(rt, claims.client_id)
     return claims
@@ -231,9 +237,11 @@ async def oauth_token(request: Request) -> Response:
     scope = form.get("scope")
     app, method = await _authenticated_client(rt, request, form, "/oauth/token")
     await verify_signature(request, raw, tenant_id=app.tenant_id, app_id=app.id)
+    # RFC 8705 §3: a client certificate on this connection binds the token to it.
+    bound_to = client_thumbprint(request.scope) if rt.settings.cert_bound_tokens else None
     try:
         body = await identity.issue_access_token(
-            rt, app, scope[0] if scope else None, auth_method=method
+            rt, app, scope[0] if scope else None, auth_method=method, bound_to=bound_to
         )
     except BadRequest as exc:
         # RFC 6749 §5.2: OAuth clients look for the "error" member.
@@ -278,7 +286,10 @@ async def jwks(request: Request) -> Response:
 
 async def oauth_metadata(request: Request) -> Response:
     """``GET /.well-known/oauth-authorization-server`` (RFC 8414 §2)."""
-    base = runtime(request).settings.base_url
+    settings = runtime(request).settings
+    base = settings.base_url
+    # RFC 8705 §3.3: advertised only when client certificates are requested.
+    binding = {"tls_client_certificate_bound_access_tokens": True}
     return json_response(
         {
             "issuer": base,
@@ -300,6 +311,7 @@ async def oauth_metadata(request: Request) -> Response:
             ],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "Ed25519"],
             "revocation_endpoint_auth_signing_alg_values_supported": ["EdDSA", "Ed25519"],
+            **(binding if settings.cert_bound_tokens else {}),
         },
         headers={"Cache-Control": "max-age=300"},
     )

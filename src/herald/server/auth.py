@@ -28,7 +28,7 @@ async def operator_claims(request: Request) -> OperatorClaims:
         rt.metrics.record_auth_failure("missing_token")
         raise InvalidToken("an operator token is required (Authorization: Bearer …)")
     try:
-        claims = rt.token_service().verify_operator(token)
+        claims = await rt.verify_operator(token)
     except InvalidToken:
         rt.metrics.record_auth_failure("invalid_token")
         raise

@@ -618,6 +618,11 @@ def openapi_document(base_url: str) -> dict[str, Any]:
         "/oauth/token": {
             "post": {
                 "summary": "Client credentials grant (RFC 6749 §4.4)",
+                "description": (
+                    "When the server requests client certificates (HERALD_TLS_CLIENT_CA_FILE) "
+                    "and the connection presents one, the token carries cnf.x5t#S256 and is "
+                    "accepted only over connections presenting that certificate (RFC 8705 §3)."
+                ),
                 "operationId": "token",
                 "security": _CLIENT_AUTH,
                 "requestBody": {

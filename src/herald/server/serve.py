@@ -12,8 +12,10 @@ from starlette.applications import Starlette
 from herald import limits
 from herald.config import Settings
 from herald.crypto.tls import server_ssl_context
+from herald.errors import ConfigError
 from herald.observability.logging import configure_logging, get_logger
 from herald.server.app import create_app
+from herald.server.tls_extension import TlsExtensionProtocol
 
 __all__ = ["serve"]
 
@@ -23,9 +25,22 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("herald.server")
     context: ssl.SSLContext | None = None
+    if settings.insecure_http and settings.tls_client_ca_file is not None:
+        # Fail closed: without our TLS there is no client certificate to bind tokens to.
+        raise ConfigError(
+            "HERALD_TLS_CLIENT_CA_FILE needs Herald's own TLS; it cannot be combined with "
+            "HERALD_INSECURE_HTTP (--insecure-http)"
+        )
     if not settings.insecure_http:
         # Loaded before the listener starts so a bad certificate fails fast and clearly.
-        context = server_ssl_context(settings.cert_file, settings.key_file)
+        context = server_ssl_context(
+            settings.cert_file, settings.key_file, client_ca_file=settings.tls_client_ca_file
+        )
+        if settings.tls_client_ca_file is not None:
+            log.info(
+                "client certificates requested (optional); tokens are bound to them",
+                client_ca_file=str(settings.tls_client_ca_file),
+            )
     else:
         log.warning(
             "TLS is OFF (--insecure-http): run only behind a TLS-terminating proxy",
@@ -43,7 +58,8 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, plus the ASGI TLS extension (client certificate for RFC 8705 binding).
+        http=TlsExtensionProtocol if context is not None else "httptools",
         ws="websockets-sansio",
         lifespan="on",
         log_config=None,

@@ -255,11 +255,14 @@ async def issue_access_token(
     requested_scope: str | None,
     *,
     auth_method: str = "client_secret_basic",
+    bound_to: str | None = None,
 ) -> dict[str, object]:
     """Issue an access token for an authenticated app (RFC 6749 §4.4.3, §5.1).
 
     ``auth_method`` (how the client authenticated) is noted in the audit entry only: the
-    token is the same whichever method was used.
+    token is the same whichever method was used. ``bound_to`` is the ``x5t#S256`` thumbprint
+    of the client certificate the token request came with, if any: the token is then
+    certificate-bound (RFC 8705 §3).
     """
     granted = ScopeSet.parse(" ".join(app.scopes))
     scopes = granted.narrow(ScopeSet.parse(requested_scope)) if requested_scope else granted
@@ -268,8 +271,12 @@ async def issue_access_token(
         client_id=app.id,
         scopes=scopes,
         ttl=rt.settings.access_token_ttl,
+        bound_to=bound_to,
     )
     rt.metrics.record_token("access")
+    # The thumbprint is public (a hash of a certificate): recorded so a bound token can be
+    # traced to the certificate it needs.
+    binding = {"cnf_x5t_s256": bound_to} if bound_to is not None else {}
     await audit.record(
         rt,
         tenant=app.tenant_id,
@@ -279,6 +286,7 @@ async def issue_access_token(
         scope=str(scopes),
         expires_in=expires_in,
         method=auth_method,
+        **binding,
     )
     return {
         "access_token": token,

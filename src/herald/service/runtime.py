@@ -37,7 +37,7 @@ from herald.crypto.signing import (
     unwrap_signing_key,
     unwrap_vapid_key,
 )
-from herald.crypto.tokens import AccessClaims, SubscriberClaims, TokenService
+from herald.crypto.tokens import AccessClaims, OperatorClaims, SubscriberClaims, TokenService
 from herald.errors import ConfigError, DecryptionFailed, InvalidToken, StorageError
 from herald.observability.logging import get_logger
 from herald.observability.metrics import Metrics
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
 __all__ = ["Runtime", "utcnow"]
 
 _log = get_logger("herald.runtime")
-_Claims = TypeVar("_Claims", AccessClaims, SubscriberClaims)
+_Claims = TypeVar("_Claims", AccessClaims, SubscriberClaims, OperatorClaims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +272,10 @@ class Runtime:
     async def verify_subscriber(self, token: str) -> SubscriberClaims:
         """Verify a subscriber token, knowing keys rotated in elsewhere (see :meth:`_verify`)."""
         return await self._verify(token, TokenService.verify_subscriber)
+
+    async def verify_operator(self, token: str) -> OperatorClaims:
+        """Verify an operator token, knowing keys rotated in elsewhere (see :meth:`_verify`)."""
+        return await self._verify(token, TokenService.verify_operator)
 
     async def _verify(self, token: str, verify: Callable[[TokenService, str], _Claims]) -> _Claims:
         """Verify, reloading the keys once first when the token names a kid this node lacks.
