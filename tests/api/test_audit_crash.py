@@ -40,9 +40,9 @@ PUBLISH_PHASE = 30.0  # seconds: bound of one round's publishing (it normally ta
 
 @pytest.fixture
 def node(node_factory: NodeFactory) -> Node:
-    """A started server with an admin app, signing a checkpoint every second."""
+    """A started server with a global operator, signing a checkpoint every second."""
     node = node_factory(start=False, HERALD_AUDIT_CHECKPOINT_SECONDS="1")
-    node.add_app("admin", "admin")
+    node.add_operator("root")
     node.start()
     return node
 
@@ -117,7 +117,7 @@ def test_sigkill_mid_publish_leaves_no_message_without_its_entry(node: Node) -> 
 def check_through_the_api(node: Node, accepted: list[dict[str, Any]]) -> None:
     """Every 202 survived, with its audit reference and its entry where the 202 said."""
     token = node.token(node.demo)
-    admin = node.token(node.app("admin"))
+    admin = node.operator_token()
     with node.client() as client:
         for body in accepted:
             response = client.get(f"/v1/messages/{body['id']}", headers=_auth(token))
@@ -201,7 +201,7 @@ def check_the_tree_and_checkpoints(node: Node, leaves: list[bytes]) -> None:
         checkpoint = open_checkpoint(key, item.read_text(encoding="utf-8"))
         assert checkpoint.root == root_hash(leaves[: checkpoint.size]), checkpoint.size
     # A checkpoint signed after the restart covers everything published before it.
-    admin = node.token(node.app("admin"))
+    admin = node.operator_token()
     deadline = time.monotonic() + WAIT
     while True:
         with node.client() as client:
@@ -212,7 +212,7 @@ def check_the_tree_and_checkpoints(node: Node, leaves: list[bytes]) -> None:
             break
         assert time.monotonic() < deadline, "no checkpoint after the restart"
         time.sleep(0.2)
-    # Only the admin token above was logged since the database was read.
+    # Only the operator's sign-in above was logged since the database was read.
     assert checkpoint.root == root_hash([*leaves, *_leaves_from(node, admin, n, checkpoint.size)])
 
 
