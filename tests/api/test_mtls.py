@@ -205,6 +205,35 @@ def test_unbound_token_works_over_any_connection(mtls: Mtls, over: str) -> None:
     assert response.status_code == 202, response.text
 
 
+def test_an_app_can_be_required_to_use_bound_tokens(mtls: Mtls, tmp_path: Path) -> None:
+    node = mtls.node
+    app = node.add_app("requires-mtls", "publish:>")
+    issued = node.cli("app", "cert", "issue", app.client_id, "--out", str(tmp_path))
+    cert = (Path(issued["cert_file"]), Path(issued["key_file"]))
+    unbound = node.token_response(app).json()["access_token"]
+    assert publish(node, unbound, None).status_code == 202
+    required = node.cli("app", "cert", "require", app.client_id)
+    assert required == {"client_id": app.client_id, "require_bound_tokens": True}
+    # Its live tokens die (one may be unbound): at once on a node that re-reads within 1 s.
+    deadline = time.monotonic() + 5.0
+    while publish(node, unbound, None).status_code != 401:
+        assert time.monotonic() < deadline, "the unbound token was still accepted"
+        time.sleep(0.1)
+    refused = node.token_response(app)  # no certificate
+    problem = assert_problem(refused, 400, "invalid-request")
+    assert problem["error"] == "invalid_request"
+    assert "mutual TLS" in problem["detail"]
+    granted = node.token_response(app, cert=cert)
+    assert granted.status_code == 200, granted.text
+    token = granted.json()["access_token"]
+    assert payload(token)["cnf"] == {"x5t#S256": x5t_s256(cert[0])}
+    assert publish(node, token, cert).status_code == 202
+    actions = [a for _, a, d in node.audit_actions() if d.get("reason") == "certificate_required"]
+    assert actions == ["token.refused"]
+    node.cli("app", "cert", "require", app.client_id, "--off")
+    assert node.token_response(app).status_code == 200
+
+
 def test_certificate_of_a_foreign_ca_fails_the_handshake(mtls: Mtls) -> None:
     with pytest.raises(httpx.TransportError):
         mtls.node.token_response(cert=mtls.foreign)

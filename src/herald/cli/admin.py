@@ -333,6 +333,29 @@ def _read_dev_ca(settings: Settings) -> tuple[bytes, bytes]:
         ) from None
 
 
+@cert_cli.command("require")
+def cert_require(
+    client_id: Annotated[str, typer.Argument(help="The app's client id.")],
+    off: Annotated[
+        bool, typer.Option("--off", help="Stop requiring certificate-bound tokens.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Require certificate-bound tokens for an app (RFC 8705): tokens only over mutual TLS.
+
+    Its live tokens are refused from now (some may be unbound).
+    """
+    settings = load_settings()
+
+    async def work(rt: Runtime) -> dict[str, Any]:
+        app = await revocation.require_bound_tokens(
+            rt, client_id, required=not off, actor="operator:cli"
+        )
+        return {"client_id": app.id, "require_bound_tokens": app.require_bound_tokens}
+
+    emit(_run(settings, work), as_json=as_json)
+
+
 @cert_cli.command("issue")
 def cert_issue(
     client_id: Annotated[str, typer.Argument(help="The app's client id.")],

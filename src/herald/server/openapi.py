@@ -387,6 +387,10 @@ _APP = {
         "name": {"type": "string"},
         "scopes": {"type": "string", "description": "space-separated (RFC 6749 §3.3)"},
         "disabled": {"type": "boolean"},
+        "require_bound_tokens": {
+            "type": "boolean",
+            "description": "tokens only over mutual TLS, bound to the certificate (RFC 8705)",
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "client_secret": {"type": "string", "description": "only when created, shown once"},
     },

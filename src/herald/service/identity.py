@@ -183,6 +183,7 @@ def app_view(app: AppRecord) -> dict[str, object]:
         "name": app.name,
         "scopes": " ".join(app.scopes),
         "disabled": app.disabled,
+        "require_bound_tokens": app.require_bound_tokens,
         "created_at": app.created_at.isoformat(),
     }
 
@@ -264,6 +265,20 @@ async def issue_access_token(
     of the client certificate the token request came with, if any: the token is then
     certificate-bound (RFC 8705 §3).
     """
+    if app.require_bound_tokens and bound_to is None:
+        await audit.record(
+            rt,
+            tenant=app.tenant_id,
+            actor=f"app:{app.id}",
+            action="token.refused",
+            obj=f"app:{app.id}",
+            reason="certificate_required",
+        )
+        raise BadRequest(
+            "this app gets tokens only over mutual TLS, bound to its client certificate "
+            "(RFC 8705): present the certificate to a server with HERALD_TLS_CLIENT_CA_FILE",
+            extra={"error": "invalid_request"},
+        )
     granted = ScopeSet.parse(" ".join(app.scopes))
     scopes = granted.narrow(ScopeSet.parse(requested_scope)) if requested_scope else granted
     token, expires_in = rt.token_service().issue_access(

@@ -24,6 +24,7 @@ from herald.storage.base import AppRecord
 __all__ = [
     "disable_app",
     "ensure_live",
+    "require_bound_tokens",
     "revoke",
     "rotate_secret",
 ]
@@ -94,6 +95,27 @@ async def disable_app(rt: Runtime, app_id: str, *, disabled: bool, actor: str) -
         tenant=app.tenant_id,
         actor=actor,
         action="app.disabled" if disabled else "app.enabled",
+        obj=f"app:{app_id}",
+    )
+    return await _app(rt, app_id)
+
+
+async def require_bound_tokens(
+    rt: Runtime, app_id: str, *, required: bool, actor: str
+) -> AppRecord:
+    """Require certificate-bound tokens of an app (RFC 8705), or stop requiring them.
+
+    Requiring them kills the app's live tokens (some may be unbound); from then on the token
+    endpoint issues tokens only over mutual TLS.
+    """
+    app = await _app(rt, app_id)
+    await rt.store.set_app_requires_bound_tokens(app_id, required, utcnow())
+    rt.live.forget(app_id=app_id)
+    await audit.record(
+        rt,
+        tenant=app.tenant_id,
+        actor=actor,
+        action="app.bound_tokens_required" if required else "app.bound_tokens_optional",
         obj=f"app:{app_id}",
     )
     return await _app(rt, app_id)

@@ -42,6 +42,18 @@ class TokensMixin:
             )
         return bool(result.rowcount)
 
+    async def set_app_requires_bound_tokens(
+        self, app_id: str, required: bool, now: datetime
+    ) -> bool:
+        """Require certificate-bound tokens (live tokens die: some may be unbound) or not."""
+        t = s.apps
+        values: dict[str, object] = {"require_bound_tokens": required}
+        if required:
+            values["tokens_not_before"] = now
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(update(t).where(t.c.id == app_id).values(values))
+        return bool(result.rowcount)
+
     async def revoke_token(
         self, jti: str, app_id: str, expires_at: datetime, now: datetime
     ) -> None:

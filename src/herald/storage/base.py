@@ -98,6 +98,8 @@ class AppRecord:
     disabled: bool
     created_at: datetime
     tokens_not_before: datetime | None = None
+    #: RFC 8705: the app gets tokens only over mutual TLS, bound to its certificate.
+    require_bound_tokens: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +474,12 @@ class Store(Protocol):
 
     async def replace_app_secret(self, app_id: str, secret_hash: bytes, now: datetime) -> bool:
         """A new client secret; tokens issued before ``now`` are refused."""
+        ...
+
+    async def set_app_requires_bound_tokens(
+        self, app_id: str, required: bool, now: datetime
+    ) -> bool:
+        """Require (its unbound live tokens die) or stop requiring certificate-bound tokens."""
         ...
 
     async def revoke_token(

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 __all__ = [
@@ -158,6 +159,8 @@ apps = Table(
     # Tokens of this app issued before this instant are refused (set when the app is
     # disabled or its secret rotated): live tokens die with the credential.
     Column("tokens_not_before", UtcDateTime, nullable=True),
+    # RFC 8705 tls_client_certificate_bound_access_tokens: tokens only over mutual TLS.
+    Column("require_bound_tokens", Boolean, nullable=False, server_default=false()),
     Index(None, "tenant_id"),
 )
 
