@@ -64,8 +64,8 @@ class _Child:
     process: subprocess.Popen[bytes]
 
 
-def _node_name(index: int) -> str:
-    return chr(ord("a") + index) if index < 26 else f"n{index}"
+def _node_name(prefix: str, index: int) -> str:
+    return prefix + (chr(ord("a") + index) if index < 26 else f"n{index}")
 
 
 def _check_services(settings: Settings) -> None:
@@ -108,6 +108,9 @@ def run(
     base_port: Annotated[
         int, typer.Option("--base-port", min=1, max=65535, help="Port of the first node.")
     ] = 8443,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Prepended to the node ids (a, b, c, …).")
+    ] = "",
 ) -> None:
     """Start NODES local nodes (ids a, b, c, …) on consecutive ports; Ctrl-C stops them all.
 
@@ -143,7 +146,7 @@ def run(
     children: list[_Child] = []
     try:
         for index in range(nodes):
-            name, port = _node_name(index), base_port + index
+            name, port = _node_name(prefix, index), base_port + index
             log = settings.data_dir / f"node-{name}.log"
             child_env = {**env, "HERALD_PORT": str(port), "HERALD_NODE_ID": name}
             with log.open("ab") as out:
