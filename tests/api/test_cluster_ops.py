@@ -7,7 +7,7 @@ test's nodes wrote is removed at its end.
 - ``status`` lists every node with its version and URL and no bus lag once a publish has
   settled; a node stopped gracefully is gone from it at once (it removes its heartbeat),
   a killed one once its heartbeat's TTL has run out.
-- A node stopped with SIGTERM gives its delivery leases back: another node delivers at
+- A node stopped with SIGTERM gives its delivery leases back: the other node delivers at
   once although the lease (300 s) is far from over. A SIGKILLed node's lease (2 s here)
   runs out and another node reclaims the delivery.
 - ``herald cluster run`` starts three healthy nodes and stops them all on SIGINT.
@@ -46,7 +46,7 @@ from tests.api.peers import (
 )
 
 import herald
-from herald.core.nodes import node_key
+from herald.core.nodes import node_key, owner_node
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -207,7 +207,8 @@ def test_a_node_stopped_gracefully_gives_its_leases_back(
 ) -> None:
     prefix = "opsg" + secrets.token_hex(4)
     a_name, b_name = f"{prefix}-a", f"{prefix}-b"
-    # A lease far longer than the test may take: only a release lets b take the work over.
+    # A lease far longer than the test may take: only a release lets the other node take
+    # the work over.
     a = lease_node(
         node_factory, pki, pg=pg_fresh_dsn, redis_url=redis_url, name=a_name, lease="300"
     )
@@ -219,36 +220,39 @@ def test_a_node_stopped_gracefully_gives_its_leases_back(
             token = a.herald.token(a.admin)
             recipient = unique("grace")
             a.put_recipient(recipient, webhook(receiver.url(path), secret))
-            message_id = a.publish(recipient, "held by a")
+            b = node_factory.peer(a.herald, HERALD_NODE_ID=b_name)
+            nodes = {a_name: a.herald, b_name: b}
+            message_id = a.publish(recipient, "held")
             wait_until(
                 lambda: True if receiver.requests(path) else None,
-                lambda: "a's attempt at the receiver",
+                lambda: "an attempt at the receiver",
                 DELIVERY_WAIT,
             )
-            b = node_factory.peer(a.herald, HERALD_NODE_ID=b_name)
-
-            def a_holds_it() -> dict[str, Any] | None:
-                nodes = listed(status(b), {a_name, b_name})
-                ok = len(nodes) == 2 and nodes[a_name]["leases"] == 1
-                return nodes if ok and nodes[b_name]["leases"] == 0 else None
-
-            nodes = wait_until(a_holds_it, lambda: "a's heartbeat with its lease", WAIT)
+            # Whichever node claimed it is stopped at once: well within the channel's 10 s
+            # read timeout, so the attempt is still in flight when the stop begins.
             doc = status(b)
-            assert doc["leases_by_owner"] == {nodes[a_name]["lease_owner"]: 1}
+            (owner,) = doc["leases_by_owner"]
+            assert doc["leases_by_owner"][owner] == 1
             assert doc["deliveries"]["sending"] == 1
-
-            a.stop()  # SIGTERM: stop claiming, give the lease back, remove the heartbeat
-            assert set(listed(status(b), {a_name, b_name})) == {b_name}
+            holder = owner_node(owner)
+            (survivor,) = set(nodes) - {holder}
+            # SIGTERM: stop claiming, give the lease back, leave (a.stop closes a's client).
+            (a.stop if holder == a_name else b.stop)()
+            assert set(listed(status(nodes[survivor]), set(nodes))) == {survivor}
             let_go(receiver, path)
             done = wait_until(
                 lambda: (
-                    d if (d := delivery_on(b, token, message_id))["state"] == "delivered" else None
+                    d
+                    if (d := delivery_on(nodes[survivor], token, message_id))["state"]
+                    == "delivered"
+                    else None
                 ),
-                lambda: f"b delivering: {delivery_on(b, token, message_id)}",
+                lambda: f"{survivor} delivering: {delivery_on(nodes[survivor], token, message_id)}",
                 WAIT,
             )
-            final = status(b)
+            final = status(nodes[survivor])
         finally:
+            a.stop()
             node_factory.stop_all()
             forget_nodes(redis_url, {a_name, b_name})
             forget_redis_keys(redis_url, a.demo.tenant, [a.demo.client_id, a.admin.client_id])
@@ -302,6 +306,7 @@ def test_a_killed_nodes_lease_is_reclaimed_after_it_runs_out(
             )
             final = status(b)
         finally:
+            a.stop()
             node_factory.stop_all()
             forget_nodes(redis_url, {a_name, b_name})
             forget_redis_keys(redis_url, a.demo.tenant, [a.demo.client_id, a.admin.client_id])
