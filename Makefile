@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test lint format bench clean
+.PHONY: help venv run cluster test lint format bench clean
 
 help:
 	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
+	@echo "make cluster - three nodes on :8443-8445 against HERALD_DATABASE_URL / HERALD_REDIS_URL"
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
 	@echo "make lint   - ruff + mypy (strict)"
 	@echo "make bench  - publish -> deliver benchmark (prints figures)"
@@ -27,6 +28,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	@if [ ! -d "$(DATA_DIR)/tls" ]; then $(BIN)/herald init; fi
 	@$(BIN)/herald serve --banner
+
+# Three nodes of one data dir on ports 8443-8445, sharing the configured PostgreSQL and
+# Redis (both must be set); the CLI checks them, initialises the data dir and stops every
+# node on Ctrl-C.
+cluster: $(STAMP)
+	@$(BIN)/herald cluster run --nodes 3 --base-port 8443
 
 # Two workers, one test file each at a time (module fixtures, e.g. a server, stay in one
 # process): about half the wall time of a serial run on two cores. PYTEST_WORKERS=0 runs

@@ -14,6 +14,9 @@ __all__ = [
     "CLIENT_ASSERTION_JTI_MAX",
     "CLIENT_ASSERTION_LIFETIME_MAX",
     "CLIENT_ASSERTION_MAX",
+    "CLUSTER_RUN_NODES_MAX",
+    "CLUSTER_RUN_START_WAIT",
+    "CLUSTER_RUN_STOP_WAIT",
     "DATA_MAX_DEPTH",
     "DEVICES_PER_RECIPIENT_MAX",
     "E2E_PAYLOADS_MAX",
@@ -25,6 +28,10 @@ __all__ = [
     "MAX_BATCH_BODY_BYTES",
     "MAX_BODY_BYTES",
     "MESSAGE_TTL_MAX",
+    "NODE_HEARTBEAT_INTERVAL",
+    "NODE_HEARTBEAT_TTL",
+    "NODE_LAG_COUNT_MAX",
+    "NODE_STATUS_MAX",
     "OPERATOR_NAME_MAX",
     "OPERATOR_PASSWORD_MAX",
     "OPERATOR_PASSWORD_MIN",
@@ -124,3 +131,20 @@ SCHEDULE_AHEAD_MAX = 30 * 86400
 #: Longest window the notification log must cover (frequency-cap periods and
 #: de-duplication windows are at most a week).
 NOTIFY_LOG_RETENTION = 7 * 86400
+
+#: Seconds between a cluster node's heartbeats in Redis (``herald:node:<name>``).
+NODE_HEARTBEAT_INTERVAL = 2.0
+#: Seconds a heartbeat lives: three missed beats and the node drops out of
+#: ``herald cluster status`` (a SIGKILLed node cannot remove its own key).
+NODE_HEARTBEAT_TTL = 3 * NODE_HEARTBEAT_INTERVAL
+#: Nodes ``herald cluster status`` lists at most (a bound on the Redis scan).
+NODE_STATUS_MAX = 1000
+#: Bus lag is counted in messages up to this many; beyond, it shows as this number.
+NODE_LAG_COUNT_MAX = 100_000
+#: Nodes ``herald cluster run`` starts at most (it is for trying a cluster on one machine).
+CLUSTER_RUN_NODES_MAX = 16
+#: Seconds ``herald cluster run`` waits for every node's ``/healthz`` before giving up.
+CLUSTER_RUN_START_WAIT = 60.0
+#: Seconds ``herald cluster run`` gives its nodes to shut down gracefully before SIGKILL
+#: (the draining server waits up to 5 s for streams, the dispatcher 5 s for deliveries).
+CLUSTER_RUN_STOP_WAIT = 20.0

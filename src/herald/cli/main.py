@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from herald import __version__
-from herald.cli import admin, audit, clients, keys, operators
+from herald.cli import admin, audit, clients, cluster, keys, operators
 from herald.cli.output import stderr
 from herald.config import Settings, load_settings
 from herald.errors import HeraldError
@@ -29,6 +29,7 @@ cli.add_typer(admin.app_cli, name="app")
 cli.add_typer(operators.operator_cli, name="admin")
 cli.add_typer(keys.keys_cli, name="keys")
 cli.add_typer(audit.audit_cli, name="audit")
+cli.add_typer(cluster.cluster_cli, name="cluster")
 cli.command("publish")(clients.publish)
 cli.command("subscribe")(clients.subscribe)
 cli.add_typer(clients.token_cli, name="token")

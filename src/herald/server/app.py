@@ -34,7 +34,7 @@ from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
 from herald.server.templates import template_routes
-from herald.service import audit, identity
+from herald.service import audit, cluster, identity
 from herald.service.delivery import Dispatcher, RetryPolicy
 from herald.service.plans import Planner
 from herald.service.runtime import Runtime, utcnow
@@ -179,6 +179,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         _log.info("herald ready", url=settings.base_url, version=__version__)
         await identity.ensure_signing_keys(rt)
         rt.channels = build_registry(settings, vapid=await rt.vapid_key())
+        # One lease owner per process, named after the node (herald cluster status).
+        owner, incarnation = cluster.new_lease_owner(settings)
+        presence = (
+            cluster.NodePresence.for_runtime(rt, owner, incarnation)
+            if settings.cluster_mode
+            else None
+        )
         rt.dispatcher = Dispatcher(
             rt,
             rt.channels,
@@ -188,8 +195,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                 cap=settings.delivery_retry_cap,
             ),
             lease=settings.delivery_lease,
+            owner=owner,
         )
-        rt.planner = Planner(rt, lease=settings.delivery_lease)
+        rt.planner = Planner(rt, lease=settings.delivery_lease, owner=owner)
         await rt.bus.start()
         background = [
             asyncio.create_task(work)
@@ -200,6 +208,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                 rt.hub.run_heartbeats(settings.heartbeat_interval),
                 _checkpointer(rt),
                 _key_reloader(rt),
+                *([presence.run()] if presence is not None else []),
             )
         ]
         try:
@@ -208,7 +217,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            # Graceful stop: no more claims (cancelled above), leases given back at once so
+            # other nodes take the work over now, then the heartbeat goes.
             await rt.dispatcher.stop()
+            await rt.planner.stop()
+            if presence is not None:
+                await presence.stop()
             if runtime is None:
                 await rt.close()
             else:

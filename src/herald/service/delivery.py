@@ -89,11 +89,13 @@ class Dispatcher:
         batch: int = 64,
         lease: float = 60.0,
         idle: float = 1.0,
+        owner: str | None = None,
     ) -> None:
         self.rt = rt
         self.channels = channels
         self.policy = policy or RetryPolicy()
-        self.owner = "node-" + secrets.token_hex(6)
+        #: The ``lease_owner`` it writes (the server passes ``<node>/<incarnation>``).
+        self.owner = owner or "node-" + secrets.token_hex(6)
         self.batch = batch
         self.lease = lease
         self.idle = idle

@@ -45,13 +45,20 @@ class Planner:
     """One node's planner: call :meth:`run` as a background task."""
 
     def __init__(
-        self, rt: Runtime, *, tick: float = 1.0, batch: int = 100, lease: float = 60.0
+        self,
+        rt: Runtime,
+        *,
+        tick: float = 1.0,
+        batch: int = 100,
+        lease: float = 60.0,
+        owner: str | None = None,
     ) -> None:
         self.rt = rt
         self.tick = tick
         self.batch = batch
         self.lease = lease
-        self.owner = "planner-" + secrets.token_hex(6)
+        #: The ``lease_owner`` it writes (the server passes ``<node>/<incarnation>``).
+        self.owner = owner or "planner-" + secrets.token_hex(6)
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -74,6 +81,13 @@ class Planner:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick)
+
+    async def stop(self) -> None:
+        """Give back the scheduled-message leases (call after cancelling :meth:`run`)."""
+        try:
+            await self.rt.store.release_scheduled(self.owner)
+        except StorageError:
+            _log.warning("scheduled leases not released: database unavailable (they will expire)")
 
     # -- scheduled messages ------------------------------------------------------------------
     async def release_due(self) -> bool:

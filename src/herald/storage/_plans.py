@@ -107,6 +107,17 @@ class PlansMixin:
         )
         return [ScheduledRecord(**row._asdict()) for row in rows]
 
+    async def release_scheduled(self, owner: str) -> int:
+        """Give back the scheduled-message leases of ``owner`` (graceful shutdown)."""
+        t = s.scheduled
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(t)
+                .where(t.c.lease_owner == owner, t.c.state == _SCHEDULED)
+                .values(lease_owner=None, lease_until=None)
+            )
+        return int(result.rowcount or 0)
+
     async def cancel_scheduled(
         self, tenant_id: str, message_id: str, reason: str, now: datetime, owner: str | None = None
     ) -> bool:

@@ -14,9 +14,10 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Table, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from herald.core.nodes import QueueTotals
 from herald.storage import schema as s
 from herald.storage.base import DeliveryRecord, EndpointRecord, RecipientRecord
 
@@ -207,6 +208,42 @@ class QueueMixin:
                 .values(state="retrying", lease_owner=None, lease_until=None, next_attempt_at=now)
             )
         return int(result.rowcount or 0)
+
+    async def count_leases(self, owner: str, now: datetime) -> int:
+        """Delivery leases ``owner`` holds now (the ``state`` index: only sending rows)."""
+        d = s.deliveries
+        query = select(func.count()).where(
+            d.c.state == _SENDING, d.c.lease_owner == owner, d.c.lease_until >= now
+        )
+        async with self._tx() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def queue_totals(self, now: datetime) -> QueueTotals:
+        """The channel-delivery queue by state, expired leases, and live leases by owner."""
+        d = s.deliveries
+        channel = d.c.channel != _INAPP
+        by_state = (
+            select(d.c.state, func.count())
+            .where(d.c.state.in_((*_DUE_STATES, _SENDING)), channel)
+            .group_by(d.c.state)
+        )
+        expired = select(func.count()).where(d.c.state == _SENDING, d.c.lease_until < now)
+        owners = (
+            select(d.c.lease_owner, func.count())
+            .where(d.c.state == _SENDING, d.c.lease_until >= now, d.c.lease_owner.is_not(None))
+            .group_by(d.c.lease_owner)
+        )
+        async with self._tx() as conn:
+            counts = {str(state): int(n) for state, n in (await conn.execute(by_state)).all()}
+            stale = int(await conn.scalar(expired) or 0)
+            held = {str(owner): int(n) for owner, n in (await conn.execute(owners)).all()}
+        return QueueTotals(
+            pending=counts.get("pending", 0),
+            retrying=counts.get("retrying", 0),
+            sending=counts.get(_SENDING, 0),
+            expired_leases=stale,
+            leases_by_owner=held,
+        )
 
     async def list_deliveries(
         self, tenant_id: str, state: str | None, limit: int, after_id: str | None = None

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from herald.core.nodes import QueueTotals
+
 __all__ = [
     "AppKeyRecord",
     "AppRecord",
@@ -553,6 +555,10 @@ class Store(Protocol):
         """Lease up to ``limit`` scheduled messages that are due."""
         ...
 
+    async def release_scheduled(self, owner: str) -> int:
+        """Give back the scheduled-message leases of ``owner``."""
+        ...
+
     async def cancel_scheduled(
         self, tenant_id: str, message_id: str, reason: str, now: datetime, owner: str | None = None
     ) -> bool:
@@ -657,6 +663,14 @@ class Store(Protocol):
         """Give back every lease of ``owner``."""
         ...
 
+    async def count_leases(self, owner: str, now: datetime) -> int:
+        """Delivery leases ``owner`` holds now."""
+        ...
+
+    async def queue_totals(self, now: datetime) -> QueueTotals:
+        """The channel-delivery queue by state, expired leases, live leases by owner."""
+        ...
+
     async def list_deliveries(
         self, tenant_id: str, state: str | None, limit: int, after_id: str | None = None
     ) -> list[DeliveryRecord]:
@@ -697,6 +711,10 @@ class Store(Protocol):
         Commit order equals seq order (indices are assigned under the audit lock held until
         commit), so a message seen here has every lower-seq message committed before it.
         """
+        ...
+
+    async def count_messages_after(self, after_seq: int, cap: int) -> int:
+        """Messages (all tenants) above ``after_seq``, counted up to ``cap``."""
         ...
 
     async def messages_by_seq(self, seqs: list[int]) -> list[MessageRecord]:

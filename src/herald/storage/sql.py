@@ -588,6 +588,13 @@ class SqlStore(QueueMixin, PlansMixin, TokensMixin):
         async with self._tx() as conn:
             return [int(seq) for seq in (await conn.scalars(query)).all()]
 
+    async def count_messages_after(self, after_seq: int, cap: int) -> int:
+        """Messages (all tenants) above ``after_seq``, counted up to ``cap``."""
+        t = s.messages
+        above = select(t.c.seq).where(t.c.seq > after_seq).limit(max(cap, 0)).subquery()
+        async with self._tx() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(above)) or 0)
+
     async def messages_by_seq(self, seqs: list[int]) -> list[MessageRecord]:
         """The messages with these seqs, in seq order."""
         if not seqs:
