@@ -154,7 +154,11 @@ class Runtime:
         by_address = LockoutPolicy(settings.lockout_address_threshold, settings.lockout_base, cap)
         if settings.redis_url is not None:
             url = settings.redis_url.get_secret_value()
-            nonces = RedisNonceStore.from_url(url)
+            redis_nonces = RedisNonceStore.from_url(url)
+            # Best effort: the epoch exists before the first request (None: Redis is down,
+            # and the first claim after it is back writes the epoch instead).
+            await redis_nonces.epoch()
+            nonces = redis_nonces
             limiter = RedisRateLimiter.from_url(url)
             lockouts = Lockouts(
                 RedisLockout.from_url(url, by_client, prefix="herald:lock:client:"),
