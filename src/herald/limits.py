@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ACCESS_TOKEN_TTL_DEFAULT",
     "ACCESS_TOKEN_TTL_MAX",
+    "AUDIT_GROUP_MAX",
     "BATCH_MAX_MESSAGES",
     "DATA_MAX_DEPTH",
     "DEVICES_PER_RECIPIENT_MAX",
@@ -106,3 +107,7 @@ SCHEDULE_AHEAD_MAX = 30 * 86400
 #: Longest window the notification log must cover (frequency-cap periods and
 #: de-duplication windows are at most a week).
 NOTIFY_LOG_RETENTION = 7 * 86400
+
+#: Audit events one node appends in one transaction when several are recorded at once
+#: (``herald.service.audit``): one audit-lock acquisition and one commit for the group.
+AUDIT_GROUP_MAX = 256

@@ -52,6 +52,7 @@ from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
 
 if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
+    from herald.service.audit import AuditGroup
     from herald.service.delivery import Dispatcher
     from herald.service.plans import Planner
 
@@ -126,6 +127,8 @@ class Runtime:
     unknown_kid_reloads: int = 0
     _unknown_kid_reload_at: float = -math.inf
     _unknown_kid_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Groups concurrent ``audit.record`` calls into one append (made on first use).
+    audit_group: AuditGroup | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
