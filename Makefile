@@ -14,7 +14,7 @@ help:
 	@echo "make cluster - three nodes on :8443-8445 against HERALD_DATABASE_URL / HERALD_REDIS_URL"
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
 	@echo "make lint   - ruff + mypy (strict)"
-	@echo "make bench  - publish -> deliver benchmark (prints figures)"
+	@echo "make bench  - the benchmarks (prints figures; bench.cluster needs PostgreSQL + Redis)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Herald needs Python 3.11 or newer (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.encryption
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.webhook
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

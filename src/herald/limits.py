@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ACCESS_TOKEN_TTL_DEFAULT",
     "ACCESS_TOKEN_TTL_MAX",
+    "AUDIT_GROUP_MAX",
     "BATCH_MAX_MESSAGES",
     "CLIENT_ASSERTION_AUD_MAX",
     "CLIENT_ASSERTION_JTI_MAX",
@@ -148,3 +149,6 @@ CLUSTER_RUN_START_WAIT = 60.0
 #: Seconds ``herald cluster run`` gives its nodes to shut down gracefully before SIGKILL
 #: (the draining server waits up to 5 s for streams, the dispatcher 5 s for deliveries).
 CLUSTER_RUN_STOP_WAIT = 20.0
+#: Audit events one node appends in one transaction when several are recorded at once
+#: (``herald.service.audit``): one audit-lock acquisition and one commit for the group.
+AUDIT_GROUP_MAX = 256

@@ -16,15 +16,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from herald.errors import ServiceUnavailable
-from herald.state.nonces import MemoryNonceStore, NonceStore, RedisNonceStore, nonce_key
+from herald.errors import RequestExpired, ServiceUnavailable
+from herald.state.nonces import (
+    EPOCH_KEY,
+    MemoryNonceStore,
+    NonceStore,
+    RedisNonceStore,
+    nonce_key,
+)
 
 REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TTL = 60.0
@@ -261,41 +267,75 @@ async def test_redis_unreachable_fails_closed() -> None:
         await store.close()
 
 
-class RecordingClient:
-    """Forwards to a Redis client and records every method called on it."""
+@pytest.mark.redis
+async def test_redis_claim_is_set_nx_with_a_ttl(redis_ns: RedisNamespace) -> None:
+    """The claim writes ``1`` with a PX TTL, only once (the script's SET NX PX)."""
+    store = RedisNonceStore(redis_ns.client, prefix=redis_ns.prefix)
+    key = new_key()
+    assert await store.claim(key, SHORT_TTL) is True
+    assert await redis_ns.client.get(redis_ns.prefix + key) == b"1"
+    assert 0 < await redis_ns.client.pttl(redis_ns.prefix + key) <= 200
+    assert await store.claim(key, SHORT_TTL) is False
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._client, name)
-        if not callable(target):
-            return target
+# -- the epoch: a Redis reset must not reopen the replay window --------------------------------
 
-        def record(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append((name, args, kwargs))
-            return target(*args, **kwargs)
 
-        return record
+async def redis_time(client: redis.Redis) -> int:
+    seconds, _micros = await client.time()
+    return int(seconds)
 
 
 @pytest.mark.redis
-async def test_redis_claim_is_one_set_nx_px(redis_ns: RedisNamespace) -> None:
-    recorder = RecordingClient(redis_ns.client)
-    store = RedisNonceStore(recorder, prefix=redis_ns.prefix)
-    key = new_key()
-    assert await store.claim(key, SHORT_TTL) is True
-    assert len(recorder.calls) == 1
-    name, args, kwargs = recorder.calls[0]
-    assert name == "set"
-    assert args == (redis_ns.prefix + key, b"1")
-    assert kwargs == {"nx": True, "px": 200}
+async def test_redis_epoch_is_written_once_and_kept(redis_ns: RedisNamespace) -> None:
+    store = RedisNonceStore(redis_ns.client, prefix=redis_ns.prefix)
+    now = await redis_time(redis_ns.client)
+    epoch = await store.epoch()
+    assert epoch is not None
+    assert now < epoch <= now + 2  # the next whole second: rounded up
+    assert await redis_ns.client.get(redis_ns.prefix + EPOCH_KEY) == str(epoch).encode()
+    assert await redis_ns.client.ttl(redis_ns.prefix + EPOCH_KEY) == -1  # never expires
+    assert await store.epoch() == epoch
+    # Signed at or after the epoch: claimed as usual.
+    assert await store.claim(new_key(), TTL, created=epoch) is True
 
-    recorder.calls.clear()
-    assert await store.claim(key, SHORT_TTL) is False
-    assert [call[0] for call in recorder.calls] == ["set"]
-    assert recorder.calls[0][2]["nx"] is True
+
+@pytest.mark.redis
+async def test_redis_reset_refuses_what_was_signed_before_it(redis_ns: RedisNamespace) -> None:
+    """Redis forgot every claim (restart without persistence, FLUSHALL, eviction): a request
+    signed before that is refused, never claimed afresh, whichever node sees it first."""
+    store = RedisNonceStore(redis_ns.client, prefix=redis_ns.prefix)
+    now = await redis_time(redis_ns.client)
+    # A store that has vouched for its claims since a minute ago; signed a second ago.
+    await redis_ns.client.set(redis_ns.prefix + EPOCH_KEY, now - 60)
+    signed = now - 1
+    key = new_key()
+    assert await store.claim(key, TTL, created=signed) is True
+    # The reset: every key of the store gone, the epoch with them.
+    await redis_ns.client.delete(redis_ns.prefix + key, redis_ns.prefix + EPOCH_KEY)
+    for _ in range(2):  # the claim that rewrites the epoch, and any after it
+        with pytest.raises(RequestExpired):
+            await store.claim(key, TTL, created=signed)
+    assert await redis_ns.client.exists(redis_ns.prefix + key) == 0  # nothing claimed
+    epoch = await store.epoch()
+    assert epoch is not None
+    assert epoch > signed
+    assert await store.claim(new_key(), TTL, created=epoch) is True
+
+
+@pytest.mark.redis
+async def test_redis_claim_without_created_skips_the_epoch(redis_ns: RedisNamespace) -> None:
+    store = RedisNonceStore(redis_ns.client, prefix=redis_ns.prefix)
+    assert await store.claim(new_key(), TTL) is True
+
+
+async def test_redis_epoch_is_none_when_unreachable() -> None:
+    store = RedisNonceStore.from_url("redis://127.0.0.1:1/0", prefix="herald-test:unreachable:")
+    try:
+        async with asyncio.timeout(20):
+            assert await store.epoch() is None
+    finally:
+        await store.close()
 
 
 @pytest.mark.redis

@@ -12,6 +12,11 @@ emits in ``seq`` order, each seq once:
   loaded from the database and framed here (``load``), so a Pub/Sub message lost to a
   Redis outage or a slow subscriber is never lost to the stream.
 * Without notifications the sequencer still polls every :data:`POLL_INTERVAL` seconds.
+* A frame is emitted only if its message id is the one the database committed under that
+  seq: Pub/Sub channels are global to a Redis server (not per database number), so another
+  Herald deployment sharing the Redis announces *its* seqs on the same channel. Such a
+  frame is dropped and the message is loaded instead (before this check, a foreign frame
+  could take the place of ours and our message never reached the live sessions).
 
 Pub/Sub was chosen over Redis Streams because replay between nodes is already the
 database's job (resume reads history by seq); a stream would store every frame twice.
@@ -93,7 +98,8 @@ class RedisBus:
 
     Args:
         redis: A ``redis.asyncio.Redis`` client (its own connection for Pub/Sub is taken).
-        index: ``(after_seq, limit)`` → committed message seqs above ``after_seq``, ascending.
+        index: ``(after_seq, limit)`` → ``(seq, id)`` of the committed messages above
+            ``after_seq``, by seq.
         load: Frames the messages of these seqs from the database (a message that cannot
             be framed any more, e.g. of a shredded tenant, is left out).
         start_after: The seq the sequencer starts after (the last one committed at start).
@@ -105,7 +111,7 @@ class RedisBus:
         self,
         redis: Any,
         *,
-        index: Callable[[int, int], Awaitable[list[int]]],
+        index: Callable[[int, int], Awaitable[list[tuple[int, str]]]],
         load: Callable[[list[int]], Awaitable[list[LiveMessage]]],
         start_after: int,
         channel: str = "herald:bus",
@@ -127,6 +133,8 @@ class RedisBus:
         self.published = 0
         self.publish_failures = 0
         self.loaded = 0
+        #: Frames dropped because their id is not the message committed under their seq.
+        self.foreign = 0
 
     @property
     def cursor(self) -> int:
@@ -224,7 +232,13 @@ class RedisBus:
 
     async def _step(self) -> bool:
         """Emit what is committed above the cursor, in order; True when more may be ready."""
-        seqs = await self._index(self._cursor, _BATCH)
+        committed = await self._index(self._cursor, _BATCH)
+        seqs = [seq for seq, _ in committed]
+        for seq, message_id in committed:
+            frame = self._frames.get(seq)
+            if frame is not None and frame.id != message_id:
+                del self._frames[seq]  # another deployment's seq on this Redis: not ours
+                self.foreign += 1
         now = self._clock()
         missing = [s for s in seqs if s not in self._frames]
         overdue = [s for s in missing if now - self._waiting_since.setdefault(s, now) >= GRACE]
@@ -247,7 +261,7 @@ class RedisBus:
             self._cursor = seq
         for stale in [s for s in self._frames if s <= self._cursor]:
             del self._frames[stale]
-        return len(seqs) == _BATCH
+        return len(committed) == _BATCH
 
     def _emit(self, message: LiveMessage) -> None:
         for handler in self._handlers:

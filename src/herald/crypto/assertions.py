@@ -79,11 +79,12 @@ class ParsedAssertion:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedAssertion:
-    """What a verified assertion says: who signed it, its single-use id and its expiry."""
+    """What a verified assertion says: who signed it, its single-use id, expiry and issue."""
 
     client_id: str
     jti: str
     expires_at: float
+    issued_at: float = 0.0
 
 
 def _b64url(segment: bytes) -> bytes:
@@ -261,4 +262,4 @@ def verify_assertion(
         or not jti.isprintable()
     ):
         raise InvalidClient
-    return VerifiedAssertion(client_id, jti, exp)
+    return VerifiedAssertion(client_id, jti, exp, iat)

@@ -30,7 +30,7 @@ from herald.crypto.assertions import (
     parse_assertion,
     verify_assertion,
 )
-from herald.errors import BadRequest, InvalidClient
+from herald.errors import BadRequest, InvalidClient, RequestExpired
 from herald.service import audit
 from herald.service.runtime import Runtime
 from herald.service.signatures import ALG_ED25519
@@ -156,9 +156,14 @@ async def _refusal(
     # RFC 7523 §3 item 7: single use. Remembered until exp (+ leeway); after that the
     # assertion is refused as expired anyway.
     ttl = verified.expires_at + limits.JWT_LEEWAY - now
-    if not await rt.nonces.claim(assertion_key(app.tenant_id, app.id, verified.jti), ttl):
-        return "replayed"
-    return None
+    key_name = assertion_key(app.tenant_id, app.id, verified.jti)
+    try:
+        # ``created``: a Redis store reset since the assertion was made has forgotten the
+        # jtis claimed before it, so such an assertion is refused (as a replay could be).
+        claimed = await rt.nonces.claim(key_name, ttl, created=int(verified.issued_at))
+    except RequestExpired:
+        claimed = False
+    return None if claimed else "replayed"
 
 
 async def authenticate(

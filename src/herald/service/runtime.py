@@ -52,6 +52,7 @@ from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
 
 if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
+    from herald.service.audit import AuditGroup
     from herald.service.delivery import Dispatcher
     from herald.service.plans import Planner
 
@@ -126,6 +127,8 @@ class Runtime:
     unknown_kid_reloads: int = 0
     _unknown_kid_reload_at: float = -math.inf
     _unknown_kid_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Groups concurrent ``audit.record`` calls into one append (made on first use).
+    audit_group: AuditGroup | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -154,7 +157,11 @@ class Runtime:
         by_address = LockoutPolicy(settings.lockout_address_threshold, settings.lockout_base, cap)
         if settings.redis_url is not None:
             url = settings.redis_url.get_secret_value()
-            nonces = RedisNonceStore.from_url(url)
+            redis_nonces = RedisNonceStore.from_url(url)
+            # Best effort: the epoch exists before the first request (None: Redis is down,
+            # and the first claim after it is back writes the epoch instead).
+            await redis_nonces.epoch()
+            nonces = redis_nonces
             limiter = RedisRateLimiter.from_url(url)
             lockouts = Lockouts(
                 RedisLockout.from_url(url, by_client, prefix="herald:lock:client:"),

@@ -157,7 +157,8 @@ async def verify_request(
         )
         await _verify_crypto(rt, key, sig, base)
         window = rt.settings.replay_window
-        if not await rt.nonces.claim(nonce_key(tenant_id, sig.keyid, sig.nonce), 2 * window):
+        key_name = nonce_key(tenant_id, sig.keyid, sig.nonce)
+        if not await rt.nonces.claim(key_name, 2 * window, created=sig.created):
             raise ReplayedRequest("this request was already received (nonce reused)")
     except ApiError as exc:
         rt.metrics.record_auth_failure(exc.slug.replace("-", "_"))

@@ -705,8 +705,8 @@ class Store(Protocol):
         """Messages of a tenant with ``seq > after_seq`` in seq order (one topic if given)."""
         ...
 
-    async def message_seqs_after(self, after_seq: int, limit: int) -> list[int]:
-        """The ``seq`` of every message (all tenants) above ``after_seq``, ascending.
+    async def message_seqs_after(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        """``(seq, id)`` of every message (all tenants) above ``after_seq``, by seq.
 
         Commit order equals seq order (indices are assigned under the audit lock held until
         commit), so a message seen here has every lower-seq message committed before it.

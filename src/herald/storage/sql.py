@@ -581,12 +581,17 @@ class SqlStore(QueueMixin, PlansMixin, TokensMixin):
             query = query.where(t.c.topic == topic)
         return await self._fetch(query.order_by(t.c.seq).limit(max(limit, 0)), MessageRecord)
 
-    async def message_seqs_after(self, after_seq: int, limit: int) -> list[int]:
-        """Seqs above ``after_seq`` in every tenant, ascending (the ``seq`` unique index)."""
+    async def message_seqs_after(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        """``(seq, id)`` above ``after_seq`` in every tenant, by seq (the ``seq`` unique index)."""
         t = s.messages
-        query = select(t.c.seq).where(t.c.seq > after_seq).order_by(t.c.seq).limit(max(limit, 0))
+        query = (
+            select(t.c.seq, t.c.id)
+            .where(t.c.seq > after_seq)
+            .order_by(t.c.seq)
+            .limit(max(limit, 0))
+        )
         async with self._tx() as conn:
-            return [int(seq) for seq in (await conn.scalars(query)).all()]
+            return [(int(seq), str(id_)) for seq, id_ in (await conn.execute(query)).all()]
 
     async def count_messages_after(self, after_seq: int, cap: int) -> int:
         """Messages (all tenants) above ``after_seq``, counted up to ``cap``."""
