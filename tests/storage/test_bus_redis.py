@@ -1,8 +1,13 @@
 """The cluster bus (``herald.bus.redis``) on a real Redis: order, loss, duplicates, failure.
 
-The database's part — which seqs are committed, and framing a message from storage — is
-played by a list of committed seqs and a loader over it (the store's side of that contract
-is pinned in test_store_contract.py). Each test uses a Pub/Sub channel of its own.
+The database's part — which (seq, id) pairs are committed, and framing a message from
+storage — is played by a list of committed seqs and a loader over it (the store's side of
+that contract is pinned in test_store_contract.py). Each test uses a Pub/Sub channel of its
+own.
+
+Pub/Sub channels are global to a Redis server, not per database number, so two deployments
+sharing one Redis hear each other's announcements, with colliding seqs: a node must emit the
+message *its* database committed under a seq, never a foreign frame with the same seq.
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 WAIT = 10.0  # seconds: the bound of every wait here
 
 
-def message(seq: int) -> LiveMessage:
+def message(seq: int, message_id: str | None = None) -> LiveMessage:
     frame = f'{{"type":"message","seq":{seq}}}'
     return LiveMessage(
         tenant_id="tnt_test",
         topic="bus.test",
         seq=seq,
-        id=f"id-{seq}",
+        id=message_id or f"id-{seq}",
         recipients=(),
         frame=frame,
         sse=b"data: " + frame.encode() + b"\n\n",
@@ -49,8 +54,8 @@ class Committed:
     loads: list[list[int]] = field(default_factory=list)
     unframeable: set[int] = field(default_factory=set)
 
-    async def index(self, after: int, limit: int) -> list[int]:
-        return sorted(s for s in self.seqs if s > after)[:limit]
+    async def index(self, after: int, limit: int) -> list[tuple[int, str]]:
+        return [(s, f"id-{s}") for s in sorted(s for s in self.seqs if s > after)][:limit]
 
     async def load(self, seqs: list[int]) -> list[LiveMessage]:
         self.loads.append(list(seqs))
@@ -199,3 +204,25 @@ async def test_a_node_starting_later_begins_after_what_was_committed(channel: st
         assert await node.wait_for(1) == [4]
     finally:
         await bus.close()
+
+
+async def test_a_foreign_frame_with_our_seq_is_never_emitted(channel: str) -> None:
+    ours, theirs = Committed(), Committed()
+    node = RedisBus(client(), index=ours.index, load=ours.load, start_after=0, channel=channel)
+    other = RedisBus(client(), index=theirs.index, load=theirs.load, start_after=0, channel=channel)
+    emitted = Node(node)
+    node.subscribe(emitted.received.append)
+    await node.start()
+    try:
+        await asyncio.sleep(0.2)  # the reader has subscribed
+        # Another deployment on the same Redis announces its seq 1 first ...
+        await other.publish([message(1, "theirs-1")])
+        await asyncio.sleep(0.2)
+        # ... then our database commits seq 1, and our own announcement is lost.
+        ours.seqs.append(1)
+        assert await emitted.wait_for(1) == [1]
+        assert [m.id for m in emitted.received] == ["id-1"]  # ours, loaded from storage
+        assert node.foreign == 1
+    finally:
+        await node.close()
+        await other.close()

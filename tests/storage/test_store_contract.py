@@ -363,9 +363,9 @@ async def test_the_cluster_bus_reads_every_tenants_seqs_in_order(store: Store) -
         msg = message(owner)
         ids.append(msg.id)
         await publish(store, msg)
-    assert await store.message_seqs_after(-1, 10) == [0, 1, 2, 3]
-    assert await store.message_seqs_after(1, 10) == [2, 3]
-    assert await store.message_seqs_after(-1, 2) == [0, 1]
+    assert await store.message_seqs_after(-1, 10) == list(enumerate(ids))
+    assert await store.message_seqs_after(1, 10) == [(2, ids[2]), (3, ids[3])]
+    assert await store.message_seqs_after(-1, 2) == [(0, ids[0]), (1, ids[1])]
     assert await store.last_message_seq() == 3
     found = await store.messages_by_seq([3, 0])
     assert [(m.seq, m.id) for m in found] == [(0, ids[0]), (3, ids[3])]
