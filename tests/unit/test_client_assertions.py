@@ -94,7 +94,7 @@ def refused(text: str, **kwargs: Any) -> None:
 # -- accepted ---------------------------------------------------------------------------------
 def test_a_valid_assertion_verifies() -> None:
     verified = verify(compact(claims()))
-    assert verified == VerifiedAssertion(CLIENT, "jti-" + "a" * 22, NOW + 60)
+    assert verified == VerifiedAssertion(CLIENT, "jti-" + "a" * 22, NOW + 60, NOW)
     assert ASSERTION_TYPE == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
