@@ -122,6 +122,10 @@ class Seen:
     error: str
 
 
+#: What :attr:`Receiver.cut` records: a request whose body never fully arrived.
+INCOMPLETE = "incomplete body"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpsServer
 
@@ -132,6 +136,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {key.lower(): value for key, value in self.headers.items()}
         hook = receiver.hooks.get(self.path)
         payload, error = None, "no such hook"
+        if len(body) < min(length, 1 << 20):
+            # The sender hung up (or was SIGKILLed) mid-body: no request was made, so there
+            # is nothing to verify or answer (a real receiver never sees it either).
+            with receiver.lock:
+                receiver.cut.append(Seen(self.path, headers, body, None, INCOMPLETE))
+            return
         if hook is not None:
             try:
                 payload, error = Webhook(hook.secret).verify(body, headers), ""
@@ -181,6 +191,8 @@ class Receiver:
     def __init__(self, context: ssl.SSLContext, port: int = 0) -> None:
         self.hooks: dict[str, Hook] = {}
         self.seen: list[Seen] = []
+        #: Requests cut off mid-body by their sender (not requests: never answered).
+        self.cut: list[Seen] = []
         self.lock = threading.Lock()
         self.release = threading.Event()  # set when stopping: held answers go out at once
         self._server = _HttpsServer(port, context, self)
