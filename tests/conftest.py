@@ -131,3 +131,42 @@ def pg_fresh_dsn(pg_dsn: str) -> Iterator[str]:
         yield dsn_with_database(pg_dsn, name)
     finally:
         run_async(lambda: drop_database(pg_dsn, name))
+
+
+# -- the one Redis key that outlives the tests that made it -------------------------------------
+#: The nonce store's epoch (herald.state.nonces.EPOCH_KEY under its prefix). Every test node on
+#: the shared Redis uses it, so no single test may delete it while others run; the run deletes
+#: it once every worker is done, unless it existed before the run began.
+_EPOCH_KEY = "herald:nonce-epoch"
+_TEST_REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _epoch_key(delete: bool = False) -> bool | None:
+    """Whether the epoch key exists (None: Redis unreachable); delete it when asked."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(
+            _TEST_REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0
+        ) as client:
+            if delete:
+                client.delete(_EPOCH_KEY)
+                return False
+            return bool(client.exists(_EPOCH_KEY))
+    except (redis.RedisError, OSError):
+        return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a serial run)
+        session.config.stash[_EPOCH_EXISTED] = _epoch_key() is not False
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput") and not session.config.stash.get(
+        _EPOCH_EXISTED, True
+    ):
+        _epoch_key(delete=True)
+
+
+_EPOCH_EXISTED = pytest.StashKey[bool]()
