@@ -9,12 +9,15 @@ protocol, exactly what aiosmtpd's ``Controller`` does in a thread), on port 0:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import socket
 import ssl
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -390,6 +393,163 @@ async def test_untrusted_certificate_is_refused(
     assert_clean(outcome.reason)
     assert recorder.envelopes == []
     assert recorder.auth_attempts == []
+
+
+#: Connections one old-TLS server answers (the probe proving it speaks the old version,
+#: then Herald), and seconds it waits for each step.
+OLD_TLS_CONNECTIONS = 2
+OLD_TLS_TIMEOUT = 5.0
+#: SMTP lines the old-TLS server reads before STARTTLS at most.
+OLD_TLS_MAX_LINES = 10
+
+
+@dataclass
+class OldTlsSmtp:
+    """An SMTP server on loopback whose TLS speaks one old version only (issue 9).
+
+    Blocking ``ssl`` in a thread rather than aiosmtpd: asyncio aborts a connection whose
+    handshake failed without sending OpenSSL's ``protocol_version`` alert, while a real
+    server (and this one) sends it. It records every line it reads and each handshake's end.
+    """
+
+    port: int
+    commands: list[bytes] = field(default_factory=list)
+    handshakes: list[str] = field(default_factory=list)
+
+
+def _old_tls_context(cert: trustme.LeafCert, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A server context speaking ``version`` alone; OpenSSL 3 needs SECLEVEL=0 for < 1.2."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = context.maximum_version = version
+    cert.configure_cert(context)
+    return context
+
+
+def _serve_old_tls(
+    listener: socket.socket, context: ssl.SSLContext, starttls: bool, state: OldTlsSmtp
+) -> None:
+    with listener:
+        for _ in range(OLD_TLS_CONNECTIONS):
+            try:
+                conn, _address = listener.accept()
+            except OSError:  # timed out: no more clients
+                return
+            with conn:
+                conn.settimeout(OLD_TLS_TIMEOUT)
+                try:
+                    if starttls:
+                        _smtp_until_starttls(conn, state)
+                    with context.wrap_socket(conn, server_side=True) as tls:
+                        state.handshakes.append(f"completed {tls.version()}")
+                        tls.sendall(b"421 4.3.0 test server closing\r\n")
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    state.handshakes.append(f"failed {getattr(exc, 'reason', None) or exc}")
+
+
+def _smtp_until_starttls(conn: socket.socket, state: OldTlsSmtp) -> None:
+    conn.sendall(b"220 mx.test ESMTP\r\n")
+    lines = conn.makefile("rb")
+    for _ in range(OLD_TLS_MAX_LINES):
+        line = lines.readline(1000)
+        state.commands.append(line)
+        verb = line[:8].strip().upper()
+        if verb.startswith((b"EHLO", b"HELO")):
+            conn.sendall(b"250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n")
+        elif verb == b"STARTTLS":
+            conn.sendall(b"220 2.0.0 ready to start TLS\r\n")
+            return
+        elif not line or verb == b"QUIT":
+            raise ValueError("client left before STARTTLS")
+        else:
+            conn.sendall(b"530 5.7.0 must issue STARTTLS first\r\n")
+    raise ValueError("no STARTTLS")
+
+
+@contextmanager
+def old_tls_smtp(context: ssl.SSLContext, *, starttls: bool) -> Iterator[OldTlsSmtp]:
+    """Run an :class:`OldTlsSmtp` in a thread for the block; it stops within its timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(OLD_TLS_TIMEOUT)
+    state = OldTlsSmtp(port=listener.getsockname()[1])
+    thread = threading.Thread(
+        target=_serve_old_tls, args=(listener, context, starttls, state), daemon=True
+    )
+    thread.start()
+    try:
+        yield state
+    finally:
+        # Wake a pending accept() so the thread ends now, not after its timeout.
+        with contextlib.suppress(OSError), socket.create_connection(listener.getsockname()[:2]):
+            pass
+        thread.join(OLD_TLS_TIMEOUT * 2)
+        assert not thread.is_alive()
+
+
+async def _old_tls_version(port: int, version: ssl.TLSVersion, *, starttls: bool) -> str:
+    """The version negotiated by a client allowing ``version`` alone."""
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.set_ciphers("DEFAULT:@SECLEVEL=0")
+    client.minimum_version = client.maximum_version = version
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=None if starttls else client
+    )
+    try:
+        if starttls:
+            await reader.readline()  # 220 greeting
+            writer.write(b"EHLO probe\r\n")
+            for _ in range(OLD_TLS_MAX_LINES):
+                if (await reader.readline())[3:4] != b"-":  # last line of the 250 reply
+                    break
+            writer.write(b"STARTTLS\r\n")
+            await reader.readline()  # 220 ready
+            await writer.start_tls(client, server_hostname="localhost")
+        name = writer.get_extra_info("ssl_object").version()
+        assert isinstance(name, str)
+        return name
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+# Setting the old versions on purpose is what the test is about.
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["tls1_0", "tls1_1"]
+)
+async def test_server_offering_only_old_tls_is_refused(
+    pki: Pki, mode: str, version: ssl.TLSVersion
+) -> None:
+    """TLS 1.0 (or 1.1) alone on offer: no session, so no credentials and no message."""
+    context = _old_tls_context(pki.ca.issue_cert("127.0.0.1", "localhost"), version)
+    starttls = mode == "starttls"
+    with old_tls_smtp(context, starttls=starttls) as server:
+        # The server really speaks the old version (this OpenSSL can still offer it).
+        expected = "TLSv1" if version == ssl.TLSVersion.TLSv1 else "TLSv1.1"
+        assert await _old_tls_version(server.port, version, starttls=starttls) == expected
+        server.commands.clear()
+        scheme = "smtp" if starttls else "smtps"
+        url = f"{scheme}://{CREDENTIALS}@127.0.0.1:{server.port}"
+
+        outcome = await channel_for(url, pki).deliver(make_job())
+
+    assert isinstance(outcome, Retry)
+    assert outcome.reason == (
+        "the TLS handshake with the SMTP server failed: no TLS version in common "
+        "(TLS 1.2 or newer is required)"
+    )
+    assert outcome.after == CONFIG_RETRY_AFTER
+    assert_clean(outcome.reason)
+    assert server.handshakes[0] == f"completed {expected}"
+    assert server.handshakes[1:] == ["failed UNSUPPORTED_PROTOCOL"]
+    # Only what precedes TLS went out in the clear: no AUTH, MAIL, RCPT or DATA.
+    assert [line.split()[0].upper() for line in server.commands] == (
+        [b"EHLO", b"STARTTLS"] if starttls else []
+    )
 
 
 async def test_system_trust_alone_refuses_the_test_ca(start_server: StartServer, pki: Pki) -> None:

@@ -88,6 +88,16 @@ CONFIG_RETRY_AFTER: Final = 300.0
 AUTH_RETRY_AFTER: Final = 600.0
 #: Seconds granted to a polite QUIT after the message was accepted.
 _QUIT_TIMEOUT: Final = 2.0
+# OpenSSL reasons for "no protocol version in common": refused by us (the server chose an
+# old version) or by the server (it has nothing of TLS 1.2 or newer), RFC 8446 §4.2.1.
+# WRONG_VERSION_NUMBER is not one: it is what a plaintext server's reply looks like.
+_NO_COMMON_VERSION: Final = frozenset(
+    {
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "NO_PROTOCOLS_AVAILABLE",
+    }
+)
 
 _SETTING = "HERALD_SMTP_URL"
 _DEFAULT_PORTS: Final = {"smtp": 587, "smtps": 465}  # RFC 6409 §3.1, RFC 8314 §7.3
@@ -478,6 +488,12 @@ def _outcome_of(exc: BaseException) -> Outcome:  # noqa: PLR0911 - a return per 
             return Retry(
                 "the SMTP server certificate was not trusted "
                 f"({tls_error.verify_message}); check HERALD_EGRESS_CA_FILE",
+                after=CONFIG_RETRY_AFTER,
+            )
+        if tls_error.reason in _NO_COMMON_VERSION:
+            return Retry(
+                "the TLS handshake with the SMTP server failed: no TLS version in common "
+                "(TLS 1.2 or newer is required)",
                 after=CONFIG_RETRY_AFTER,
             )
         return Retry("the TLS handshake with the SMTP server failed", after=CONFIG_RETRY_AFTER)
