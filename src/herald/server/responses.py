@@ -44,7 +44,9 @@ def problem_body(error: ApiError, instance: str | None = None) -> dict[str, Any]
     }
     if instance is not None:
         body["instance"] = instance
-    body.update(error.extra)
+    # RFC 9457 §3.1: ``status`` is the HTTP status code. An extension member of the same
+    # name (e.g. readiness' own "status": "not ready") must not replace a standard one.
+    body.update({k: v for k, v in error.extra.items() if k not in body})
     return body
 
 
