@@ -8,7 +8,7 @@ app takes effect on every node within that time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from herald.core.lru import Lru
@@ -18,6 +18,8 @@ __all__ = ["CACHE_TTL", "LiveCheck"]
 
 #: Seconds a node trusts what it read about an app or a token id.
 CACHE_TTL = 1.0
+#: Operators share the holders' cache under a prefix no app id can start with.
+_OPERATOR_KEY = "op\x00"
 
 
 class LiveCheck:
@@ -38,26 +40,33 @@ class LiveCheck:
         shredded tenant's apps) stops new tokens but lets live ones learn, with 410, that
         the content is gone.
         """
-        now = self._clock()
-        cached = self._apps.get(app_id)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        app = await self._store.get_app(app_id)
-        missing = app is None
-        not_before = _epoch(app.tokens_not_before) if app is not None else None
-        self._apps.put(app_id, (now + CACHE_TTL, missing, not_before))
-        return missing, not_before
+
+        async def load() -> tuple[bool, float | None]:
+            app = await self._store.get_app(app_id)
+            return app is None, _epoch(app.tokens_not_before) if app is not None else None
+
+        return await self._holder_state(app_id, load)
 
     async def operator_state(self, operator_id: str) -> tuple[bool, float | None]:
         """``(missing or disabled, tokens_not_before in epoch seconds or None)``."""
-        key = "op\x00" + operator_id  # never the same key as an app id
+
+        async def load() -> tuple[bool, float | None]:
+            operator = await self._store.get_operator(operator_id)
+            if operator is None:
+                return True, None
+            return operator.disabled, _epoch(operator.tokens_not_before)
+
+        return await self._holder_state(_OPERATOR_KEY + operator_id, load)
+
+    async def _holder_state(
+        self, key: str, load: Callable[[], Awaitable[tuple[bool, float | None]]]
+    ) -> tuple[bool, float | None]:
+        """A credential holder's state from the cache, else ``load()`` (then cached)."""
         now = self._clock()
         cached = self._apps.get(key)
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
-        operator = await self._store.get_operator(operator_id)
-        missing = operator is None or operator.disabled
-        not_before = _epoch(operator.tokens_not_before) if operator is not None else None
+        missing, not_before = await load()
         self._apps.put(key, (now + CACHE_TTL, missing, not_before))
         return missing, not_before
 
@@ -78,7 +87,7 @@ class LiveCheck:
         if app_id is not None:
             self._apps.put(app_id, (0.0, False, None))
         if operator_id is not None:
-            self._apps.put("op\x00" + operator_id, (0.0, False, None))
+            self._apps.put(_OPERATOR_KEY + operator_id, (0.0, False, None))
         if jti is not None:
             self._revoked.put(jti, (0.0, False))
 
