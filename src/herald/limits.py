@@ -68,6 +68,8 @@ TOPIC_MAX = 255
 TOPIC_PATTERNS_MAX = 32
 #: Length of a message title in characters (bodies are bounded by the body cap).
 TITLE_MAX = 1024
+#: Largest template version number (a 32-bit signed column in every supported database).
+TEMPLATE_VERSION_MAX = 2**31 - 1
 #: Nesting depth of the ``data`` object: deep nesting is a parser-DoS vector.
 DATA_MAX_DEPTH = 16
 #: Longest message TTL (seconds): 30 days.

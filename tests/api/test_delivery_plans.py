@@ -243,6 +243,12 @@ def test_templates_are_versioned_read_listed_and_previewed(node: Node) -> None:
     assert preview.json()["title"] == "Order 7 shipped"
     missing = node.http.post(f"/v1/templates/{name}:render", json={"variables": {"order": 7}})
     assert_problem(missing, 422, "template-render-failed")
+    # Found by API fuzzing: a version past the database's integer range was a 500.
+    for version in (2**31, 2**70):
+        huge = node.http.post(f"/v1/templates/{name}:render", json={"version": version})
+        assert_problem(huge, 400)
+    huge_ref = {"topic": "t", "template": {"name": name, "version": 2**63}}
+    assert_problem(node.http.post("/v1/messages", json=huge_ref), 400)
 
     # Every spec needs a "*" variant in its default locale.
     lacking = {"default_locale": "en", "variants": [{"locale": "fr", "title": "x"}]}

@@ -232,6 +232,20 @@ def test_global_operator_manages_tenants_and_apps(node: Node) -> None:
     assert secret not in json.dumps(entries)
 
 
+def test_a_taken_tenant_name_is_a_conflict_and_changes_nothing(node: Node) -> None:
+    # Found by API fuzzing: the duplicate name reached the database's unique index and the
+    # storage error was answered 503 "database unavailable".
+    token = node.operator_token("root")
+    first = call(node, "POST", "/v1/admin/tenants", token, {"name": "twice"})
+    assert first.status_code == 201, first.text
+    start = audit_size(node)
+    again = call(node, "POST", "/v1/admin/tenants", token, {"name": "twice"})
+    assert_problem(again, 409, "conflict")
+    listed = call(node, "GET", "/v1/admin/tenants", token).json()["tenants"]
+    assert [t["id"] for t in listed if t["name"] == "twice"] == [first.json()["id"]]
+    assert audit_size(node) == start
+
+
 def test_disable_enable_and_rotate_an_app(node: Node) -> None:
     token = node.operator_token("root")
     victim = node.add_app("victim", "publish:>", "messages:read")

@@ -71,7 +71,7 @@ class TemplateRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     """Render the message from a stored template (title/body/html per channel and locale)."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    version: Annotated[int, msgspec.Meta(ge=1, le=limits.TEMPLATE_VERSION_MAX)] | None = None
     locale: Annotated[str, msgspec.Meta(min_length=2, max_length=35)] | None = None
     variables: dict[str, Any] | None = None
 

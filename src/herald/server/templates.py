@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from herald import limits
 from herald.core.messages import decode_json
 from herald.core.policy import Action
 from herald.errors import BadRequest
@@ -25,7 +26,7 @@ class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     channel: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] = "*"
     locale: Annotated[str, msgspec.Meta(min_length=2, max_length=35)] | None = None
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    version: Annotated[int, msgspec.Meta(ge=1, le=limits.TEMPLATE_VERSION_MAX)] | None = None
     variables: dict[str, Any] | None = None
 
 
@@ -33,7 +34,7 @@ def _version(request: Request) -> int | None:
     text = request.query_params.get("version")
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 2**31 - 1:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= limits.TEMPLATE_VERSION_MAX:
         raise BadRequest("version must be a positive integer")
     return int(text)
 

@@ -26,7 +26,7 @@ from herald.crypto.signing import (
     new_signing_key,
     new_vapid_key,
 )
-from herald.errors import BadRequest, InvalidClient
+from herald.errors import BadRequest, Conflict, IntegrityConflict, InvalidClient
 from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import AppRecord, TenantKeyRecord, TenantRecord
@@ -158,7 +158,11 @@ async def create_tenant(rt: Runtime, name: str, *, actor: str = "operator:cli") 
     now = utcnow()
     tenant = TenantRecord(id=_new_id("tnt"), name=_check_name(name), created_at=now)
     wrapped = await wrap_new_data_key(rt.provider, tenant.id, 1, os.urandom)
-    await rt.store.create_tenant(tenant, TenantKeyRecord(tenant.id, 1, wrapped, now))
+    try:
+        await rt.store.create_tenant(tenant, TenantKeyRecord(tenant.id, 1, wrapped, now))
+    except IntegrityConflict:
+        # Names are unique (the id is new): the name is taken, which the caller may know.
+        raise Conflict(f"a tenant named {name!r} exists already") from None
     await audit.record(
         rt, tenant=tenant.id, actor=actor, action="tenant.created", obj=f"tenant:{tenant.id}"
     )
