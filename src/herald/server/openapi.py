@@ -473,6 +473,7 @@ def _admin_paths() -> dict[str, Any]:
                 operator,
                 ("201", "Tenant", "created"),
                 requestBody=_body("TenantRequest"),
+                responses={"409": _problem("a tenant of that name exists")},
             ),
         },
         "/v1/admin/tenants/{tenant}/apps": {
@@ -502,7 +503,7 @@ def _admin_paths() -> dict[str, Any]:
     return paths
 
 
-def _audit_paths(bearer: Any) -> dict[str, Any]:
+def _audit_paths(readers: Any) -> dict[str, Any]:
     """The audit log routes (docs/audit.md), the audit verifier key and the VAPID key."""
     obj = {"type": "object"}
 
@@ -512,7 +513,7 @@ def _audit_paths(bearer: Any) -> dict[str, Any]:
             "get": {
                 "summary": summary,
                 "operationId": op_id,
-                "security": bearer,
+                "security": readers,
                 "parameters": params,
                 "responses": {"200": ok, **more, **_COMMON},
             }
@@ -594,6 +595,43 @@ _CLIENT_ASSERTION_FIELDS: dict[str, Any] = {
 _CLIENT_AUTH: list[dict[str, list[str]]] = [{"basic": []}, {}]
 
 
+#: Refusals that any operation of a given shape can answer, whatever its handler does:
+#: the body checks (size, media type, syntax) for an operation with a body, the token and
+#: rate-limit checks for one that needs credentials, and a missing object for one whose path
+#: names it. API fuzzing (tests/api/test_api_fuzz.py) holds every answer to this document.
+_BODY_REFUSALS = {
+    "400": "invalid request",
+    "413": "body too large",
+    "415": "not the declared media type",
+}
+_AUTH_REFUSALS = {
+    "401": "invalid or missing credentials",
+    "403": "not allowed for these credentials",
+    "429": "rate limited (Retry-After says when to try again)",
+}
+_PATH_REFUSALS = {"404": "no such object (or one of another tenant)"}
+
+
+def _declare_refusals(paths: dict[str, Any]) -> None:
+    """Add the refusals each operation's shape implies to its responses (never replacing)."""
+    for item in paths.values():
+        shared = item.get("parameters", [])
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            params = [*shared, *operation.get("parameters", [])]
+            implied: dict[str, str] = {}
+            if "requestBody" in operation:
+                implied |= _BODY_REFUSALS
+            if operation.get("security"):
+                implied |= _AUTH_REFUSALS
+            if any(param["in"] == "path" for param in params):
+                implied |= _PATH_REFUSALS
+            responses = operation["responses"]
+            for status, description in implied.items():
+                responses.setdefault(status, _problem(description))
+
+
 def openapi_document(base_url: str) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for a server at ``base_url``."""
     _, components = msgspec.json.schema_components(
@@ -612,6 +650,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
     )
     schemas = {**components, **_RESPONSES, **_ADMIN_RESPONSES}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    subscriber: list[dict[str, list[str]]] = [{"subscriber": []}]
     idem = {
         "name": "Idempotency-Key",
         "in": "header",
@@ -765,7 +804,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
         },
         **_plan_paths(bearer),
         **_admin_paths(),
-        **_audit_paths(bearer),
+        **_audit_paths([*bearer, *subscriber, {"operator": []}]),
         "/v1/topics/{topic}/messages": {
             "get": {
                 "summary": "Topic history, oldest first",
@@ -810,7 +849,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "post": {
                 "summary": "Register an end-to-end device key (X25519, base64url)",
                 "operationId": "registerDevice",
-                "security": bearer,
+                "security": [*bearer, *subscriber],
                 "requestBody": _body("DeviceRequest"),
                 "responses": {
                     "201": _json("Device", "the device"),
@@ -830,7 +869,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "post": {
                 "summary": "Exchange a subscriber token for a 30 s one-time ticket",
                 "operationId": "streamTicket",
-                "security": bearer,
+                "security": subscriber,
                 "responses": {
                     "201": _json("StreamTicket", "the ticket"),
                     "401": _problem("invalid subscriber token"),
@@ -841,7 +880,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "get": {
                 "summary": "Server-Sent Events stream",
                 "operationId": "streamSse",
-                "security": bearer,
+                "security": subscriber,
                 "parameters": [
                     {
                         "name": "topics",
@@ -931,6 +970,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             }
         },
     }
+    _declare_refusals(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -948,6 +988,12 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "basic": {"type": "http", "scheme": "basic"},
+                "subscriber": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "a subscriber token from /v1/subscriber-tokens",
+                },
                 "operator": {
                     "type": "http",
                     "scheme": "bearer",
