@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-import atheris
+import atheris  # type: ignore[import-untyped]  # ships no type information
 
 from fuzzing.targets import TARGETS, load
 

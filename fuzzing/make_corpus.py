@@ -30,7 +30,7 @@ def _join(*parts: bytes | str) -> bytes:
     return _SEP.join(p.encode("latin-1") if isinstance(p, str) else p for p in parts)
 
 
-def signature_headers() -> dict[str, bytes]:
+def _signature_headers() -> dict[str, bytes]:
     from herald.core.signatures import signature_params  # noqa: PLC0415
 
     nonce = b64url(bytes(range(16)))
@@ -55,7 +55,7 @@ def signature_headers() -> dict[str, bytes]:
     }
 
 
-def content_digest() -> dict[str, bytes]:
+def _content_digest() -> dict[str, bytes]:
     from herald.core.signatures import content_digest as digest  # noqa: PLC0415
 
     body = b'{"topic":"orders.eu"}'
@@ -75,11 +75,11 @@ def _jws_modes(header: dict[str, Any], claims: dict[str, Any]) -> Iterable[bytes
     yield b"\x02" + _join(_j(header), _j(claims))
 
 
-def bearer_tokens() -> dict[str, bytes]:
+def _bearer_tokens() -> dict[str, bytes]:
+    from fuzzing.targets.bearer_tokens import ISSUER, KID, SERVICE  # noqa: PLC0415
     from herald.core.scopes import ScopeSet  # noqa: PLC0415
     from herald.core.topics import TopicPattern  # noqa: PLC0415
     from herald.crypto.certbinding import thumbprint  # noqa: PLC0415
-    from fuzzing.targets.bearer_tokens import ISSUER, KID, SERVICE  # noqa: PLC0415
 
     access, _ = SERVICE.issue_access(
         tenant_id="t_1", client_id="app_1", scopes=ScopeSet.parse("publish:orders.>"), ttl=600
@@ -140,7 +140,7 @@ def bearer_tokens() -> dict[str, bytes]:
     return seeds
 
 
-def client_assertions() -> dict[str, bytes]:
+def _client_assertions() -> dict[str, bytes]:
     from fuzzing.targets.client_assertions import BASE, CLIENT  # noqa: PLC0415
 
     header = {"alg": "EdDSA", "typ": "JWT", "kid": "hk_0123456789abcdef"}
@@ -159,11 +159,13 @@ def client_assertions() -> dict[str, bytes]:
     seeds["rfc9864-alg"] = b"\x02" + _join(_j({**header, "alg": "Ed25519"}), _j(claims))
     seeds["crit"] = b"\x02" + _join(_j({**header, "crit": ["x"]}), _j(claims))
     seeds["float-times"] = b"\x02" + _join(_j(header), _j({**claims, "exp": NOW + 0.5}))
-    seeds["raw"] = b"\x00" + f"{b64url(_j(header))}.{b64url(_j(claims))}.{b64url(bytes(64))}".encode()
+    seeds["raw"] = (
+        b"\x00" + f"{b64url(_j(header))}.{b64url(_j(claims))}.{b64url(bytes(64))}".encode()
+    )
     return seeds
 
 
-def app_keys() -> dict[str, bytes]:
+def _app_keys() -> dict[str, bytes]:
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
@@ -174,22 +176,31 @@ def app_keys() -> dict[str, bytes]:
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     ed = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key().public_bytes(pem, spki)
     p256 = ec.derive_private_key(7, ec.SECP256R1()).public_key().public_bytes(pem, spki)
-    return {"ed25519": ed, "p256": p256, "truncated": ed[:60], "garbage-body": ed.replace(b"A", b"B", 3)}
+    return {
+        "ed25519": ed,
+        "p256": p256,
+        "truncated": ed[:60],
+        "garbage-body": ed.replace(b"A", b"B", 3),
+    }
 
 
-def topic_patterns() -> dict[str, bytes]:
+def _topic_patterns() -> dict[str, bytes]:
     return {
         "patterns": b"\x00" + _join("orders.>", "orders.*.created", "orders.eu.created"),
         "star": b"\x00" + _join("*.eu", "orders.eu", "orders.eu"),
         "bad-tail": b"\x00" + _join("orders.>.x", "a..b", "x."),
         "scopes": b"\x01"
-        + _join("publish:orders.> subscribe:orders.* messages:read admin", "subscribe:orders.eu", "orders.eu"),
+        + _join(
+            "publish:orders.> subscribe:orders.* messages:read admin",
+            "subscribe:orders.eu",
+            "orders.eu",
+        ),
         "scope-unknown": b"\x01" + _join("publish:", "read", ""),
         "query": b"\x02" + _join("orders.*, alerts.>", "", ""),
     }
 
 
-def aead_envelope() -> dict[str, bytes]:
+def _aead_envelope() -> dict[str, bytes]:
     from fuzzing.targets.aead_envelope import AAD, SEALER  # noqa: PLC0415
 
     blob = SEALER.seal(b"hello", AAD)
@@ -203,13 +214,13 @@ def aead_envelope() -> dict[str, bytes]:
     }
 
 
-def e2e_envelope() -> dict[str, bytes]:
+def _e2e_envelope() -> dict[str, bytes]:
+    from fuzzing.targets.e2e_envelope import DEVICE, DEVICE_KEY, MESSAGE_ID  # noqa: PLC0415
     from herald.crypto.e2e import (  # noqa: PLC0415
         b64url_encode,
         encode_plaintext,
         seal_for_device,
     )
-    from fuzzing.targets.e2e_envelope import DEVICE, DEVICE_KEY, MESSAGE_ID  # noqa: PLC0415
 
     public = DEVICE.public_key().public_bytes_raw()
     plaintext = encode_plaintext("Hi", "Body", {"k": 1})
@@ -243,13 +254,15 @@ def e2e_envelope() -> dict[str, bytes]:
     }
 
 
-def signed_note() -> dict[str, bytes]:
-    from herald.audit.note import Checkpoint, sign_checkpoint  # noqa: PLC0415
+def _signed_note() -> dict[str, bytes]:
     from fuzzing.targets.signed_note import ORIGIN, SIGNER  # noqa: PLC0415
+    from herald.audit.note import Checkpoint, sign_checkpoint  # noqa: PLC0415
 
     checkpoint = Checkpoint(ORIGIN, 8, bytes(range(32)))
     note = sign_checkpoint(SIGNER, checkpoint).encode()
-    witnessed = note + "— witness.test AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n".encode()
+    # Another key's signature line (a witness): ignored by the verifier, but parsed.
+    witness = base64.b64encode(bytes(68)).decode()
+    witnessed = note + f"— witness.test {witness}\n".encode()
     text = checkpoint.to_text().encode()
     return {
         "note": b"\x00" + note,
@@ -260,14 +273,12 @@ def signed_note() -> dict[str, bytes]:
         "checkpoint-leading-zero": b"\x01" + text.replace(b"\n8\n", b"\n08\n"),
         "verifier-key": b"\x02" + SIGNER.verifier_key().encode(),
         "signer-key": b"\x02"
-        + b"PRIVATE+KEY+"
-        + SIGNER.verifier_key().encode().split(b"+", 1)[0]
-        + b"+00000000+AQ==",
+        b"PRIVATE+KEY+" + SIGNER.verifier_key().encode().split(b"+", 1)[0] + b"+00000000+AQ==",
         "sign": b"\x03" + text,
     }
 
 
-def channel_endpoints() -> dict[str, bytes]:
+def _channel_endpoints() -> dict[str, bytes]:
     secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
@@ -281,10 +292,24 @@ def channel_endpoints() -> dict[str, bytes]:
         "webhook": b"\x00" + _j({"url": "https://hooks.example.com/h?x=1", "secret": secret}),
         "webhook-ip": b"\x00" + _j({"url": "https://10.0.0.1/h", "secret": secret}),
         "webhook-ed25519": b"\x00"
-        + _j({"url": "https://example.com/", "ed25519_private_key": b64url(bytes(32)), "secrets": [secret]}),
-        "dingtalk": b"\x01" + _j({"webhook": "https://oapi.dingtalk.com/robot/send?access_token=x", "secret": "SEC0123456789"}),
-        "feishu": b"\x02" + _j({"webhook": "https://open.feishu.cn/open-apis/bot/v2/hook/x", "secret": "abcdefgh12"}),
-        "wecom": b"\x03" + _j({"webhook": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=x"}),
+        + _j(
+            {
+                "url": "https://example.com/",
+                "ed25519_private_key": b64url(bytes(32)),
+                "secrets": [secret],
+            }
+        ),
+        "dingtalk": b"\x01"
+        + _j(
+            {
+                "webhook": "https://oapi.dingtalk.com/robot/send?access_token=x",
+                "secret": "SEC0123456789",
+            }
+        ),
+        "feishu": b"\x02"
+        + _j({"webhook": "https://open.feishu.cn/open-apis/bot/v2/hook/x", "secret": "abcdefgh12"}),
+        "wecom": b"\x03"
+        + _j({"webhook": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=x"}),
         "slack": b"\x04" + _j({"webhook": "https://hooks.slack.com/services/T/B/x"}),
         "apprise": b"\x05" + _j({"url": "tgram://123456789:abcdefg_hijklmnop/12345"}),
         "apprise-json": b"\x05" + _j({"url": "jsons://example.com/notify"}),
@@ -298,15 +323,19 @@ def channel_endpoints() -> dict[str, bytes]:
                 }
             }
         ),
-        "email": b"\x07" + _j({"address": "Ada.L+tag@Example.ORG", "name": " Ada ", "locale": "pt-BR"}),
+        "email": b"\x07"
+        + _j({"address": "Ada.L+tag@Example.ORG", "name": " Ada ", "locale": "pt-BR"}),
         "email-idn": b"\x07" + _j({"address": "a@bücher.de"}),
     }
 
 
-def channel_responses() -> dict[str, bytes]:
+def _channel_responses() -> dict[str, bytes]:
     def answer(channel: int, status: int, headers: str, body: bytes, truncated: int = 0) -> bytes:
-        return bytes([channel]) + (status - 100).to_bytes(2, "big") + bytes([truncated]) + _join(
-            headers, body
+        return (
+            bytes([channel])
+            + (status - 100).to_bytes(2, "big")
+            + bytes([truncated])
+            + _join(headers, body)
         )
 
     return {
@@ -322,7 +351,7 @@ def channel_responses() -> dict[str, bytes]:
     }
 
 
-def recipient_body() -> dict[str, bytes]:
+def _recipient_body() -> dict[str, bytes]:
     secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
     return {
         "full": _j(
@@ -341,7 +370,7 @@ def recipient_body() -> dict[str, bytes]:
     }
 
 
-def stream_frames() -> dict[str, bytes]:
+def _stream_frames() -> dict[str, bytes]:
     return {
         "ack": b"\x00" + _j({"type": "ack", "id": "01890a5d-ac96-774b-bcce-b302099a8057"}),
         "subscribe": b"\x00" + _j({"type": "subscribe", "topics": ["orders.eu", "alerts.x.high"]}),
@@ -351,7 +380,7 @@ def stream_frames() -> dict[str, bytes]:
     }
 
 
-def publish_body() -> dict[str, bytes]:
+def _publish_body() -> dict[str, bytes]:
     message = {
         "topic": "orders.eu",
         "title": "Hi",
@@ -374,8 +403,14 @@ def publish_body() -> dict[str, bytes]:
             "payloads": [{"recipient": "user-1", "device_id": "d1", "enc": "AAAA", "ct": "AAAA"}],
         },
     }
-    template = {"topic": "a.b", "template": {"name": "welcome", "version": 1, "locale": "en", "variables": {"x": 1}}}
-    fallback = {"topic": "a.b", "fallback": [{"channels": ["webpush"]}, {"channels": ["email"], "after": 300}]}
+    template = {
+        "topic": "a.b",
+        "template": {"name": "welcome", "version": 1, "locale": "en", "variables": {"x": 1}},
+    }
+    fallback = {
+        "topic": "a.b",
+        "fallback": [{"channels": ["webpush"]}, {"channels": ["email"], "after": 300}],
+    }
     return {
         "publish": b"\x00" + _j(message),
         "e2e": b"\x00" + _j(e2e),
@@ -383,26 +418,27 @@ def publish_body() -> dict[str, bytes]:
         "fallback": b"\x00" + _j(fallback),
         "deep-data": b"\x00" + _j({"topic": "a", "data": {"a": [[[[[[[[[[[[1]]]]]]]]]]]]}}),
         "batch": b"\x01" + _j({"messages": [message, {"topic": "x..y"}]}),
-        "subscriber-token": b"\x02" + _j({"recipient": "user-1", "topics": ["orders.>"], "ttl": 600}),
+        "subscriber-token": b"\x02"
+        + _j({"recipient": "user-1", "topics": ["orders.>"], "ttl": 600}),
         "device": b"\x03" + _j({"public_key": b64url(bytes(range(9, 41))), "label": "phone"}),
     }
 
 
 SEEDS = {
-    "signature_headers": signature_headers,
-    "content_digest": content_digest,
-    "bearer_tokens": bearer_tokens,
-    "client_assertions": client_assertions,
-    "app_keys": app_keys,
-    "topic_patterns": topic_patterns,
-    "aead_envelope": aead_envelope,
-    "e2e_envelope": e2e_envelope,
-    "signed_note": signed_note,
-    "channel_endpoints": channel_endpoints,
-    "channel_responses": channel_responses,
-    "recipient_body": recipient_body,
-    "stream_frames": stream_frames,
-    "publish_body": publish_body,
+    "signature_headers": _signature_headers,
+    "content_digest": _content_digest,
+    "bearer_tokens": _bearer_tokens,
+    "client_assertions": _client_assertions,
+    "app_keys": _app_keys,
+    "topic_patterns": _topic_patterns,
+    "aead_envelope": _aead_envelope,
+    "e2e_envelope": _e2e_envelope,
+    "signed_note": _signed_note,
+    "channel_endpoints": _channel_endpoints,
+    "channel_responses": _channel_responses,
+    "recipient_body": _recipient_body,
+    "stream_frames": _stream_frames,
+    "publish_body": _publish_body,
 }
 
 

@@ -138,7 +138,9 @@ def _table(results: list[Result]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
 
 
 def replay(name: str, files: list[Path]) -> int:
@@ -150,10 +152,10 @@ def replay(name: str, files: list[Path]) -> int:
             entry(path.read_bytes())
         except Exception:  # noqa: BLE001 - printing any failure is the point
             failures += 1
-            print(f"{path}: FAILED", file=sys.stderr)  # noqa: T201
+            print(f"{path}: FAILED", file=sys.stderr)
             traceback.print_exc()
         else:
-            print(f"{path}: ok")  # noqa: T201
+            print(f"{path}: ok")
     return 1 if failures else 0
 
 
@@ -178,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return replay(names[0], args.replay)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda n: run_target(n, args.seconds), names))
-    print(_table(results))  # noqa: T201
+    print(_table(results))
     for r in results:
         for path in r.artifacts:
-            print(f"{r.target}: kept {path}")  # noqa: T201
+            print(f"{r.target}: kept {path}")
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -2,9 +2,9 @@
 
 Input: ``mode byte`` then:
 
-* mode 0: ``blob \\0 aad``, opened by a sealer holding key versions 1 and 2, and by
+* mode 0: ``blob NUL aad``, opened by a sealer holding key versions 1 and 2, and by
   :func:`open_sealed` with the version-2 key;
-* mode 1: ``plaintext \\0 edits``: the plaintext is sealed, then each pair of edit bytes
+* mode 1: ``plaintext NUL edits``: the plaintext is sealed, then each pair of edit bytes
   ``(position, xor)`` alters the blob; the blob must open to the plaintext exactly when no
   byte changed, and be refused otherwise (tamper detection, not only "no crash").
 

@@ -3,9 +3,9 @@
 Input: ``mode byte`` then:
 
 * mode 0: the whole ``Authorization`` token text;
-* mode 1: ``header JSON \\0 claims JSON \\0 signature``, each base64url-encoded into a
+* mode 1: ``header JSON NUL claims JSON NUL signature``, each base64url-encoded into a
   compact JWS (so the fuzzer reaches the JSON and header checks, not only base64);
-* mode 2: ``header JSON \\0 claims JSON``, signed with the service's real key, so the claim
+* mode 2: ``header JSON NUL claims JSON``, signed with the service's real key, so the claim
   checks behind the signature (types, times, audience, ``cnf``, scopes, topics) are fuzzed.
 
 Every verifier, :meth:`TokenService.kind_of` and :meth:`TokenService.names_unknown_kid`

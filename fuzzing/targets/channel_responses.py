@@ -2,7 +2,7 @@
 
 Webhook receivers, push services and chat-robot APIs are third parties; their answers are
 untrusted input. Input: ``channel byte``, two status bytes (big-endian, mapped onto
-100-699), a ``truncated`` byte, then ``header lines \\0 body``. The robot channels (DingTalk,
+100-699), a ``truncated`` byte, then ``header lines NUL body``. The robot channels (DingTalk,
 Feishu, WeCom, Slack) map the answer with their own rules (a JSON result code, Slack's
 ``ok``); the webhook and Web Push channels with :func:`herald.channels._http.status_outcome`
 (which reads ``Retry-After``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from fuzzing._input import fields, latin1
 from fuzzing.targets._channels import CHANNELS
 from herald.channels import _http
-from herald.channels.base import Delivered, Failed, Retry
+from herald.channels.base import Delivered, Failed, Outcome, Retry
 from herald.channels.egress import EgressResponse
 from herald.channels.robots import RobotChannel
 
@@ -42,8 +42,9 @@ def test_one_input(data: bytes) -> None:
     status = _STATUS_BASE + int.from_bytes(head[1:3], "big") % _STATUS_SPAN
     response = EgressResponse(status, _headers(header_lines), body, bool(head[3] & 1))
     choice = head[0] % (len(_ROBOTS) + 1)
+    outcome: Outcome | None
     if choice < len(_ROBOTS):
-        outcome = _ROBOTS[choice]._outcome(response)  # noqa: SLF001 - the parser under test
+        outcome = _ROBOTS[choice]._outcome(response)
     else:
         outcome = _http.status_outcome(
             response.status, response.headers, peer="receiver", clock=lambda: NOW

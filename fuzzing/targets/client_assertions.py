@@ -1,7 +1,7 @@
 """RFC 7523 client assertions (``private_key_jwt``): parse, then verify against a fixed key.
 
 Input: ``mode byte`` then, as for ``bearer_tokens``: mode 0 the raw ``client_assertion``;
-mode 1 ``header \\0 claims \\0 signature`` base64url-encoded into a JWS; mode 2 ``header \\0
+mode 1 ``header NUL claims NUL signature`` base64url-encoded into a JWS; mode 2 ``header NUL
 claims`` signed with the app key, so the claim checks behind the signature are fuzzed.
 
 Allowed refusal: ``InvalidClient``.

@@ -1,6 +1,6 @@
 """RFC 9530 ``Content-Digest`` checked against a body.
 
-Input: ``header \\0 body``. Allowed refusal: ``DigestMismatch``.
+Input: ``header NUL body``. Allowed refusal: ``DigestMismatch``.
 """
 
 from __future__ import annotations

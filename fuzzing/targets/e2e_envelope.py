@@ -2,7 +2,7 @@
 
 Input: ``mode byte`` then:
 
-* mode 0: ``enc \\0 ct \\0 message id \\0 recipient \\0 device id`` opened by a device key
+* mode 0: ``enc NUL ct NUL message id NUL recipient NUL device id`` opened by a device key
   (:func:`open_for_device`), then :func:`decode_plaintext` on whatever opened;
 * mode 1: a plaintext for :func:`decode_plaintext`;
 * mode 2: a device public key as it travels on the wire (:func:`parse_public_key`);
@@ -16,6 +16,7 @@ JSON is dropped first, as the SDK's ``json.loads`` does (``ValueError``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -53,10 +54,8 @@ def _frame(rest: bytes) -> None:
         return
     if not isinstance(document, dict):
         return
-    try:
+    with contextlib.suppress(DecryptionFailed):
         open_e2e_frame(document, MESSAGE_ID, DEVICE_KEY)
-    except DecryptionFailed:
-        pass
     parse_device_list(document, "user-1")
 
 

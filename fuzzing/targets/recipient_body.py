@@ -21,18 +21,22 @@ from herald.service.recipients import RecipientRequest
 REFUSALS = (BadRequest,)
 
 
+def _endpoints(request: RecipientRequest) -> None:
+    for raw in request.endpoints:
+        name = raw.get("channel")
+        if not isinstance(name, str):
+            raise BadRequest("every endpoint names its channel")
+        channel = REGISTRY.get(name)
+        config = channel.validate({k: v for k, v in raw.items() if k != "channel"})
+        json.dumps(config).encode("utf-8")  # what put_recipient seals
+        redact_endpoint(channel, config)
+
+
 def test_one_input(data: bytes) -> None:
     """Decode and validate one recipient request body."""
     try:
         request = decode_json(data, RecipientRequest)
-        for raw in request.endpoints:
-            name = raw.get("channel")
-            if not isinstance(name, str):
-                raise BadRequest("every endpoint names its channel")
-            channel = REGISTRY.get(name)
-            config = channel.validate({k: v for k, v in raw.items() if k != "channel"})
-            json.dumps(config).encode("utf-8")  # what put_recipient seals
-            redact_endpoint(channel, config)
+        _endpoints(request)
         parse_preferences(request.preferences)
     except BadRequest:
         return

@@ -5,7 +5,7 @@ Input: ``mode byte`` then:
 * mode 0: a client text frame, decoded by the server's ``_FRAME_DECODER``; an ``ack``'s id
   goes through :func:`parse_message_id`, a ``subscribe``'s topics through
   :func:`resolve_patterns` against a subscriber token's grant;
-* mode 1: ``topics \\0 since``: the stream's query parameters, as the connection handler
+* mode 1: ``topics NUL since``: the stream's query parameters, as the connection handler
   reads them.
 
 Allowed refusals: msgspec's ``DecodeError``/``ValidationError`` (the stream answers an

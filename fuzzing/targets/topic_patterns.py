@@ -1,6 +1,6 @@
 """Topic names, topic patterns and OAuth scope strings (which embed patterns).
 
-Input: ``mode byte`` then ``a \\0 b \\0 topic``:
+Input: ``mode byte`` then ``a NUL b NUL topic``:
 
 * mode 0: ``a`` and ``b`` as patterns, ``topic`` as a topic; then ``covers`` and ``matches``
   must agree: when ``a`` covers ``b`` and ``b`` matches the topic, ``a`` matches it too;
