@@ -37,9 +37,7 @@ def test_pem_key_of_an_unknown_algorithm_is_a_bad_request() -> None:
     der = (
         ec.derive_private_key(7, ec.SECP256R1())
         .public_key()
-        .public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     unknown = der.replace(bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("2a8648ce3d0209"))
     assert unknown != der
@@ -78,6 +76,6 @@ def test_robot_answer_that_is_not_utf8_is_a_failure_not_an_exception(
 ) -> None:
     channel = channel_type(EgressPolicy())
     answer = EgressResponse(200, {}, b'{"errcode\xff":0,"code\xff":0}', truncated=False)
-    outcome = channel._outcome(answer)  # noqa: SLF001 - the response parser under test
+    outcome = channel._outcome(answer)
     assert isinstance(outcome, Failed)
     assert "without a result code" in outcome.reason
