@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from herald.channels.base import Failed
+from herald.channels import _http
+from herald.channels.base import Failed, Retry
 from herald.channels.egress import EgressPolicy, EgressRefused, EgressResponse
 from herald.channels.robots import DingTalkChannel, FeishuChannel, WeComChannel
 from herald.channels.webpush import WebPushChannel
@@ -79,3 +80,20 @@ def test_robot_answer_that_is_not_utf8_is_a_failure_not_an_exception(
     outcome = channel._outcome(answer)
     assert isinstance(outcome, Failed)
     assert "without a result code" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Wed, 21 Oct 2027 07:24444444444444444448:00 GMT",
+        "Wed, 21 Oct 99999999999999999999 07:28:00 GMT",
+    ],
+)
+def test_retry_after_date_with_huge_fields_is_ignored(value: str) -> None:
+    # A receiver's Retry-After HTTP-date with a field too large for a C long made
+    # parsedate_to_datetime raise OverflowError out of the channel.
+    assert _http.retry_after({"retry-after": value}, now=1_800_000_000) is None
+    outcome = _http.status_outcome(
+        503, {"retry-after": value}, peer="receiver", clock=lambda: 1_800_000_000
+    )
+    assert outcome == Retry("receiver answered HTTP 503", after=None)
