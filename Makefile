@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run cluster test lint format bench clean
+.PHONY: help venv run cluster test lint format bench clean fuzz-parsers fuzz-parsers-ci
 
 help:
 	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
@@ -15,6 +15,7 @@ help:
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
 	@echo "make lint   - ruff + mypy (strict)"
 	@echo "make bench  - the benchmarks (prints figures; bench.cluster needs PostgreSQL + Redis)"
+	@echo "make fuzz-parsers - atheris parser fuzzers, FUZZ_SECONDS (60) per target"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Herald needs Python 3.11 or newer (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -24,6 +25,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The fuzz extra (atheris) on top of the test extra; a stamp of its own, as atheris has
+# wheels for a few CPython versions only and `make test` must not need it.
+FUZZ_STAMP := $(VENV)/.installed-fuzz
+
+$(FUZZ_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
+	@touch $(FUZZ_STAMP)
 
 run: $(STAMP)
 	@if [ ! -d "$(DATA_DIR)/tls" ]; then $(BIN)/herald init; fi
@@ -44,13 +53,13 @@ test: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzzing
+	$(BIN)/ruff format --check src tests bench fuzzing
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench fuzzing
+	$(BIN)/ruff check --fix src tests bench fuzzing
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.publish_deliver $(BENCH_ARGS)
@@ -59,6 +68,18 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.webhook
 	$(BIN)/python -m bench.cluster
+
+# Coverage-guided parser fuzzers (fuzzing/README.md): each target in its own process, a
+# failing input kept under fuzzing/crashes/. The CI profile fuzzes each target 10 s, two at
+# a time: about 90 s in all.
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 2
+
+fuzz-parsers: $(FUZZ_STAMP)
+	$(BIN)/python -m fuzzing.run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
+
+fuzz-parsers-ci: $(FUZZ_STAMP)
+	$(BIN)/python -m fuzzing.run --seconds 10 --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

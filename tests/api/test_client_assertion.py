@@ -414,6 +414,16 @@ def test_garbage_and_oversized_assertions_are_refused(server: Server, app: App) 
     assert_problem(token_response(server, app, too_big), 413, "payload-too-large")
 
 
+def test_non_string_alg_is_refused_not_a_server_error(server: Server, app: App) -> None:
+    # Found by fuzzing/targets/client_assertions.py: an array or object ``alg`` was tested
+    # against a set and raised TypeError (a 500) before any signature check.
+    claims = jwt.decode(assertion(server, app), options={"verify_signature": False})
+    for alg in (["EdDSA"], {"EdDSA": 1}):
+        text = _unsigned({"alg": alg, "kid": app.signing_keyid}, claims, bytes(64))
+        since = mark(server)
+        assert_refused(server, token_response(server, app, text), since, text)
+
+
 # -- refused: the app, the request --------------------------------------------------------------
 def test_disabled_app_is_refused(server: Server, app: App) -> None:
     server.run("app", "disable", app.client_id)

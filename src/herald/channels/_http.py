@@ -71,7 +71,7 @@ def retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
     else:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # e.g. a 20-digit minute
             return None
         if when.tzinfo is None:
             return None

@@ -155,7 +155,7 @@ def _json_code(body: bytes, *fields: str) -> int | None:
     """The first integer among ``fields`` of a JSON object answer, or None."""
     try:
         doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         return None
     if not isinstance(doc, dict):
         return None

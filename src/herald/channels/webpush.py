@@ -407,7 +407,11 @@ def _check_endpoint_url(value: Any, policy: egress.EgressPolicy) -> str:
         raise BadRequest(f"web push subscription endpoint is longer than {URL_MAX} characters")
     if not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
         raise BadRequest("web push subscription endpoint must be ASCII without spaces")
-    if urlsplit(value).scheme.lower() != "https":
+    try:
+        scheme = urlsplit(value).scheme
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 literal
+        raise egress.EgressRefused("not a valid URL") from None
+    if scheme.lower() != "https":
         # RFC 8030 §8: push services are reached over HTTPS only, allow-listed or not.
         raise egress.EgressRefused("web push subscription endpoint must use https")
     return egress.validate_url(value, policy)

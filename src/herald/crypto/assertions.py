@@ -130,7 +130,9 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _check_header(header: Mapping[str, Any]) -> str:
-    if header.get("alg") not in ALGORITHMS:
+    alg = header.get("alg")
+    # A JSON array or object is unhashable: testing it against the set would raise.
+    if not isinstance(alg, str) or alg not in ALGORITHMS:
         raise InvalidClient
     if "crit" in header:
         # RFC 7515 §4.1.11: extensions we do not understand must be refused; we know none.

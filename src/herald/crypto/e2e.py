@@ -244,7 +244,7 @@ def decode_plaintext(plaintext: bytes) -> tuple[str | None, str | None, dict[str
     """
     try:
         content = msgspec.json.decode(plaintext)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         raise DecryptionFailed() from None
     if not isinstance(content, dict):
         raise DecryptionFailed()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -199,6 +199,9 @@ def parse_ed25519_public_key(pem: bytes) -> bytes:
     """The raw 32 bytes of a PEM ``PUBLIC KEY`` that must be Ed25519."""
     try:
         key = serialization.load_pem_public_key(pem)
+    except UnsupportedAlgorithm:
+        # A well-formed key of a type cryptography does not know (an unknown algorithm OID).
+        raise BadRequest("the public key must be Ed25519") from None
     except (ValueError, TypeError):
         raise BadRequest("not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):

@@ -1,0 +1,47 @@
+"""Small, dependency-free helpers that turn fuzzer bytes into parser inputs.
+
+Deliberately not ``atheris.FuzzedDataProvider``: the targets must run without atheris (the
+test suite replays corpora through them), and inputs split on a visible separator keep the
+seed files readable and editable by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+
+__all__ = ["SEPARATOR", "b64url", "fields", "latin1", "mode", "text"]
+
+#: Separates the fields of one fuzz input (a NUL never occurs in the headers, tokens and
+#: JSON documents the targets parse, so seeds stay readable).
+SEPARATOR = b"\x00"
+
+
+def mode(data: bytes, count: int) -> tuple[int, bytes]:
+    """Split off the first byte as a selector in ``range(count)``; return it and the rest."""
+    if not data:
+        return 0, b""
+    return data[0] % count, data[1:]
+
+
+def fields(data: bytes, count: int) -> list[bytes]:
+    """Exactly ``count`` fields separated by :data:`SEPARATOR` (missing ones are empty).
+
+    The last field keeps any further separators, so every byte string is reachable in it.
+    """
+    parts = data.split(SEPARATOR, count - 1)
+    return parts + [b""] * (count - len(parts))
+
+
+def text(raw: bytes) -> str:
+    """UTF-8 text as a JSON parser or a WebSocket text frame would give it (invalid -> U+FFFD)."""
+    return raw.decode("utf-8", "replace")
+
+
+def latin1(raw: bytes) -> str:
+    """An HTTP header value as the ASGI server hands it over: every byte one code point."""
+    return raw.decode("latin-1")
+
+
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url (RFC 7515 §2), to build JWS segments around fuzzed JSON."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
