@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run cluster test lint format bench clean fuzz-parsers fuzz-parsers-ci
+.PHONY: help venv run cluster test lint format bench clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci
 
 help:
 	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
@@ -15,6 +15,8 @@ help:
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
 	@echo "make lint   - ruff + mypy (strict)"
 	@echo "make bench  - the benchmarks (prints figures; bench.cluster needs PostgreSQL + Redis)"
+	@echo "make fuzz   - the long fuzzing profile: API fuzzing (schemathesis) + parser fuzzers"
+	@echo "make fuzz-api     - schemathesis, FUZZ_EXAMPLES (200) random examples per operation and mode"
 	@echo "make fuzz-parsers - atheris parser fuzzers, FUZZ_SECONDS (60) per target"
 
 $(STAMP): pyproject.toml
@@ -74,6 +76,16 @@ bench: $(STAMP)
 # a time: about 90 s in all.
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 2
+
+# API fuzzing (tests/api/test_api_fuzz.py): the suite runs it with 12 fixed examples per
+# operation and mode; this is the long profile, with fresh random examples on every run.
+FUZZ_EXAMPLES ?= 200
+
+fuzz: fuzz-api fuzz-parsers
+
+fuzz-api: $(STAMP)
+	HERALD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HERALD_FUZZ_RANDOM=1 $(BIN)/pytest -p no:cacheprovider \
+		-n $(PYTEST_WORKERS) --dist load tests/api/test_api_fuzz.py $(PYTEST_ARGS)
 
 fuzz-parsers: $(FUZZ_STAMP)
 	$(BIN)/python -m fuzzing.run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)

@@ -424,6 +424,32 @@ def _publish_body() -> dict[str, bytes]:
     }
 
 
+def _audit_bundle() -> dict[str, bytes]:
+    from fuzzing.targets.audit_bundle import ORIGIN, SIGNER  # noqa: PLC0415
+    from herald.audit.bundle import BundleHeader, checkpoint_line, entry_line  # noqa: PLC0415
+    from herald.audit.entry import canonical_json  # noqa: PLC0415
+    from herald.audit.merkle import leaf_hash, root_hash  # noqa: PLC0415
+    from herald.audit.note import Checkpoint, sign_checkpoint  # noqa: PLC0415
+
+    entries = [canonical_json({"index": i, "action": "message.published"}) for i in range(3)]
+    leaves = [leaf_hash(e) for e in entries]
+    header = BundleHeader(ORIGIN, SIGNER.verifier_key(), len(entries)).to_line()
+    lines = [entry_line(i, e, h) for i, (e, h) in enumerate(zip(entries, leaves, strict=True))]
+    notes = [
+        checkpoint_line(sign_checkpoint(SIGNER, Checkpoint(ORIGIN, n, root_hash(leaves[:n]))))
+        for n in (2, 3)
+    ]
+    intact = header + "".join(lines) + "".join(notes)
+    return {
+        "intact": intact.encode(),
+        "no-checkpoint": (header + "".join(lines)).encode(),
+        "entry-edited": intact.replace(lines[1], lines[1].replace('"h":"', '"h":"00')).encode(),
+        "size-lies": intact.replace(f'"size":{len(entries)}', '"size":7').encode(),
+        "not-json-line": (header + lines[0] + "{not json\n" + notes[0]).encode(),
+        "not-a-bundle": b'{"format": "something-else"}\n',
+    }
+
+
 SEEDS = {
     "signature_headers": _signature_headers,
     "content_digest": _content_digest,
@@ -439,6 +465,7 @@ SEEDS = {
     "recipient_body": _recipient_body,
     "stream_frames": _stream_frames,
     "publish_body": _publish_body,
+    "audit_bundle": _audit_bundle,
 }
 
 

@@ -28,6 +28,7 @@ TARGETS: dict[str, str] = {
     "recipient_body": "fuzzing.targets.recipient_body",
     "stream_frames": "fuzzing.targets.stream_frames",
     "publish_body": "fuzzing.targets.publish_body",
+    "audit_bundle": "fuzzing.targets.audit_bundle",
 }
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
