@@ -21,6 +21,8 @@ __all__ = [
     "DATA_MAX_DEPTH",
     "DEVICES_PER_RECIPIENT_MAX",
     "E2E_PAYLOADS_MAX",
+    "EVENT_LOOP_LAG_INTERVAL",
+    "EVENT_LOOP_LAG_WINDOW",
     "HEARTBEAT_INTERVAL",
     "HISTORY_PAGE_MAX",
     "IDEMPOTENCY_KEY_MAX",
@@ -121,6 +123,12 @@ STREAM_QUEUE_MAX = 1024
 STREAM_FRAME_MAX = 16 * 1024
 #: Seconds between heartbeats on idle streams (staggered per connection).
 HEARTBEAT_INTERVAL = 20.0
+#: Seconds between the event-loop lag monitor's wake-ups: each one records how late it
+#: fired (``herald_event_loop_lag_seconds``). Ten samples a second cost next to nothing
+#: and give ~100 samples per 10-second window, enough for a p99.
+EVENT_LOOP_LAG_INTERVAL = 0.1
+#: ``herald_event_loop_lag_max_seconds`` is the largest lag of the last this many seconds.
+EVENT_LOOP_LAG_WINDOW = 10.0
 #: Largest page of topic history served at once.
 HISTORY_PAGE_MAX = 1000
 #: End-to-end devices one recipient may register.
