@@ -1184,7 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(SIGNED_START_WAIT)
         asyncio.run(soak(run, init, server.pid, signer))
         if run.status == "draining":
-            run.status = "finished"
+            run.status = "stopped at the hard timeout" if run.timed_out else "finished"
     except KeyboardInterrupt:
         run.timed_out = run.timed_out or time.time() >= run.deadline
         run.status = f"interrupted while {run.status}"
