@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run cluster test lint format bench clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci
+.PHONY: help venv run cluster test lint format bench soak soak-ci clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci
 
 help:
 	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
@@ -18,6 +18,8 @@ help:
 	@echo "make fuzz   - the long fuzzing profile: API fuzzing (schemathesis) + parser fuzzers"
 	@echo "make fuzz-api     - schemathesis, FUZZ_EXAMPLES (200) random examples per operation and mode"
 	@echo "make fuzz-parsers - atheris parser fuzzers, FUZZ_SECONDS (60) per target"
+	@echo "make soak   - 5,000 WebSocket subscribers, 10 minutes: fails on RSS growth, loss or loop lag"
+	@echo "make soak-ci - the same for 60 seconds (about 2 minutes in all)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Herald needs Python 3.11 or newer (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -92,6 +94,15 @@ fuzz-parsers: $(FUZZ_STAMP)
 
 fuzz-parsers-ci: $(FUZZ_STAMP)
 	$(BIN)/python -m fuzzing.run --seconds 10 --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
+
+# 5,000 subscribers on 50 topics, 20 msg/s; samples RSS, fds, queues and event-loop lag every
+# 10 s into bench/results/soak-*.csv/.png/.json and exits 1 on a failed criterion (see
+# bench/README.md). SOAK_ARGS adds options (e.g. --rate 30).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --duration 600 --subscribers 5000 $(SOAK_ARGS)
+
+soak-ci: $(STAMP)
+	$(BIN)/python -m bench.soak --duration 60 --subscribers 5000 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import math
 import os
 import platform
+import queue
 import resource
 import socket
 import ssl
@@ -31,6 +33,10 @@ HOST = "127.0.0.1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SATURATED = 0.9  # CPU seconds per wall second above which a process counts as saturated
 LOG_TAIL_LINES = 25
+#: Seconds to wait after the server answers before sending signed requests: it refuses
+#: signatures whose (whole-second) ``created`` precedes its own start time, which it keeps
+#: with sub-second precision, so requests signed in its first second would be refused.
+SIGNED_START_WAIT = 1.1
 
 
 def raise_nofile(needed: int) -> int:
@@ -279,14 +285,20 @@ def proc_cpu_seconds_of(path: Path) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def write_results(name: str, **fields: Any) -> Path:
+def results_stamp(now: datetime | None = None) -> str:
+    """The UTC stamp in result file names (``20250101T120000Z``)."""
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_results(name: str, *, stamp: str | None = None, **fields: Any) -> Path:
     """Write one run's figures to ``bench/results/<name>-<UTC stamp>.json``; return the path.
 
     ``args`` (an ``argparse.Namespace``) is stored as a dict; everything else as given.
+    ``stamp`` (from :func:`results_stamp`) names the file when other files share it.
     """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
-    path = RESULTS_DIR / f"{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path = RESULTS_DIR / f"{name}-{stamp or results_stamp(now)}.json"
     if "args" in fields:
         fields["args"] = vars(fields["args"])
     payload = {"benchmark": name, "finished_at": now.isoformat(), **fields}
@@ -313,3 +325,154 @@ async def publish_in_process(
                 raise RuntimeError(f"publish answered {outcome.status}: {outcome.body}")
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))
+
+
+# -- request signing, subscribers and client processes (publish_deliver, soak) ------------
+
+
+def request_signer(init: dict[str, Any]) -> tuple[Any, str]:
+    """An RFC 9421 signer for the demo app, when the SDK can sign and init reported a key.
+
+    ``herald init --json`` reports the demo app's Ed25519 key as ``signing_keyid`` and
+    ``signing_key_file``. Returns the signer (or ``None``) and a description for the report.
+    """
+    from herald.client import AsyncPublisher
+
+    try:
+        from herald.client import RequestSigner
+    except ImportError:
+        return None, "this SDK cannot sign requests"
+    if "signer" not in inspect.signature(AsyncPublisher).parameters:
+        return None, "this SDK's AsyncPublisher takes no signer"
+    keyid, path = init.get("signing_keyid"), init.get("signing_key_file")
+    if not isinstance(keyid, str) or not isinstance(path, str):
+        return None, "`herald init --json` reported no request-signing key"
+    return RequestSigner.from_key_file(keyid, path), f"on (Ed25519 key {keyid})"
+
+
+def configure_signing(mode: str, init: dict[str, Any], env: dict[str, str]) -> tuple[Any, str]:
+    """The publisher's request signer (``None`` after telling the server not to require one).
+
+    ``mode`` is ``auto``, ``on`` or ``off`` (the ``--signatures`` option). Returns the signer
+    and a description for the report.
+    """
+    signer, signing = (None, "off (--signatures off)")
+    if mode != "off":
+        signer, signing = request_signer(init)
+    if signer is None:
+        if mode == "on":
+            raise RuntimeError(f"--signatures on, but {signing}")
+        # Only for this throw-away server: the SDK cannot sign, so do not require it.
+        env["HERALD_REQUIRE_SIGNATURES"] = "false"
+        if mode == "auto":
+            signing = f"OFF (HERALD_REQUIRE_SIGNATURES=false: {signing})"
+    return signer, signing
+
+
+async def mint_subscriber_tokens(
+    pub: Any,
+    wanted: list[tuple[str, list[str]]],
+    *,
+    ttl: int,
+    timeout: float,
+    concurrency: int = 16,
+) -> list[str]:
+    """One subscriber token per ``(recipient, topic patterns)``, in order.
+
+    ``POST /v1/subscriber-tokens`` with the SDK's publisher ``pub``, at most ``concurrency``
+    requests in flight, all within ``timeout`` seconds.
+    """
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(recipient: str, patterns: list[str]) -> str:
+        async with sem:
+            issued = await pub.subscriber_token(recipient, patterns, ttl=ttl)
+            return str(issued["token"])
+
+    minted = asyncio.gather(*(one(recipient, patterns) for recipient, patterns in wanted))
+    return list(await asyncio.wait_for(minted, max(timeout, 0.1)))
+
+
+async def open_stream(
+    ws_url: str, ctx: ssl.SSLContext, token: str, *, timeout: float = 20.0
+) -> Any:
+    """A raw ``websockets`` connection to ``/v1/stream`` that has received its ``ready`` frame.
+
+    ``Authorization: Bearer`` carries the subscriber token. No client pings (the server sends
+    heartbeats) and no compression, which keeps client work minimal.
+    """
+    from websockets.asyncio.client import connect
+
+    ws = await connect(
+        ws_url,
+        ssl=ctx,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        compression=None,
+        proxy=None,
+        ping_interval=None,
+        open_timeout=timeout,
+        close_timeout=2,
+        max_size=1 << 20,
+        user_agent_header="herald-bench",
+    )
+    try:
+        first = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    except BaseException:
+        await ws.close()
+        raise
+    kind = first.get("type") if isinstance(first, dict) else None
+    if kind != "ready":
+        await ws.close()
+        raise RuntimeError(f"first frame was {kind!r}, not 'ready'")
+    return ws
+
+
+async def collect_messages(
+    procs: list[Any], q: Any, kind: str, *, count: int, until: float, stash: dict[str, list[Any]]
+) -> tuple[list[Any], list[str]]:
+    """Wait for ``count`` ``(kind, index, ...)`` items from child processes until ``until``.
+
+    Items of other kinds are kept in ``stash`` for later calls. Returns the items of ``kind``
+    and the tracebacks of ``("error", index, traceback)`` items (each reported once).
+    """
+    got = stash.setdefault(kind, [])
+    while len(got) < count and time.time() < until:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            if all(not p.is_alive() for p in procs):
+                # Dead children cannot send more; anything already queued is read here.
+                await asyncio.sleep(0.2)
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        item = q.get_nowait()
+                        stash.setdefault(item[0], []).append(item)
+                break
+            await asyncio.sleep(0.05)
+            continue
+        stash.setdefault(item[0], []).append(item)
+    errors = [
+        f"client process {index} failed:\n{trace}" for _, index, trace in stash.get("error", [])
+    ]
+    stash["error"] = []
+    return got, errors
+
+
+def stop_processes(procs: list[Any], stop: Any, q: Any) -> None:
+    """Stop child processes: set ``stop``, wait up to 10 s, then terminate, then kill."""
+    if stop is not None:
+        stop.set()
+    give_up = time.monotonic() + 10
+    while any(proc.is_alive() for proc in procs) and time.monotonic() < give_up:
+        # A child cannot exit while its queue feeder still holds unread data: keep reading.
+        with contextlib.suppress(queue.Empty, OSError, EOFError, ValueError, AttributeError):
+            while True:
+                q.get_nowait()
+        time.sleep(0.05)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

@@ -29,12 +29,10 @@ import argparse
 import array
 import asyncio
 import contextlib
-import inspect
 import json
 import math
 import multiprocessing as mp
 import os
-import queue
 import resource
 import shutil
 import signal
@@ -50,13 +48,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from bench._common import (
     LOG_TAIL_LINES,
     SATURATED,
+    SIGNED_START_WAIT,
     CpuSnapshot,
+    collect_messages,
     cpu_between,
     distribution,
     fmt,
@@ -64,13 +64,19 @@ from bench._common import (
     herald_init,
     log_summary,
     machine_facts,
+    mint_subscriber_tokens,
     ms,
+    open_stream,
     percentile,
     raise_keyboard_interrupt,
     raise_nofile,
     server_env,
     start_server,
+    stop_processes,
     stop_server,
+)
+from bench._common import (
+    configure_signing as common_configure_signing,
 )
 from bench._common import (
     write_results as common_write_results,
@@ -184,37 +190,13 @@ def child_main(cfg: ChildConfig, out: Any, stop: Any, target: Any) -> None:
         out.put(("error", cfg.index, traceback.format_exc()))
 
 
-async def expect_ready(ws: ClientConnection, decoder: msgspec.json.Decoder[Frame]) -> None:
-    first = decoder.decode(await asyncio.wait_for(ws.recv(), 20))
-    if first.type != "ready":
-        raise RuntimeError(f"first frame was {first.type!r}, not 'ready'")
-
-
-async def child_connect(
-    cfg: ChildConfig, ctx: ssl.SSLContext, decoder: msgspec.json.Decoder[Frame]
-) -> tuple[list[Conn], Counter[str]]:
+async def child_connect(cfg: ChildConfig, ctx: ssl.SSLContext) -> tuple[list[Conn], Counter[str]]:
     sem = asyncio.Semaphore(cfg.connect_concurrency)
     errors: Counter[str] = Counter()
 
     async def open_one(token: str) -> Conn:
         async with sem:
-            ws = await connect(
-                cfg.ws_url,
-                ssl=ctx,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                compression=None,
-                proxy=None,
-                ping_interval=None,  # the server sends heartbeats; keep client work minimal
-                open_timeout=20,
-                close_timeout=2,
-                max_size=1 << 20,
-                user_agent_header="herald-bench",
-            )
-            try:
-                await expect_ready(ws, decoder)
-            except BaseException:
-                await ws.close()
-                raise
+            ws = await open_stream(cfg.ws_url, ctx, token)
             return Conn(ws=ws, seen=bytearray(cfg.messages))
 
     tasks = [asyncio.create_task(open_one(token)) for token in cfg.tokens]
@@ -279,7 +261,7 @@ async def child_run(cfg: ChildConfig, out: Any, stop: Any, target: Any, uvloop_u
     st.first_at.extend([math.inf] * cfg.messages)
     st.last_at.extend([0.0] * cfg.messages)
     wall0, cpu0 = time.monotonic(), time.process_time()
-    conns, connect_errors = await child_connect(cfg, ctx, decoder)
+    conns, connect_errors = await child_connect(cfg, ctx)
     wall1, cpu1 = time.monotonic(), time.process_time()
     out.put(
         (
@@ -344,26 +326,6 @@ async def child_run(cfg: ChildConfig, out: Any, stop: Any, target: Any, uvloop_u
 # -- server ------------------------------------------------------------------------------
 
 
-def request_signer(init: dict[str, Any]) -> tuple[Any, str]:
-    """An RFC 9421 signer for the demo app, when the SDK can sign and init reported a key.
-
-    ``herald init --json`` reports the demo app's Ed25519 key as ``signing_keyid`` and
-    ``signing_key_file``. Returns the signer (or ``None``) and a description for the report.
-    """
-    from herald.client import AsyncPublisher
-
-    try:
-        from herald.client import RequestSigner
-    except ImportError:
-        return None, "this SDK cannot sign requests"
-    if "signer" not in inspect.signature(AsyncPublisher).parameters:
-        return None, "this SDK's AsyncPublisher takes no signer"
-    keyid, path = init.get("signing_keyid"), init.get("signing_key_file")
-    if not isinstance(keyid, str) or not isinstance(path, str):
-        return None, "`herald init --json` reported no request-signing key"
-    return RequestSigner.from_key_file(keyid, path), f"on (Ed25519 key {keyid})"
-
-
 def parse_metrics(text: str) -> dict[str, Any]:
     """The stream figures of the server's /metrics (Prometheus text)."""
     buckets: list[tuple[float, float]] = []
@@ -419,39 +381,14 @@ async def collect(
     run: Run, q: Any, kind: str, *, count: int, until: float, stash: dict[str, list[Any]]
 ) -> list[Any]:
     """Wait for ``count`` ``kind`` messages from the children until wall time ``until``."""
-    got = stash.setdefault(kind, [])
-    while len(got) < count and time.time() < until:
-        try:
-            item = q.get_nowait()
-        except queue.Empty:
-            if all(not p.is_alive() for p in run.procs):
-                # Dead children cannot send more; anything already queued was read above.
-                await asyncio.sleep(0.2)
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        item = q.get_nowait()
-                        stash.setdefault(item[0], []).append(item)
-                break
-            await asyncio.sleep(0.05)
-            continue
-        stash.setdefault(item[0], []).append(item)
-    for _, index, trace in stash.get("error", []):
-        run.notes.append(f"client process {index} failed:\n{trace}")
-    stash["error"] = []
+    got, errors = await collect_messages(run.procs, q, kind, count=count, until=until, stash=stash)
+    run.notes.extend(errors)
     return got
 
 
 async def mint_tokens(pub: Any, run: Run, count: int) -> list[str]:
-    sem = asyncio.Semaphore(16)
-
-    async def one(i: int) -> str:
-        async with sem:
-            issued = await pub.subscriber_token(f"bench-{i:06d}", [PATTERN], ttl=3600)
-            return str(issued["token"])
-
-    return list(
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), run.remaining())
-    )
+    wanted = [(f"bench-{i:06d}", [PATTERN]) for i in range(count)]
+    return await mint_subscriber_tokens(pub, wanted, ttl=3600, timeout=run.remaining())
 
 
 async def publish_all(pub: Any, run: Run) -> dict[str, Any]:
@@ -838,22 +775,7 @@ def write_results(run: Run) -> Path:
 
 def stop_children(run: Run) -> None:
     """Stop the client processes: ask, wait up to 10 s, then terminate, then kill."""
-    if run.stop is not None:
-        run.stop.set()
-    give_up = time.monotonic() + 10
-    while any(proc.is_alive() for proc in run.procs) and time.monotonic() < give_up:
-        # A child cannot exit while its queue feeder still holds unread data: keep reading.
-        with contextlib.suppress(queue.Empty, OSError, EOFError, ValueError):
-            while True:
-                run.queue.get_nowait()
-        time.sleep(0.05)
-    for proc in run.procs:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+    stop_processes(run.procs, run.stop, run.queue)
 
 
 # -- command line ------------------------------------------------------------------------
@@ -922,10 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(env, init["url"], init["ca_cert"], run.deadline)
         run.server_pid = server.pid
         if signer is not None:
-            # The server refuses signatures whose (whole-second) ``created`` precedes its own
-            # start time, which it keeps with sub-second precision: requests signed in the
-            # server's first second would be refused as "signed before the server started".
-            time.sleep(1.1)
+            time.sleep(SIGNED_START_WAIT)  # see SIGNED_START_WAIT
         asyncio.run(run_bench(run, init, server.pid, signer))
         run.status = "finished"
     except KeyboardInterrupt:
@@ -947,18 +866,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def configure_signing(run: Run, init: dict[str, Any], env: dict[str, str]) -> Any:
     """The publisher's request signer, or ``None`` after telling the server not to require one."""
-    mode = run.args.signatures
-    signer, signing = (None, "off (--signatures off)")
-    if mode != "off":
-        signer, signing = request_signer(init)
-    if signer is None:
-        if mode == "on":
-            raise RuntimeError(f"--signatures on, but {signing}")
-        # Only for this throw-away server: the SDK cannot sign, so do not require it.
-        env["HERALD_REQUIRE_SIGNATURES"] = "false"
-        if mode == "auto":
-            signing = f"OFF (HERALD_REQUIRE_SIGNATURES=false: {signing})"
-    run.figures["request_signatures"] = signing
+    signer, run.figures["request_signatures"] = common_configure_signing(
+        run.args.signatures, init, env
+    )
     return signer
 
 

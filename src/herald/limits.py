@@ -21,6 +21,9 @@ __all__ = [
     "DATA_MAX_DEPTH",
     "DEVICES_PER_RECIPIENT_MAX",
     "E2E_PAYLOADS_MAX",
+    "EVENT_LOOP_LAG_INTERVAL",
+    "EVENT_LOOP_LAG_WINDOW",
+    "GC_YOUNG_THRESHOLD",
     "HEARTBEAT_INTERVAL",
     "HISTORY_PAGE_MAX",
     "IDEMPOTENCY_KEY_MAX",
@@ -123,6 +126,22 @@ STREAM_QUEUE_MAX = 1024
 STREAM_FRAME_MAX = 16 * 1024
 #: Seconds between heartbeats on idle streams (staggered per connection).
 HEARTBEAT_INTERVAL = 20.0
+#: Seconds between the event-loop lag monitor's wake-ups: each one records how late it
+#: fired (``herald_event_loop_lag_seconds``). Ten samples a second cost next to nothing
+#: and give ~100 samples per 10-second window, enough for a p99.
+EVENT_LOOP_LAG_INTERVAL = 0.1
+#: ``herald_event_loop_lag_max_seconds`` is the largest lag of the last this many seconds.
+EVENT_LOOP_LAG_WINDOW = 10.0
+#: ``herald serve`` runs a young-generation garbage collection after this many net
+#: allocations of tracked objects (CPython's default is 700). Fan-out allocates fast, so at
+#: 700 objects that live a few tens of milliseconds (frames in flight, request state) survive
+#: two young collections and land in the oldest generation; with thousands of open streams
+#: (~200 tracked objects each) that generation then holds about a million objects, and each
+#: full collection it provokes stops the event loop for 0.5-1 s (bench/soak.py, 5,000
+#: subscribers). At 50,000, short-lived objects die by reference counting before a young
+#: collection sees them, full collections during steady fan-out stop, and a young collection
+#: costs a few milliseconds.
+GC_YOUNG_THRESHOLD = 50_000
 #: Largest page of topic history served at once.
 HISTORY_PAGE_MAX = 1000
 #: End-to-end devices one recipient may register.

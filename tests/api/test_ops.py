@@ -10,6 +10,7 @@ import re
 import socket
 import sqlite3
 import ssl
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,18 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from herald.bus.base import LiveMessage
+from herald.config import load_settings
+from herald.core.topics import TopicPattern
+from herald.service.runtime import Runtime
+from herald.streams.hub import StreamSession
+
 if TYPE_CHECKING:  # the fixture's types, for readers and type checkers only
     from tests.api.conftest import Server
 
 PROBLEM_PREFIX = "urn:herald:problem:"
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+LAG_POLLS = 200  # scrapes at most while waiting for the lag monitor's next sample
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 
@@ -436,3 +444,76 @@ def test_plain_http_to_the_tls_port_gets_no_200(server: Server) -> None:
     except httpx.TransportError:
         return
     assert response.status_code != 200
+
+
+def test_metrics_show_event_loop_lag_and_queue_depths(server: Server) -> None:
+    """The lag monitor runs with the server; queue-depth gauges are exported (read at scrape)."""
+
+    def scrape(client: httpx.Client) -> dict[str, Any]:
+        return {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+
+    def lag_count(families: dict[str, Any]) -> float:
+        family = families["herald_event_loop_lag_seconds"]
+        return next(s.value for s in family.samples if s.name.endswith("_count"))
+
+    with server.client() as client:
+        first = scrape(client)
+        assert first["herald_event_loop_lag_seconds"].type == "histogram"
+        bounds = {
+            s.labels["le"]
+            for s in first["herald_event_loop_lag_seconds"].samples
+            if s.name.endswith("_bucket")
+        }
+        assert "0.1" in bounds
+        for name in (
+            "herald_event_loop_lag_max_seconds",
+            "herald_stream_queued_frames",
+            "herald_stream_queue_depth_max",
+            "herald_deliveries_in_flight",
+        ):
+            assert first[name].type == "gauge", name
+            assert first[name].samples[0].value >= 0.0, name
+        # The monitor keeps sampling (ten times a second): the count grows between scrapes.
+        latest = first
+        for _ in range(LAG_POLLS):
+            latest = scrape(client)
+            if lag_count(latest) > lag_count(first):
+                break
+            time.sleep(0.05)  # polling another process: there is no event to await
+    assert lag_count(latest) > lag_count(first)
+
+
+async def test_runtime_exports_its_hub_queue_depths(server: Server) -> None:
+    """Wiring: a node's /metrics reads its own hub's session queues when scraped."""
+    port = urlsplit(server.url).port
+    assert port is not None
+    rt = await Runtime.open(load_settings(data_dir=server.data_dir, port=port), migrate=False)
+    try:
+        sessions = [
+            StreamSession(
+                tenant_id=server.demo.tenant,
+                recipient=f"r{i}",
+                patterns=[TopicPattern.parse("ops.depth.>")],
+                queue_size=16,
+                transport="websocket",
+            )
+            for i in range(2)
+        ]
+        for session in sessions:
+            rt.hub.register(session)
+        sessions[0].patterns = (TopicPattern.parse("ops.depth.a"),)
+        for seq in range(3):
+            rt.hub.dispatch(
+                LiveMessage(server.demo.tenant, "ops.depth.b", seq, f"m{seq}", (), "{}", b"", 0.0)
+            )
+        rt.hub.dispatch(LiveMessage(server.demo.tenant, "ops.depth.a", 3, "m3", (), "{}", b"", 0.0))
+        body, _ = rt.metrics.render()
+    finally:
+        await rt.close()
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert values["herald_stream_queued_frames"] == 5.0  # 1 + 4
+    assert values["herald_stream_queue_depth_max"] == 4.0

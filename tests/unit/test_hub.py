@@ -129,3 +129,27 @@ async def test_shutdown_closes_every_session_going_away() -> None:
         hub.register(s)
     hub.shutdown()
     assert all(s.closing is not None and s.closing.code == CLOSE_GOING_AWAY for s in sessions)
+
+
+async def test_queue_depths_sum_and_max_over_every_tenant() -> None:
+    hub = Hub()
+    assert hub.queue_depths() == (0, 0)
+    a, b = session("orders.>", size=8), session("billing.>", size=8)
+    other = StreamSession(
+        tenant_id="t2",
+        recipient="r9",
+        patterns=[TopicPattern.parse("orders.>")],
+        queue_size=8,
+        transport="sse",
+    )
+    for s in (a, b, other):
+        hub.register(s)
+    for seq in range(3):
+        hub.dispatch(live("orders.a", seq))
+    hub.dispatch(live("billing.a", 3))
+    hub.dispatch(live("orders.a", 4, tenant="t2"))
+    assert hub.queue_depths() == (5, 3)  # a: 3, b: 1, other (t2): 1
+    drain(a)
+    assert hub.queue_depths() == (2, 1)
+    hub.unregister(b)
+    assert hub.queue_depths() == (1, 1)

@@ -6,10 +6,12 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from herald.limits import EVENT_LOOP_LAG_INTERVAL, EVENT_LOOP_LAG_WINDOW
 from herald.observability import metrics
 from herald.observability.metrics import (
     FANOUT_BUCKETS,
     HTTP_BUCKETS,
+    LOOP_LAG_BUCKETS,
     UNMATCHED_ROUTE,
     Metrics,
     safe_route,
@@ -33,6 +35,7 @@ def test_exports() -> None:
     assert sorted(metrics.__all__) == [
         "FANOUT_BUCKETS",
         "HTTP_BUCKETS",
+        "LOOP_LAG_BUCKETS",
         "Metrics",
         "NAMESPACE",
         "UNMATCHED_ROUTE",
@@ -235,3 +238,68 @@ def test_free_words_are_bounded(value: str) -> None:
         if name == "herald_auth_failures_total"
     ]
     assert reason == "other" or (reason == value and len(value) <= 32 and value.isascii())
+
+
+# -- event-loop lag and queue depths ----------------------------------------------------------
+def test_loop_lag_histogram_decides_100_ms_exactly() -> None:
+    assert list(LOOP_LAG_BUCKETS) == sorted(LOOP_LAG_BUCKETS)
+    assert 0.1 in LOOP_LAG_BUCKETS  # a bound: "p99 > 100 ms" needs no interpolation
+    m = Metrics()
+    m.observe_loop_lag(0.1)
+    m.observe_loop_lag(0.1001)
+    got = samples(m)
+    assert got[("herald_event_loop_lag_seconds_bucket", (("le", "0.1"),))] == 1.0
+    assert got[("herald_event_loop_lag_seconds_bucket", (("le", "0.25"),))] == 2.0
+    assert got[("herald_event_loop_lag_seconds_count", ())] == 2.0
+
+
+def test_loop_lag_max_covers_the_recent_window_only() -> None:
+    now = [1000.0]
+    m = Metrics(clock=lambda: now[0])
+    key = ("herald_event_loop_lag_max_seconds", ())
+    assert samples(m)[key] == 0.0
+    m.observe_loop_lag(0.2)
+    now[0] += 5.0
+    m.observe_loop_lag(0.01)
+    assert samples(m)[key] == 0.2
+    now[0] = 1000.0 + EVENT_LOOP_LAG_WINDOW + 1.0  # the 0.2 s sample has left the window
+    assert samples(m)[key] == 0.01
+    now[0] = 1005.0 + EVENT_LOOP_LAG_WINDOW + 1.0
+    assert samples(m)[key] == 0.0
+
+
+def test_loop_lag_memory_is_bounded() -> None:
+    m = Metrics(clock=lambda: 0.0)  # every sample "now": all inside the window
+    for i in range(10_000):
+        m.observe_loop_lag(i / 10_000)
+    assert len(m._recent_lags) <= EVENT_LOOP_LAG_WINDOW / EVENT_LOOP_LAG_INTERVAL + 1
+    assert samples(m)[("herald_event_loop_lag_max_seconds", ())] == 0.9999
+
+
+def test_queue_depths_are_read_when_scraped_only() -> None:
+    m = Metrics()
+    got = samples(m)
+    for name in ("stream_queued_frames", "stream_queue_depth_max", "deliveries_in_flight"):
+        assert got[(f"herald_{name}", ())] == 0.0  # nothing watched yet
+    calls: list[str] = []
+    depths = [(7, 5)]
+
+    def stream_queues() -> tuple[int, int]:
+        calls.append("streams")
+        return depths[0]
+
+    def in_flight() -> int:
+        calls.append("deliveries")
+        return 3
+
+    m.watch_stream_queues(stream_queues)
+    m.watch_deliveries(in_flight)
+    m.observe_request("GET", "/healthz", 200, 0.001)
+    assert calls == []  # watching and the request path never call them
+    got = samples(m)
+    assert calls == ["streams", "deliveries"]  # once each per scrape
+    assert got[("herald_stream_queued_frames", ())] == 7.0
+    assert got[("herald_stream_queue_depth_max", ())] == 5.0
+    assert got[("herald_deliveries_in_flight", ())] == 3.0
+    depths[0] = (0, 0)
+    assert samples(m)[("herald_stream_queued_frames", ())] == 0.0

@@ -4,6 +4,10 @@ Each :class:`Metrics` owns a :class:`~prometheus_client.CollectorRegistry` rathe
 the process-wide default, so two app instances (or two tests) never collide or double-count.
 The server exposes :meth:`Metrics.render` at ``/metrics``.
 
+Queue depths (stream session queues, deliveries in flight) are read when ``/metrics`` is
+scraped, through callbacks the runtime registers (:meth:`Metrics.watch_stream_queues`,
+:meth:`Metrics.watch_deliveries`), so the hot path pays nothing for them.
+
 Label values must come from a small, code-defined vocabulary, never from requests: a label
 value per topic, recipient or raw path would both leak user data and explode cardinality.
 In particular ``route`` is the route *template* (``/v1/topics/{topic}``), never the path
@@ -14,7 +18,11 @@ become ``other``, and a route that looks like a raw path becomes :data:`UNMATCHE
 
 from __future__ import annotations
 
+import math
 import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Final, Literal
 
 from prometheus_client import (
@@ -25,10 +33,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from herald import limits
 
 __all__ = [
     "FANOUT_BUCKETS",
     "HTTP_BUCKETS",
+    "LOOP_LAG_BUCKETS",
     "NAMESPACE",
     "UNMATCHED_ROUTE",
     "Metrics",
@@ -43,6 +56,10 @@ HTTP_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 #: Publish-to-deliver (fan-out) latency buckets, 0.1 ms to 1 s (seconds).
 FANOUT_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                          0.1, 0.25, 0.5, 1.0)  # fmt: skip
+#: Event-loop lag buckets, 0.5 ms to 5 s (seconds). 0.1 s is a bound, so whether a window's
+#: p99 exceeds 100 ms can be decided exactly from bucket counts.
+LOOP_LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+                           0.5, 1.0, 2.5, 5.0)  # fmt: skip
 #: The ``route`` label of requests that matched no route or passed a raw path.
 UNMATCHED_ROUTE: Final = "<unmatched>"
 
@@ -82,6 +99,43 @@ def safe_route(route: str | None) -> str:
     return route
 
 
+def _no_stream_queues() -> tuple[int, int]:
+    return 0, 0
+
+
+def _no_deliveries() -> int:
+    return 0
+
+
+class _QueueDepths(Collector):
+    """Gauges computed when the registry is collected (a scrape), from callbacks."""
+
+    def __init__(self) -> None:
+        self.stream_queues: Callable[[], tuple[int, int]] = _no_stream_queues
+        self.deliveries_in_flight: Callable[[], int] = _no_deliveries
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Without describe() the registry would collect (call the callbacks) on register.
+        return self._families(None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        total, largest = self.stream_queues()
+        return self._families((total, largest, self.deliveries_in_flight()))
+
+    @staticmethod
+    def _families(values: tuple[int, int, int] | None) -> Iterator[GaugeMetricFamily]:
+        docs = (
+            ("stream_queued_frames", "Frames waiting in all stream session queues."),
+            ("stream_queue_depth_max", "Frames waiting in the fullest stream session queue."),
+            ("deliveries_in_flight", "Channel delivery attempts running on this node."),
+        )
+        for index, (name, doc) in enumerate(docs):
+            family = GaugeMetricFamily(f"{NAMESPACE}_{name}", doc)
+            if values is not None:
+                family.add_metric([], values[index])
+            yield family
+
+
 def _word(value: str) -> str:
     return value if _WORD.fullmatch(value) else "other"
 
@@ -106,10 +160,28 @@ class Metrics:
         publish_to_deliver_seconds: Fan-out latency from accepted publish to stream write.
         tokens_issued_total: Tokens issued by ``kind`` (access, subscriber).
         auth_failures_total: Rejected authentications by ``reason``.
+        event_loop_lag_seconds: How late the loop-lag monitor's periodic wake-ups fired.
+        event_loop_lag_max_seconds: The largest of those over the last
+            :data:`~herald.limits.EVENT_LOOP_LAG_WINDOW` seconds (computed when scraped).
+
+    Also exported, computed when scraped: ``stream_queued_frames`` (frames waiting in all
+    stream session queues), ``stream_queue_depth_max`` (in the fullest one) and
+    ``deliveries_in_flight`` (channel delivery attempts running on this node).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Create the metrics on a new registry.
+
+        Args:
+            clock: Monotonic seconds; dates loop-lag samples for the recent-max gauge.
+        """
         self.registry = CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        window = limits.EVENT_LOOP_LAG_WINDOW
+        # Bounded: at most one sample per interval can fall in the window.
+        self._recent_lags: deque[tuple[float, float]] = deque(
+            maxlen=math.ceil(window / limits.EVENT_LOOP_LAG_INTERVAL) + 1
+        )
         reg, ns = self.registry, NAMESPACE
         self.http_requests_total = Counter(
             "http_requests_total",
@@ -163,6 +235,22 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.event_loop_lag_seconds = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a periodic wake-up, in seconds.",
+            buckets=LOOP_LAG_BUCKETS,
+            namespace=ns,
+            registry=reg,
+        )
+        self.event_loop_lag_max_seconds = Gauge(
+            "event_loop_lag_max_seconds",
+            f"Largest event-loop lag of the last {window:g} seconds.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.event_loop_lag_max_seconds.set_function(self._recent_lag_max)
+        self._queues = _QueueDepths()
+        reg.register(self._queues)
         # Closed vocabularies start at zero so dashboards and rate() see every series.
         for outcome in _OUTCOMES:
             self.messages_published_total.labels(outcome=outcome)
@@ -231,6 +319,31 @@ class Metrics:
     def record_auth_failure(self, reason: str) -> None:
         """Count one rejected authentication for ``reason`` (a code-defined word)."""
         self.auth_failures_total.labels(reason=_word(reason)).inc()
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        """Record how late one periodic wake-up of the event loop fired."""
+        self.event_loop_lag_seconds.observe(seconds)
+        self._recent_lags.append((self._clock(), seconds))
+
+    def _recent_lag_max(self) -> float:
+        since = self._clock() - limits.EVENT_LOOP_LAG_WINDOW
+        return max((lag for at, lag in self._recent_lags if at >= since), default=0.0)
+
+    def watch_stream_queues(self, depths: Callable[[], tuple[int, int]]) -> None:
+        """Export stream queue depths, read when scraped.
+
+        Args:
+            depths: Returns the frames queued over all sessions and in the fullest one.
+        """
+        self._queues.stream_queues = depths
+
+    def watch_deliveries(self, in_flight: Callable[[], int]) -> None:
+        """Export the channel delivery attempts in flight, read when scraped.
+
+        Args:
+            in_flight: Returns how many delivery attempts run now.
+        """
+        self._queues.deliveries_in_flight = in_flight
 
     def render(self) -> tuple[bytes, str]:
         """Export the registry in the Prometheus text format.

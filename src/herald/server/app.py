@@ -25,6 +25,7 @@ from herald.errors import (
     StorageError,
 )
 from herald.observability.logging import get_logger
+from herald.observability.loop import LoopLagMonitor
 from herald.server import api
 from herald.server.admin_api import admin_routes
 from herald.server.audit_api import audit_routes
@@ -186,7 +187,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             if settings.cluster_mode
             else None
         )
-        rt.dispatcher = Dispatcher(
+        rt.dispatcher = dispatcher = Dispatcher(
             rt,
             rt.channels,
             policy=RetryPolicy(
@@ -197,6 +198,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             lease=settings.delivery_lease,
             owner=owner,
         )
+        rt.metrics.watch_deliveries(lambda: dispatcher.in_flight)
         rt.planner = Planner(rt, lease=settings.delivery_lease, owner=owner)
         await rt.bus.start()
         background = [
@@ -208,6 +210,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                 rt.hub.run_heartbeats(settings.heartbeat_interval),
                 _checkpointer(rt),
                 _key_reloader(rt),
+                LoopLagMonitor(rt.metrics.observe_loop_lag).run(),
                 *([presence.run()] if presence is not None else []),
             )
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 
@@ -17,12 +18,23 @@ from herald.observability.logging import configure_logging, get_logger
 from herald.server.app import create_app
 from herald.server.tls_extension import TlsExtensionProtocol
 
-__all__ = ["serve"]
+__all__ = ["serve", "tune_gc"]
+
+
+def tune_gc() -> None:
+    """Collect the young generation less often (see :data:`~herald.limits.GC_YOUNG_THRESHOLD`).
+
+    Only the first threshold changes; the older generations keep their ratios. Called once
+    when the server starts; library and CLI use keep CPython's defaults.
+    """
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(limits.GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def serve(settings: Settings) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully)."""
     configure_logging(settings.log_level, settings.log_format)
+    tune_gc()
     log = get_logger("herald.server")
     context: ssl.SSLContext | None = None
     if settings.insecure_http and settings.tls_client_ca_file is not None:

@@ -102,6 +102,11 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
 
+    @property
+    def in_flight(self) -> int:
+        """Delivery attempts running now (at most about two batches)."""
+        return len(self._running)
+
     def wake(self) -> None:
         """New work was committed: look now instead of at the next idle tick."""
         self._wake.set()

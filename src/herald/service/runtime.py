@@ -224,6 +224,7 @@ class Runtime:
             nonce_not_before=float(math.ceil(time.time())) if nonces.volatile else None,
         )
         runtime_ref.append(runtime)
+        runtime.metrics.watch_stream_queues(hub.queue_depths)
         await runtime.reload_token_keys()
         await runtime.load_audit_key()
         return runtime

@@ -135,6 +135,19 @@ class Hub:
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_tenant.values())
 
+    def queue_depths(self) -> tuple[int, int]:
+        """Frames queued over every session, and in the fullest session's queue.
+
+        One pass over the sessions, for ``/metrics`` (a scrape), never the fan-out path.
+        """
+        total = largest = 0
+        for sessions in self._by_tenant.values():
+            for session in sessions:
+                depth = session.queue.qsize()
+                total += depth
+                largest = max(largest, depth)
+        return total, largest
+
     def heartbeat_due(self, interval: float) -> int:
         """Queue a heartbeat for every session idle since its last one; returns how many.
 
