@@ -7,6 +7,7 @@ terminates it, then kills it after 10 s.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import inspect
@@ -22,11 +23,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 HERALD = [sys.executable, "-m", "herald.cli"]
 HOST = "127.0.0.1"
@@ -62,6 +65,57 @@ def percentile(ordered: list[float], q: float) -> float | None:
         return None
     rank = max(0, math.ceil(q / 100.0 * len(ordered)) - 1)
     return ordered[min(rank, len(ordered) - 1)]
+
+
+@dataclass
+class BenchRun:
+    """What a run has measured so far: reported even when it is cut short.
+
+    Each benchmark subclasses it with the processes and state of its own.
+    """
+
+    args: argparse.Namespace
+    deadline: float  # time.time() by which the run stops, whatever happened
+    status: str = "starting"
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    timed_out: bool = False
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (never negative)."""
+        return max(0.0, self.deadline - time.time())
+
+
+def metric_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """``(name, labels, value)`` of every sample of a ``/metrics`` page (Prometheus text)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
+
+
+def bucket_quantile(
+    now: dict[float, float], before: dict[float, float], q: float
+) -> tuple[float | None, int]:
+    """The upper bound of the histogram bucket holding the ``q`` quantile (0-1).
+
+    ``now`` and ``before`` are cumulative bucket counts (``le`` → count) of two scrapes
+    (``before`` empty: everything since the start). Returns the bound (``None`` without
+    samples; ``inf`` beyond the last finite bucket) and the number of samples in between.
+    The true quantile is at most the bound and above the next lower bound; the
+    nearest-rank sample is used (``ceil(q * n)``-th smallest).
+    """
+    bounds = sorted(now)
+    deltas = [now[b] - before.get(b, 0.0) for b in bounds]
+    total = round(deltas[-1]) if deltas else 0
+    if total <= 0:
+        return None, 0
+    rank = max(1, math.ceil(q * total))
+    return next(b for b, count in zip(bounds, deltas, strict=True) if count >= rank), total
+
+
+def bucket_bound(label: str) -> float:
+    """A histogram bucket's ``le`` label as a number (``+Inf`` is infinity)."""
+    return math.inf if label == "+Inf" else float(label)
 
 
 def ms(value: float | None) -> float | None:

@@ -55,7 +55,10 @@ from bench._common import (
     LOG_TAIL_LINES,
     SATURATED,
     SIGNED_START_WAIT,
+    BenchRun,
     CpuSnapshot,
+    bucket_bound,
+    bucket_quantile,
     collect_messages,
     cpu_between,
     distribution,
@@ -64,6 +67,7 @@ from bench._common import (
     herald_init,
     log_summary,
     machine_facts,
+    metric_samples,
     mint_subscriber_tokens,
     ms,
     open_stream,
@@ -328,28 +332,23 @@ async def child_run(cfg: ChildConfig, out: Any, stop: Any, target: Any, uvloop_u
 
 def parse_metrics(text: str) -> dict[str, Any]:
     """The stream figures of the server's /metrics (Prometheus text)."""
-    buckets: list[tuple[float, float]] = []
+    buckets: dict[float, float] = {}
     out: dict[str, Any] = {"stream_disconnects": {}}
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith("herald_publish_to_deliver_seconds_bucket"):
-            bound = name.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((math.inf if bound == "+Inf" else float(bound), float(value)))
+    for name, labels, value in metric_samples(text):
+        if name == "herald_publish_to_deliver_seconds_bucket":
+            buckets[bucket_bound(labels["le"])] = value
         elif name == "herald_publish_to_deliver_seconds_count":
-            out["deliver_count"] = int(float(value))
+            out["deliver_count"] = int(value)
         elif name == "herald_publish_to_deliver_seconds_sum":
-            out["deliver_sum_s"] = float(value)
-        elif name.startswith("herald_stream_disconnects_total{"):
-            reason = name.split('reason="', 1)[1].split('"', 1)[0]
-            out["stream_disconnects"][reason] = int(float(value))
-        elif name.startswith("herald_active_streams{"):
-            out["active_streams"] = out.get("active_streams", 0) + int(float(value))
-    total = out.get("deliver_count", 0)
+            out["deliver_sum_s"] = value
+        elif name == "herald_stream_disconnects_total":
+            out["stream_disconnects"][labels["reason"]] = int(value)
+        elif name == "herald_active_streams":
+            out["active_streams"] = out.get("active_streams", 0) + int(value)
     for q in (50, 99, 99.9):
-        bound = next((b for b, c in sorted(buckets) if total and c >= q / 100 * total), None)
+        bound, _ = bucket_quantile(buckets, {}, q / 100)
         out[f"deliver_p{q:g}_le_ms"] = None if bound is None else bound * 1000
+    total = out.get("deliver_count", 0)
     if total:
         out["deliver_mean_ms"] = round(out["deliver_sum_s"] / total * 1000, 3)
     return out
@@ -359,22 +358,14 @@ def parse_metrics(text: str) -> dict[str, Any]:
 
 
 @dataclass
-class Run:
-    """Everything measured so far; printed even when the run is cut short."""
+class Run(BenchRun):
+    """This benchmark's run: its client processes and the server's pid."""
 
-    args: argparse.Namespace
-    deadline: float
     status: str = "running"
-    notes: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
     procs: list[Any] = field(default_factory=list)
     stop: Any = None
     queue: Any = None
     server_pid: int | None = None
-    timed_out: bool = False
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.time())
 
 
 async def collect(

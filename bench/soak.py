@@ -56,6 +56,9 @@ from bench._common import (
     LOG_TAIL_LINES,
     RESULTS_DIR,
     SIGNED_START_WAIT,
+    BenchRun,
+    bucket_bound,
+    bucket_quantile,
     collect_messages,
     configure_signing,
     fmt,
@@ -64,6 +67,7 @@ from bench._common import (
     log_summary,
     machine_busy_seconds,
     machine_facts,
+    metric_samples,
     mint_subscriber_tokens,
     open_stream,
     proc_cpu_seconds,
@@ -83,7 +87,7 @@ PUBLISH_PHASES = frozenset({"warmup", "steady", "publish-end"})  # rows whose wi
 BODY = ("Herald soak payload. " * 6)[:100]  # 100 ASCII bytes
 PROGRESS_PERIOD = 1.0  # seconds between a client process's updates of its shared counters
 PROGRESS_FIELDS = 4  # per client process: unique received, duplicates, out of order, closes
-LAG_BUCKET_PREFIX = "herald_event_loop_lag_seconds_bucket"
+LAG_BUCKETS = "herald_event_loop_lag_seconds_bucket"
 CONNECT_PHASE_BUDGET = 240.0  # seconds the hard timeout allows for minting and connecting
 TEARDOWN_BUDGET = 60.0  # seconds the hard timeout allows for draining, reports and stopping
 ALARM_GRACE = 30  # seconds after --timeout at which SIGALRM interrupts whatever hangs
@@ -322,37 +326,14 @@ def parse_metrics(text: str) -> dict[str, Any]:
         "herald_stream_queue_depth_max": "stream_queue_depth_max",
         "herald_deliveries_in_flight": "deliveries_in_flight",
     }
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith(LAG_BUCKET_PREFIX):
-            bound = name.split('le="', 1)[1].split('"', 1)[0]
-            out["lag_buckets"][math.inf if bound == "+Inf" else float(bound)] = float(value)
+    for name, labels, value in metric_samples(text):
+        if name == LAG_BUCKETS:
+            out["lag_buckets"][bucket_bound(labels["le"])] = value
         elif name in singles:
-            out[singles[name]] = float(value)
-        elif name.startswith("herald_active_streams{"):
-            out["active_streams"] += float(value)
+            out[singles[name]] = value
+        elif name == "herald_active_streams":
+            out["active_streams"] += value
     return out
-
-
-def bucket_quantile(
-    now: dict[float, float], before: dict[float, float], q: float
-) -> tuple[float | None, int]:
-    """The upper bound of the bucket holding the ``q`` quantile of the samples in between.
-
-    ``now`` and ``before`` are cumulative bucket counts (``le`` → count) of two scrapes.
-    Returns the bound (``None`` without samples; ``inf`` beyond the last finite bucket) and
-    the number of samples. The true quantile is at most the bound and above the next lower
-    bound; the nearest-rank sample is used (``ceil(q * n)``-th smallest).
-    """
-    bounds = sorted(now)
-    deltas = [now[b] - before.get(b, 0.0) for b in bounds]
-    total = round(deltas[-1]) if deltas else 0
-    if total <= 0:
-        return None, 0
-    rank = max(1, math.ceil(q * total))
-    return next(b for b, count in zip(bounds, deltas, strict=True) if count >= rank), total
 
 
 @dataclass
@@ -466,22 +447,14 @@ class Sampler:
 
 
 @dataclass
-class Run:
-    """Everything measured so far; reported even when the run is cut short."""
+class Run(BenchRun):
+    """The soak's run: its client processes and the sampler."""
 
-    args: argparse.Namespace
-    deadline: float
     status: str = "running"
-    notes: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
     procs: list[Any] = field(default_factory=list)
     stop: Any = None
     queue: Any = None
     sampler: Sampler | None = None
-    timed_out: bool = False
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.time())
 
 
 @dataclass

@@ -69,6 +69,7 @@ from bench._common import (
     HOST,
     LOG_TAIL_LINES,
     SATURATED,
+    BenchRun,
     CpuSnapshot,
     cpu_between,
     distribution,
@@ -325,24 +326,15 @@ def make_pki(directory: Path) -> Pki:
 
 
 @dataclass
-class Run:
-    """Everything measured so far; printed even when the run is cut short."""
+class Run(BenchRun):
+    """This benchmark's run: the receiver process and what it reported."""
 
-    args: argparse.Namespace
-    deadline: float
-    status: str = "starting"
-    notes: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-    timed_out: bool = False
     receiver: Any = None  # the receiver's multiprocessing.Process
     queue: Any = None
     stop: Any = None
     shared: Shared | None = None
     receiver_result: tuple[dict[str, Any], list[bytes]] | None = None
     server_pid: int | None = None
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.time())
 
 
 def start_receiver(run: Run, pki: Pki, hook_secrets: list[str]) -> int:
