@@ -8,8 +8,9 @@ seed files readable and editable by hand.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
-__all__ = ["SEPARATOR", "b64url", "fields", "latin1", "mode", "text"]
+__all__ = ["SEPARATOR", "b64url", "compact_jws", "fields", "latin1", "mode", "text"]
 
 #: Separates the fields of one fuzz input (a NUL never occurs in the headers, tokens and
 #: JSON documents the targets parse, so seeds stay readable).
@@ -45,3 +46,21 @@ def latin1(raw: bytes) -> str:
 def b64url(raw: bytes) -> str:
     """Unpadded base64url (RFC 7515 §2), to build JWS segments around fuzzed JSON."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def compact_jws(data: bytes, sign: Callable[[bytes], bytes]) -> str:
+    """A JWT-shaped string from fuzz bytes, by the first byte's mode.
+
+    Mode 0: the bytes as header text; mode 1: fuzzed header, claims and signature
+    segments; mode 2: fuzzed header and claims signed with ``sign`` (a key the target
+    trusts), so that the checks behind a valid signature are fuzzed too.
+    """
+    selected, rest = mode(data, 3)
+    if selected == 0:
+        return latin1(rest)
+    if selected == 1:
+        header, claims, signature = fields(rest, 3)
+        return f"{b64url(header)}.{b64url(claims)}.{b64url(signature)}"
+    header, claims = fields(rest, 2)
+    signing_input = f"{b64url(header)}.{b64url(claims)}"
+    return f"{signing_input}.{b64url(sign(signing_input.encode('ascii')))}"

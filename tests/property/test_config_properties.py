@@ -19,20 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fuzzing.targets._channels import CHANNELS as ALL_CHANNELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import OKPKey
 
-from herald.channels.apprise import AppriseChannel
 from herald.channels.base import Channel, redact_endpoint
-from herald.channels.egress import EgressPolicy
-from herald.channels.email import EmailChannel
-from herald.channels.robots import DingTalkChannel, FeishuChannel, SlackChannel, WeComChannel
-from herald.channels.webhook import WebhookChannel
-from herald.channels.webpush import WebPushChannel
 from herald.core.scopes import ScopeSet
 from herald.crypto.signing import PURPOSE_TOKEN, LoadedSigningKey, jwk_thumbprint
 from herald.crypto.tokens import TokenService
@@ -137,22 +131,8 @@ def test_a_verifier_holding_only_the_jwks_verifies_issued_tokens(
 
 # --- endpoint configurations -----------------------------------------------------------
 
-_POLICY = EgressPolicy()
-CHANNELS: dict[str, Channel] = {
-    c.name: c
-    for c in (
-        WebhookChannel(_POLICY),
-        DingTalkChannel(_POLICY),
-        FeishuChannel(_POLICY),
-        WeComChannel(_POLICY),
-        SlackChannel(_POLICY),
-        AppriseChannel(_POLICY),
-        WebPushChannel(
-            _POLICY, ec.derive_private_key(0x5EED, ec.SECP256R1()), subject="mailto:o@herald.test"
-        ),
-        EmailChannel("smtps://mx.herald.test", sender="herald@herald.test"),
-    )
-}
+#: One of each built-in channel, as the channel fuzz targets build them.
+CHANNELS: dict[str, Channel] = {c.name: c for c in ALL_CHANNELS}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
