@@ -30,7 +30,7 @@ from herald.server import api
 from herald.server.admin_api import admin_routes
 from herald.server.audit_api import audit_routes
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
-from herald.server.openapi import openapi_document
+from herald.server.openapi import openapi_json
 from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
@@ -90,7 +90,7 @@ async def metrics(request: Request) -> Response:
 async def openapi(request: Request) -> Response:
     """The OpenAPI 3.1 document."""
     rt: Runtime = request.app.state.runtime
-    return json_response(openapi_document(rt.settings.base_url))
+    return Response(openapi_json(rt.settings.base_url), media_type="application/json")
 
 
 async def _key_reloader(rt: Runtime) -> None:

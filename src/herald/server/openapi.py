@@ -6,6 +6,7 @@ cannot drift from the validator); response schemas are declared here once.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -18,7 +19,7 @@ from herald.server.admin_api import AppRequest, LoginRequest, TenantRequest
 from herald.server.templates import PreviewRequest
 from herald.service.recipients import RecipientRequest
 
-__all__ = ["openapi_document"]
+__all__ = ["openapi_document", "openapi_json"]
 
 _REF = "#/components/schemas/{name}"
 
@@ -1003,3 +1004,13 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             },
         },
     }
+
+
+@functools.cache
+def openapi_json(base_url: str) -> bytes:
+    """The document for ``base_url``, encoded once.
+
+    It depends on nothing else, and ``GET /openapi.json`` needs no credentials: building
+    it per request (a few milliseconds of schema generation) would be free work for anyone.
+    """
+    return msgspec.json.encode(openapi_document(base_url))
