@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -74,16 +73,17 @@ class HeraldAuth(requests.auth.AuthBase):
             request.prepare_auth((creds.app.client_id, creds.app.client_secret))
         elif self.scheme in {"bearer", "subscriber", "operator"}:
             request.headers["Authorization"] = "Bearer " + creds.token(self.scheme)
-        if self.scheme != "basic" and (request.method or "GET") in SIGNED_METHODS:
-            self._sign(request)
-        if self.scheme == "operator" and urlsplit(request.url or "").path.endswith("/logout"):
-            # A successful logout revokes the token: the next operator request gets a new one.
-            request.register_hook("response", self._after_logout)
+        if self.scheme and (request.method or "GET") in SIGNED_METHODS:
+            self._sign(request)  # the token endpoint's Basic requests are signed too
         request.register_hook("response", self._record)
         return request
 
     def _record(self, response: requests.Response, **_: Any) -> requests.Response:
         self.statuses.append(response.status_code)
+        if response.status_code == 401 and self.scheme != "basic":
+            # The token died (it expired in a long run, or the fuzzer logged the operator
+            # out): the next request gets a new one rather than fuzzing only the auth layer.
+            self.credentials.forget(self.scheme)
         return response
 
     def _sign(self, request: requests.PreparedRequest) -> None:
@@ -99,11 +99,6 @@ class HeraldAuth(requests.auth.AuthBase):
         )
         for name in ("content-digest", "signature-input", "signature"):
             request.headers[name] = signed.headers[name]
-
-    def _after_logout(self, response: requests.Response, **_: Any) -> requests.Response:
-        if response.status_code == 200:
-            self.credentials.forget("operator")
-        return response
 
 
 class Credentials:
