@@ -41,6 +41,7 @@ __all__ = [
     "OPERATOR_PASSWORD_MIN",
     "OPERATOR_TOKEN_TTL",
     "OPERATOR_TOKEN_TTL_MAX",
+    "PUBLISH_GROUP_MAX",
     "RECIPIENTS_MAX",
     "RECIPIENT_ID_MAX",
     "STREAM_FRAME_MAX",
@@ -49,6 +50,7 @@ __all__ = [
     "SUBSCRIBER_TOKEN_TTL_DEFAULT",
     "SUBSCRIBER_TOKEN_TTL_MAX",
     "TITLE_MAX",
+    "TOKEN_CACHE_SIZE",
     "TOKEN_REQUEST_MAX_BYTES",
     "TOPIC_MAX",
     "TOPIC_PATTERNS_MAX",
@@ -97,6 +99,10 @@ OPERATOR_PASSWORD_MIN = 12
 OPERATOR_PASSWORD_MAX = 256
 #: Operator login names.
 OPERATOR_NAME_MAX = 64
+#: Verified tokens a node remembers (by SHA-256) until they expire, so that a client's
+#: next requests skip the signature check (``herald.crypto.tokens``); least recently used
+#: first out. Revocation is still checked on every request.
+TOKEN_CACHE_SIZE = 4096
 #: Clock-skew leeway when checking ``exp``/``nbf``/``iat`` (RFC 8725 advice: small).
 JWT_LEEWAY = 30
 #: A token naming a ``kid`` this node does not know makes it re-read the token-signing keys
@@ -170,6 +176,10 @@ CLUSTER_RUN_START_WAIT = 60.0
 #: Seconds ``herald cluster run`` gives its nodes to shut down gracefully before SIGKILL
 #: (the draining server waits up to 5 s for streams, the dispatcher 5 s for deliveries).
 CLUSTER_RUN_STOP_WAIT = 20.0
+#: Publish requests one node commits in one transaction when several arrive at once
+#: (``herald.service.messages``): group commit, one fsync for the group.
+PUBLISH_GROUP_MAX = 128
+
 #: Audit events one node appends in one transaction when several are recorded at once
 #: (``herald.service.audit``): one audit-lock acquisition and one commit for the group.
 AUDIT_GROUP_MAX = 256

@@ -517,6 +517,40 @@ async def test_concurrent_requests_with_one_key_store_one_message(server, demo_t
     assert server.db_count("messages") == before + 1
 
 
+async def test_concurrent_publishes_commit_together_and_a_taken_key_fails_alone(
+    server, demo_token
+):
+    # Group commit: requests arriving while a commit runs share the next transaction; a
+    # request whose key another request of its group takes must not fail the others.
+    topic = unique_topic("group")
+    key = "group-" + secrets.token_hex(8)
+    before = server.db_count("messages")
+
+    def request(n: int) -> tuple[dict[str, Any], dict[str, str]]:
+        shared = n % 8 == 0
+        body = {"topic": topic, "title": "shared" if shared else f"m{n}"}
+        return body, {**bearer(demo_token), "Idempotency-Key": key if shared else f"{key}-{n}"}
+
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    async with server.async_client(limits=limits) as aclient:
+        requests = [request(n) for n in range(32)]
+        responses = await asyncio.gather(
+            *(aclient.post("/v1/messages", json=b, headers=h) for b, h in requests)
+        )
+        metrics = (await aclient.get("/metrics")).text
+    assert [r.status_code for r in responses] == [202] * 32, [r.text for r in responses]
+    shared = [r for n, r in enumerate(responses) if n % 8 == 0]
+    assert all(r.json() == shared[0].json() for r in shared)
+    assert [r.headers.get("idempotent-replayed") == "true" for r in shared].count(False) == 1
+    indices = {r.json()["audit"]["index"] for r in responses}
+    assert len(indices) == 29  # one per stored message
+    assert server.db_count("messages") == before + 29
+    commits = re.search(r"^herald_publish_commits_total (\S+)$", metrics, re.M)
+    committed = re.search(r"^herald_publish_requests_committed_total (\S+)$", metrics, re.M)
+    assert commits is not None and committed is not None
+    assert 0 < float(commits.group(1)) <= float(committed.group(1))
+
+
 @pytest.mark.parametrize("key", ["k" * 300, "k" * 256, "", "bad\u00e9key", "tab\there"])
 def test_bad_idempotency_key_is_400(server, client, demo_token, key):
     before = server.db_count("messages")

@@ -28,6 +28,7 @@ from herald.storage.base import (
     AppKeyRecord,
     AppRecord,
     IdempotencyRecord,
+    PublishWrite,
     MessageRecord,
     SigningKeyRecord,
     TenantKeyRecord,
@@ -278,6 +279,43 @@ async def test_publish_needs_one_sink_per_message(store: Store) -> None:
     tid = await new_tenant(store)
     with pytest.raises(ValueError, match="one audit sink per message"):
         await store.publish([message(tid)], [])
+
+
+async def test_publish_group_commits_writes_in_order_with_their_own_indices(
+    store: Store,
+) -> None:
+    tid = await new_tenant(store)
+    first, second, third = message(tid), message(tid), message(tid, recipients=("ann",))
+    writes = [
+        PublishWrite([first, second], [sink(), sink()], idem_record("k1")),
+        PublishWrite([], []),
+        PublishWrite([third], [sink()], idem_record("k2")),
+    ]
+    results = await store.publish_group(writes)
+    assert [r.seqs for r in results] == [(0, 1), (), (2,)]
+    assert [m.id for m in await store.messages_after(tid, -1, 10)] == [
+        first.id,
+        second.id,
+        third.id,
+    ]
+    assert await store.get_idempotency("app-1", "k1") is not None
+    assert await store.get_idempotency("app-1", "k2") is not None
+    assert len(await store.deliveries(tid, third.id)) == 1
+    assert await store.publish_group([]) == []
+
+
+async def test_publish_group_with_one_bad_write_stores_nothing(store: Store) -> None:
+    tid = await new_tenant(store)
+    kept = message(tid)
+    writes = [
+        PublishWrite([kept], [sink()], idem_record("same")),
+        PublishWrite([message(tid)], [sink()], idem_record("same")),  # the same key twice
+    ]
+    with pytest.raises(IntegrityConflict):
+        await store.publish_group(writes)
+    assert await store.messages_after(tid, -1, 10) == []
+    assert await store.audit_size() == 0
+    assert await store.get_idempotency("app-1", "same") is None
 
 
 async def test_concurrent_publish_is_gap_free_and_ordered(store: Store) -> None:

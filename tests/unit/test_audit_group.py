@@ -38,7 +38,7 @@ async def test_concurrent_events_share_appends_and_get_their_own_index() -> None
     assert sorted(indices) == list(range(50))
     appended = [e for g in log.groups for e in g]
     assert [appended[i] for i in indices] == events  # each caller got its own entry's index
-    assert group.appends == len(log.groups) < 50
+    assert group.runs == len(log.groups) < 50
 
 
 async def test_groups_are_capped() -> None:

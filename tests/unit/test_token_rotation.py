@@ -116,3 +116,51 @@ def test_a_key_superseded_while_prepublished_never_signs() -> None:
     for offset in (11, 301, 86_400):
         clock.at = T0 + timedelta(seconds=offset)
         assert kid(issue(tokens)) == c.kid
+
+
+# -- the cache of verified tokens ------------------------------------------------------------
+def test_a_verified_token_is_served_from_the_cache_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(T0)
+    tokens = service(clock, key(T0 - timedelta(days=1)))
+    token = issue(tokens)
+    first = tokens.verify_access(token)
+    calls: list[str] = []
+    real_decode = jwt.decode
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append("decode")
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    assert tokens.verify_access(token) is first  # no signature check the second time
+    assert calls == []
+    clock.at = T0 + timedelta(seconds=600 + 31)  # past exp and the 30 s leeway
+    with pytest.raises(InvalidToken):
+        tokens.verify_access(token)
+
+
+def test_a_cached_token_dies_with_its_key_and_is_not_another_kind() -> None:
+    clock = Clock(T0)
+    signing = key(T0 - timedelta(days=1), retired=T0 + timedelta(seconds=60))
+    tokens = service(clock, signing)
+    token = issue(tokens)
+    tokens.verify_access(token)
+    with pytest.raises(InvalidToken):
+        tokens.verify_subscriber(token)  # cached as an access token: still refused here
+    with pytest.raises(InvalidToken):
+        tokens.verify_operator(token)
+    clock.at = T0 + timedelta(seconds=61)
+    with pytest.raises(InvalidToken):
+        tokens.verify_access(token)  # the key retired: cached or not, refused
+
+
+def test_a_tampered_token_is_not_served_from_the_cache() -> None:
+    tokens = service(Clock(T0), key(T0 - timedelta(days=1)))
+    token = issue(tokens)
+    tokens.verify_access(token)
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-4]}AAAA"
+    with pytest.raises(InvalidToken):
+        tokens.verify_access(forged)

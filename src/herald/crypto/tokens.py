@@ -18,15 +18,17 @@ in for the other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 
 from herald import limits
+from herald.core.lru import Lru
 from herald.core.policy import Principal
 from herald.core.scopes import ScopeSet
 from herald.core.topics import TopicPattern
@@ -146,6 +148,10 @@ class OperatorClaims:
         return Principal.operator(self.operator_id, self.tenant_id)
 
 
+_Claims = AccessClaims | SubscriberClaims | OperatorClaims
+_C = TypeVar("_C", AccessClaims, SubscriberClaims, OperatorClaims)
+
+
 class TokenService:
     """Issues and verifies Herald's JWTs with the server's token-signing keys."""
 
@@ -169,6 +175,11 @@ class TokenService:
         self._by_kid = {k.kid: k for k in ordered}
         self._clock = clock
         self._new_jti = new_jti
+        # Tokens that verified, by SHA-256 of the token: (typ, claims, kid, exp). A hit
+        # skips the signature check (the costliest step of a request) until ``exp``; the
+        # kid must still be known and unretired. Revocation is checked by the caller on
+        # every request (herald.service.revocation), cached or not.
+        self._verified: Lru[bytes, tuple[str, _Claims, str, int]] = Lru(limits.TOKEN_CACHE_SIZE)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -270,6 +281,31 @@ class TokenService:
         return self._sign(claims, OPERATOR_TOKEN_TYP), ttl
 
     # -- verifying -------------------------------------------------------------------------
+    def _cached(self, token: str, typ: str, verify: Callable[[str], _C]) -> _C:
+        """``verify(token)``, or the claims of an earlier verification still valid.
+
+        Raises:
+            InvalidToken: as ``verify`` does, and for an over-long or empty token.
+        """
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            kind, claims, kid, exp = hit
+            key = self._by_kid.get(kid)
+            if (
+                kind == typ
+                and exp > self._clock() - limits.JWT_LEEWAY
+                and key is not None
+                and not key.retired(self._now())
+            ):
+                return claims  # type: ignore[return-value]  # stored under this typ
+        claims_ = verify(token)
+        kid = jwt.get_unverified_header(token)["kid"]
+        self._verified.put(digest, (typ, claims_, kid, claims_.expires_at))
+        return claims_
+
     def _decode(self, token: str, *, typ: str, audience: str) -> dict[str, Any]:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken
@@ -315,7 +351,14 @@ class TokenService:
         return claims
 
     def verify_access(self, token: str) -> AccessClaims:
-        """Verify an access token; every failure is :class:`InvalidToken`."""
+        """Verify an access token; every failure is :class:`InvalidToken`.
+
+        A token verified before is answered from the cache until it expires.
+        """
+        return self._cached(token, ACCESS_TOKEN_TYP, self._verify_access)
+
+    def _verify_access(self, token: str) -> AccessClaims:
+        """The uncached verification."""
         claims = self._decode(token, typ=ACCESS_TOKEN_TYP, audience=self.issuer)
         tenant, client_id, scope = (
             claims.get("tenant"),
@@ -341,7 +384,14 @@ class TokenService:
         )
 
     def verify_subscriber(self, token: str) -> SubscriberClaims:
-        """Verify a subscriber token; every failure is :class:`InvalidToken`."""
+        """Verify a subscriber token; every failure is :class:`InvalidToken`.
+
+        A token verified before is answered from the cache until it expires.
+        """
+        return self._cached(token, SUBSCRIBER_TOKEN_TYP, self._verify_subscriber)
+
+    def _verify_subscriber(self, token: str) -> SubscriberClaims:
+        """The uncached verification."""
         claims = self._decode(token, typ=SUBSCRIBER_TOKEN_TYP, audience=self.stream_audience)
         tenant, client_id = claims.get("tenant"), claims.get("client_id")
         recipient, topics = claims.get("sub"), claims.get("topics")
@@ -368,7 +418,14 @@ class TokenService:
         )
 
     def verify_operator(self, token: str) -> OperatorClaims:
-        """Verify an operator token; every failure is :class:`InvalidToken`."""
+        """Verify an operator token; every failure is :class:`InvalidToken`.
+
+        A token verified before is answered from the cache until it expires.
+        """
+        return self._cached(token, OPERATOR_TOKEN_TYP, self._verify_operator)
+
+    def _verify_operator(self, token: str) -> OperatorClaims:
+        """The uncached verification."""
         claims = self._decode(token, typ=OPERATOR_TOKEN_TYP, audience=self.operator_audience)
         operator_id, tenant = claims.get("sub"), claims.get("tenant")
         if not isinstance(operator_id, str) or not (tenant is None or isinstance(tenant, str)):

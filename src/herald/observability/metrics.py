@@ -201,6 +201,19 @@ class Metrics:
         self.messages_published_total = Counter(
             "messages_published_total", "Publish attempts.", ["outcome"], namespace=ns, registry=reg
         )
+        self.publish_commits_total = Counter(
+            "publish_commits_total",
+            "Transactions that committed publish requests (group commit: requests per "
+            "transaction is herald_publish_requests_committed_total divided by this).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.publish_requests_committed_total = Counter(
+            "publish_requests_committed_total",
+            "Publish requests committed (single, batch, scheduled releases).",
+            namespace=ns,
+            registry=reg,
+        )
         self.deliveries_total = Counter(
             "deliveries_total",
             "Delivery state changes.",
@@ -282,6 +295,11 @@ class Metrics:
         """
         label = _choice(outcome, _OUTCOMES, "outcome")
         self.messages_published_total.labels(outcome=label).inc(count)
+
+    def record_publish_commit(self, requests: int) -> None:
+        """Count one publish transaction that committed ``requests`` requests together."""
+        self.publish_commits_total.inc()
+        self.publish_requests_committed_total.inc(requests)
 
     def record_delivery(self, channel: str, state: str) -> None:
         """Count one delivery reaching ``state`` on ``channel`` (names from the registry)."""

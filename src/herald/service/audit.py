@@ -10,18 +10,18 @@ Each caller still returns only once its own entry is committed, with its index.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from herald import limits
 from herald.audit.entry import AuditEvent
+from herald.service.grouping import GroupRunner
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import AuditSink
 
 __all__ = ["AuditGroup", "record"]
 
 
-class AuditGroup:
+class AuditGroup(GroupRunner[AuditSink, int]):
     """Appends the events recorded concurrently on one node together (group commit).
 
     Args:
@@ -35,48 +35,7 @@ class AuditGroup:
         *,
         group_max: int = limits.AUDIT_GROUP_MAX,
     ) -> None:
-        self._append = append
-        self._group_max = group_max
-        self._pending: list[tuple[AuditSink, asyncio.Future[int]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        #: Appends made (a group each), for tests and metrics.
-        self.appends = 0
-
-    async def add(self, event: AuditSink) -> int:
-        """Append ``event`` (with whatever else is waiting); its index once committed."""
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        # shield: a caller that is cancelled must not cancel the append of the others.
-        return await asyncio.shield(done)
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                group = self._pending[: self._group_max]
-                del self._pending[: self._group_max]
-                try:
-                    indices = await self._append([event for event, _ in group])
-                except BaseException as exc:
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                self.appends += 1
-                for (_, done), index in zip(group, indices, strict=True):
-                    if not done.done():
-                        done.set_result(index)
-        except asyncio.CancelledError:
-            for _, done in self._pending:
-                if not done.done():
-                    done.cancel()
-            self._pending.clear()
-            raise
-        finally:
-            self._flusher = None
+        super().__init__(append, group_max=group_max)
 
 
 async def record(

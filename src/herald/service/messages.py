@@ -9,6 +9,7 @@ that live subscribers see messages in commit (``seq``) order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -37,9 +38,18 @@ from herald.errors import (
     NotFound,
 )
 from herald.service import audit, templates
-from herald.service.routing import Routing, route, targets
+from herald.service.grouping import GroupRunner
+from herald.service.routing import Routed, Routing, Targets, route, targets
 from herald.service.runtime import Runtime, utcnow
-from herald.storage.base import DeliveryRecord, IdempotencyRecord, MessageRecord, ScheduledRecord
+from herald.storage.base import (
+    DeliveryRecord,
+    IdempotencyRecord,
+    MessageRecord,
+    NotifyRecord,
+    PublishResult,
+    PublishWrite,
+    ScheduledRecord,
+)
 
 __all__ = [
     "SCHEDULED_FIELD",
@@ -430,6 +440,18 @@ async def _take_later(
     )
 
 
+@dataclass(slots=True)
+class _Commit:
+    """One publish request waiting for its group commit."""
+
+    tenant_id: str
+    batch: _Batch
+    idem: IdempotencyRecord | None
+    release: str | None
+    now: datetime
+    found: Targets
+
+
 async def _commit(
     rt: Runtime,
     tenant_id: str,
@@ -439,39 +461,104 @@ async def _commit(
     release: str | None,
     now: datetime,
 ) -> dict[str, tuple[int, bytes]]:
-    """Route, commit and fan out; returns each id's audit (index, leaf hash)."""
+    """Route, commit and fan out; returns each id's audit (index, leaf hash).
+
+    Concurrent requests are committed together (:func:`_commit_group`).
+
+    Raises:
+        IntegrityConflict: this request's idempotency key or message id is taken, or
+            ``release`` is no longer scheduled; nothing of it was stored.
+    """
     found = await targets(rt, tenant_id, batch.routing)
-    async with rt.publish_lock:
-        # Routed under the lock, so that this node's concurrent publishes see each
-        # other's notification-log rows (frequency caps, de-duplication).
-        routed = await route(rt, tenant_id, batch.routing, found, now)
-        events = [
-            e.with_details(suppressed=routed.suppressed[r.id]) if r.id in routed.suppressed else e
-            for e, r in zip(batch.events, batch.records, strict=True)
-        ]
-        committed = await rt.store.publish(
-            batch.records,
-            [*events, *batch.later_events],
-            idem,
-            routed.deliveries,
-            scheduled=batch.later,
-            notified=routed.notified,
-            release=release,
+    if rt.publish_group is None:
+        rt.publish_group = GroupRunner(
+            functools.partial(_commit_group, rt), group_max=limits.PUBLISH_GROUP_MAX
         )
-        done = [
-            _with_seq(r, s, h)
-            for r, s, h in zip(batch.records, committed.seqs, committed.leaf_hashes, strict=False)
-        ]
-        await rt.bus.publish([_live(r, c) for r, c in zip(done, batch.contents, strict=True)])
-    if routed.deliveries and rt.dispatcher is not None:
-        rt.dispatcher.wake()
-    if done:
-        rt.metrics.record_publish("accepted", len(done))
+    committed = await rt.publish_group.add(_Commit(tenant_id, batch, idem, release, now, found))
     ids = [r.id for r in batch.records] + [r.id for r in batch.later]
     return {
         i: (seq, leaf)
         for i, seq, leaf in zip(ids, committed.seqs, committed.leaf_hashes, strict=True)
     }
+
+
+def _write(commit: _Commit, routed: Routed) -> PublishWrite:
+    batch = commit.batch
+    events = [
+        e.with_details(suppressed=routed.suppressed[r.id]) if r.id in routed.suppressed else e
+        for e, r in zip(batch.events, batch.records, strict=True)
+    ]
+    return PublishWrite(
+        batch.records,
+        [*events, *batch.later_events],
+        commit.idem,
+        routed.deliveries,
+        batch.later,
+        routed.notified,
+        commit.release,
+    )
+
+
+async def _commit_group(rt: Runtime, group: list[_Commit]) -> list[PublishResult | BaseException]:
+    """Commit concurrent publish requests in one transaction, then fan them out in order.
+
+    Under the node's publish lock, so that live subscribers see messages in commit
+    (``seq``) order and routing sees the notification log of every earlier request. If
+    the group breaks a store rule (a taken idempotency key or message id), the requests
+    are routed and committed again one by one, so that only the culprit fails.
+    """
+    async with rt.publish_lock:
+        writes: list[PublishWrite] = []
+        notified: list[NotifyRecord] = []
+        for commit in group:
+            routed = await route(
+                rt,
+                commit.tenant_id,
+                commit.batch.routing,
+                commit.found,
+                commit.now,
+                pending=notified,
+            )
+            notified.extend(routed.notified)
+            writes.append(_write(commit, routed))
+        results: list[PublishResult | BaseException]
+        try:
+            results = list(await rt.store.publish_group(writes))
+            rt.metrics.record_publish_commit(len(group))
+        except IntegrityConflict as exc:
+            if len(group) == 1:
+                return [exc]
+            results = [await _commit_alone(rt, commit) for commit in group]
+        live: list[LiveMessage] = []
+        for commit, result in zip(group, results, strict=True):
+            if isinstance(result, PublishResult):
+                live.extend(
+                    _live(_with_seq(r, s, h), c)
+                    for r, c, s, h in zip(
+                        commit.batch.records,
+                        commit.batch.contents,
+                        result.seqs,
+                        result.leaf_hashes,
+                        strict=False,
+                    )
+                )
+        await rt.bus.publish(live)
+    if rt.dispatcher is not None and any(w.channel_deliveries for w in writes):
+        rt.dispatcher.wake()
+    if live:
+        rt.metrics.record_publish("accepted", len(live))
+    return results
+
+
+async def _commit_alone(rt: Runtime, commit: _Commit) -> PublishResult | BaseException:
+    """Route and commit one request of a failed group on its own (under the publish lock)."""
+    try:
+        routed = await route(rt, commit.tenant_id, commit.batch.routing, commit.found, commit.now)
+        result = (await rt.store.publish_group([_write(commit, routed)]))[0]
+    except IntegrityConflict as exc:
+        return exc
+    rt.metrics.record_publish_commit(1)
+    return result
 
 
 def _event(

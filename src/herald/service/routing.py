@@ -118,6 +118,29 @@ def _suppression(
     return None
 
 
+async def _history(
+    rt: Runtime,
+    tenant_id: str,
+    wanted: list[str],
+    *,
+    window: int,
+    now: datetime,
+    pending: Sequence[NotifyRecord],
+) -> list[NotifyRecord]:
+    """The notification log of these recipients over the last ``window`` seconds."""
+    if not window:
+        return []
+    since = now - timedelta(seconds=window)
+    history = await rt.store.notifications_since(tenant_id, wanted, since)
+    who = set(wanted)
+    history.extend(
+        n
+        for n in pending
+        if n.tenant_id == tenant_id and n.recipient in who and n.created_at >= since
+    )
+    return history
+
+
 @dataclass(frozen=True, slots=True)
 class Targets:
     """The recipients' endpoints and preferences, read before the publish lock is taken."""
@@ -137,22 +160,26 @@ async def targets(rt: Runtime, tenant_id: str, items: Sequence[Routing]) -> Targ
 
 
 async def route(
-    rt: Runtime, tenant_id: str, items: Sequence[Routing], found: Targets, now: datetime
+    rt: Runtime,
+    tenant_id: str,
+    items: Sequence[Routing],
+    found: Targets,
+    now: datetime,
+    *,
+    pending: Sequence[NotifyRecord] = (),
 ) -> Routed:
     """Deliveries (and notification-log rows) for messages about to be committed.
 
     Called under the publish lock: the notification log it reads (caps, de-duplication)
-    is what this node's concurrent publishes write.
+    is what this node's concurrent publishes write. ``pending`` are the rows of requests
+    routed before this one in the same group commit, not yet in the log.
     """
     routed = Routed([], [], {})
     wanted, endpoints, prefs = found.recipients, found.endpoints, found.prefs
     if not wanted:
         return routed
-    window = _window(items, prefs)
-    history = (
-        await rt.store.notifications_since(tenant_id, wanted, now - timedelta(seconds=window))
-        if window
-        else []
+    history = await _history(
+        rt, tenant_id, wanted, window=_window(items, prefs), now=now, pending=pending
     )
     for item in items:
         record, req = item.record, item.request

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -47,13 +47,14 @@ from herald.state.lockout import Lockout, LockoutPolicy, MemoryLockout, RedisLoc
 from herald.state.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
 from herald.state.ratelimit import Bucket, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from herald.state.tickets import MemoryTicketStore, RedisTicketStore, TicketStore
-from herald.storage.base import Store
+from herald.storage.base import PublishResult, Store
 from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
 
 if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
     from herald.service.audit import AuditGroup
     from herald.service.delivery import Dispatcher
+    from herald.service.grouping import GroupRunner
     from herald.service.plans import Planner
 
 __all__ = ["Runtime", "utcnow"]
@@ -129,6 +130,8 @@ class Runtime:
     _unknown_kid_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Groups concurrent ``audit.record`` calls into one append (made on first use).
     audit_group: AuditGroup | None = None
+    #: Groups concurrent publishes into one transaction (``herald.service.messages``).
+    publish_group: GroupRunner[Any, PublishResult] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:

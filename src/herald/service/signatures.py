@@ -142,7 +142,7 @@ async def verify_request(
             window=rt.settings.replay_window,
             not_before=rt.nonce_not_before,
         )
-        key = await rt.store.get_app_key(sig.keyid) if len(sig.keyid) <= 64 else None
+        key = await rt.live.app_key(sig.keyid) if len(sig.keyid) <= 64 else None
         if key is None or key.app_id != app_id or key.tenant_id != tenant_id:
             raise KeyUnknown("the keyid names no signing key of this app")
         if key.revoked_at is not None:
@@ -274,10 +274,15 @@ async def list_keys(rt: Runtime, app_id: str) -> list[AppKeyRecord]:
 
 
 async def revoke_key(rt: Runtime, app_id: str, keyid: str) -> AppKeyRecord:
-    """Revoke one key of an app (requests signed with it are refused from now on)."""
+    """Revoke one key of an app (requests signed with it are refused from now on).
+
+    Nodes cache keys for :data:`herald.state.live.CACHE_TTL` (1 s): other nodes refuse
+    the key within that second, this one at once.
+    """
     await _app(rt, app_id)
     record = await rt.store.revoke_app_key(app_id, keyid, utcnow())
     if record is None:
         raise NotFound(f"no key {keyid!r} of app {app_id!r}")
+    rt.live.forget(keyid=keyid)  # other nodes stop within the cache's second
     await _audit_key(rt, record, "app-key.revoked")
     return record

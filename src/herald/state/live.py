@@ -1,8 +1,8 @@
-"""A node's short-lived view of credential state (apps, operators) and revoked token ids.
+"""A node's short-lived view of credentials: apps, operators, keys, revoked token ids.
 
 Read from the store and kept for :data:`CACHE_TTL` seconds, so that checking every token
-against revocations costs no database read per request, and a revocation or a disabled
-app takes effect on every node within that time.
+against revocations costs no database read per request, and a revocation, a disabled
+app or a revoked request-signing key takes effect on every node within that time.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from herald.core.lru import Lru
-from herald.storage.base import Store
+from herald.storage.base import AppKeyRecord, Store
 
 __all__ = ["CACHE_TTL", "LiveCheck"]
 
@@ -32,6 +32,7 @@ class LiveCheck:
         self._clock = clock
         self._apps: Lru[str, tuple[float, bool, float | None]] = Lru(size)
         self._revoked: Lru[str, tuple[float, bool]] = Lru(size)
+        self._keys: Lru[str, tuple[float, AppKeyRecord | None]] = Lru(size)
 
     async def app_state(self, app_id: str) -> tuple[bool, float | None]:
         """``(missing, tokens_not_before in epoch seconds or None)``.
@@ -70,6 +71,16 @@ class LiveCheck:
         self._apps.put(key, (now + CACHE_TTL, missing, not_before))
         return missing, not_before
 
+    async def app_key(self, keyid: str) -> AppKeyRecord | None:
+        """The request-signing key with this keyid (revoked ones too), or None."""
+        now = self._clock()
+        cached = self._keys.get(keyid)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self._store.get_app_key(keyid)
+        self._keys.put(keyid, (now + CACHE_TTL, found))
+        return found
+
     async def revoked(self, jti: str) -> bool:
         """Whether ``jti`` was revoked."""
         now = self._clock()
@@ -81,9 +92,16 @@ class LiveCheck:
         return found
 
     def forget(
-        self, *, app_id: str | None = None, operator_id: str | None = None, jti: str | None = None
+        self,
+        *,
+        app_id: str | None = None,
+        operator_id: str | None = None,
+        jti: str | None = None,
+        keyid: str | None = None,
     ) -> None:
         """Drop what this node cached about something it just changed."""
+        if keyid is not None:
+            self._keys.put(keyid, (0.0, None))
         if app_id is not None:
             self._apps.put(app_id, (0.0, False, None))
         if operator_id is not None:

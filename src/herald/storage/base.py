@@ -12,6 +12,7 @@ indistinguishable from a missing one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -33,6 +34,7 @@ __all__ = [
     "NotifyRecord",
     "OperatorRecord",
     "PublishResult",
+    "PublishWrite",
     "RecipientRecord",
     "ScheduledRecord",
     "SigningKeyRecord",
@@ -305,6 +307,22 @@ class AuditSink(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class PublishWrite:
+    """What one publish request writes: the arguments of :meth:`Store.publish`.
+
+    :meth:`Store.publish_group` commits several of them in one transaction (group commit).
+    """
+
+    messages: Sequence[MessageRecord]
+    audit: Sequence[AuditSink]
+    idempotency: IdempotencyRecord | None = None
+    channel_deliveries: Sequence[DeliveryRecord] = ()
+    scheduled: Sequence[ScheduledRecord] = ()
+    notified: Sequence[NotifyRecord] = ()
+    release: str | None = None
+
+
 class Store(Protocol):
     """Durable state of Herald. All methods are coroutines; all are tenant-scoped reads."""
 
@@ -466,6 +484,16 @@ class Store(Protocol):
         IntegrityConflict is raised. ``release`` names a scheduled message these messages
         publish: it must still be ``scheduled`` (else IntegrityConflict, nothing stored)
         and becomes ``published`` in the same transaction.
+        """
+        ...
+
+    async def publish_group(self, writes: Sequence[PublishWrite]) -> list[PublishResult]:
+        """Commit several publish requests in ONE transaction (group commit), in order.
+
+        Each write is what :meth:`publish` would store, with the same rules; their audit
+        entries are appended in one batch, so indices follow the order of ``writes``. If
+        any write breaks a rule (IntegrityConflict) nothing of any write is stored; the
+        caller then commits them one by one to find the culprit.
         """
         ...
 

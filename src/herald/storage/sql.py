@@ -77,6 +77,7 @@ from herald.storage.base import (
     MessageRecord,
     NotifyRecord,
     PublishResult,
+    PublishWrite,
     ScheduledRecord,
     SigningKeyRecord,
     Store,
@@ -515,38 +516,67 @@ class SqlStore(QueueMixin, PlansMixin, TokensMixin):
                 was stored.
             StorageError: the database is unavailable.
         """
-        later = scheduled or []
-        if len(messages) + len(later) != len(audit):
-            raise ValueError("publish() needs exactly one audit sink per message")
+        write = PublishWrite(
+            messages,
+            audit,
+            idempotency,
+            channel_deliveries or (),
+            scheduled or (),
+            notified or (),
+            release,
+        )
+        return (await self.publish_group([write]))[0]
+
+    async def publish_group(self, writes: Sequence[PublishWrite]) -> list[PublishResult]:
+        """Several publish requests in ONE transaction (group commit), in order.
+
+        The rules of :meth:`publish` hold for each write; every table gets one executemany
+        INSERT for the whole group and the audit entries one append, so a group of n
+        requests costs about one commit instead of n.
+        """
+        for write in writes:
+            if len(write.messages) + len(write.scheduled) != len(write.audit):
+                raise ValueError("publish() needs exactly one audit sink per message")
+        if not writes:
+            return []
         now = self._clock()
         async with self._tx(write=True) as conn:
-            if release is not None and not await self._release(conn, release, now):
-                raise IntegrityConflict("the scheduled message was cancelled or published")
-            if idempotency is not None:
-                await conn.execute(insert(s.idempotency).values(_fields(idempotency)))
-            seqs, leaves = await self._append(conn, audit, now)
-            rows: list[dict[str, Any]] = []
-            deliveries: list[dict[str, Any]] = []
-            for message, seq, leaf_hash in zip(messages, seqs, leaves, strict=False):
-                rows.append(_fields(message) | {"seq": seq, "leaf_hash": leaf_hash})
-                deliveries.extend(
-                    self._delivery(message.tenant_id, message.id, recipient, _PENDING, now)
-                    for recipient in dict.fromkeys(message.recipients)  # unique, in order
-                )
-            await _insert_many(conn, s.messages, rows)
-            deliveries.extend(_fields(x) for x in channel_deliveries or ())
-            await _insert_many(conn, s.deliveries, deliveries)
-            await _insert_many(conn, s.notify_log, [_fields(x) for x in notified or ()])
-            offset = len(messages)
+            for write in writes:
+                if write.release is not None and not await self._release(conn, write.release, now):
+                    raise IntegrityConflict("the scheduled message was cancelled or published")
             await _insert_many(
                 conn,
-                s.scheduled,
-                [
-                    _fields(x) | {"seq": seqs[offset + i], "leaf_hash": leaves[offset + i]}
-                    for i, x in enumerate(later)
-                ],
+                s.idempotency,
+                [_fields(w.idempotency) for w in writes if w.idempotency is not None],
             )
-        return PublishResult(seqs=tuple(seqs), leaf_hashes=tuple(leaves))
+            seqs, leaves = await self._append(conn, [a for w in writes for a in w.audit], now)
+            rows: list[dict[str, Any]] = []
+            deliveries: list[dict[str, Any]] = []
+            later: list[dict[str, Any]] = []
+            results: list[PublishResult] = []
+            offset = 0
+            for write in writes:
+                mine = slice(offset, offset + len(write.audit))
+                offset = mine.stop
+                w_seqs, w_leaves = seqs[mine], leaves[mine]
+                results.append(PublishResult(seqs=tuple(w_seqs), leaf_hashes=tuple(w_leaves)))
+                for message, seq, leaf_hash in zip(write.messages, w_seqs, w_leaves, strict=False):
+                    rows.append(_fields(message) | {"seq": seq, "leaf_hash": leaf_hash})
+                    deliveries.extend(
+                        self._delivery(message.tenant_id, message.id, recipient, _PENDING, now)
+                        for recipient in dict.fromkeys(message.recipients)  # unique, in order
+                    )
+                deliveries.extend(_fields(x) for x in write.channel_deliveries)
+                first = len(write.messages)
+                later.extend(
+                    _fields(x) | {"seq": w_seqs[first + i], "leaf_hash": w_leaves[first + i]}
+                    for i, x in enumerate(write.scheduled)
+                )
+            await _insert_many(conn, s.messages, rows)
+            await _insert_many(conn, s.deliveries, deliveries)
+            await _insert_many(conn, s.notify_log, [_fields(x) for w in writes for x in w.notified])
+            await _insert_many(conn, s.scheduled, later)
+        return results
 
     async def append_audit(self, audit: list[AuditSink]) -> list[int]:
         """Append non-message audit entries; returns their indices."""
