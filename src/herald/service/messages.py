@@ -190,6 +190,12 @@ async def _answered(
     return None
 
 
+async def _answered_if_keyed(
+    rt: Runtime, claims: AccessClaims, key: str | None, request_hash: bytes, now: datetime
+) -> Outcome | None:
+    return None if key is None else await _answered(rt, claims, key, request_hash, now)
+
+
 async def _check_e2e(
     rt: Runtime, claims: AccessClaims, req: PublishRequest, *, release: bool
 ) -> None:
@@ -296,16 +302,19 @@ async def publish(
     publishes one (the scheduled row becomes ``published`` in the same transaction).
     """
     now = utcnow()
-    if idempotency_key is not None:
-        answered = await _answered(rt, claims, idempotency_key, request_hash, now)
-        if answered is not None:
-            return answered
-
+    # The Idempotency-Key is not looked up first: the commit inserts it under a unique
+    # constraint, so a retry fails there and is answered as a replay (below). That saves
+    # a database read on every publish; a retry costs its sealing, which is rare work.
     batch = _Batch()
     for candidate in items:
         item = await _admit(rt, claims, candidate, release=release is not None)
         if isinstance(item, ApiError):
             if single:
+                # A retry whose request is now refused (its e2e id is taken by the first
+                # attempt, its schedule has passed) still gets the first answer.
+                answered = await _answered_if_keyed(rt, claims, idempotency_key, request_hash, now)
+                if answered is not None:
+                    return answered
                 raise item
             batch.results.append({"error": _problem(item)})
             continue
@@ -326,14 +335,16 @@ async def publish(
     except IntegrityConflict:
         if release is not None:
             raise  # the planner: the scheduled message was cancelled meanwhile
-        # A concurrent request with the same key won the race; answer as its replay.
-        answered = None
-        if idempotency_key is not None:
-            answered = await _answered(rt, claims, idempotency_key, request_hash, now)
-        if answered is None:
+        # The key was used before (a retry, or a concurrent request that won the race):
+        # answer as its replay. A record older than 24 h was purged: commit once more.
+        answered = await _answered_if_keyed(rt, claims, idempotency_key, request_hash, now)
+        if answered is not None:
+            return answered
+        try:
+            refs = await _commit(rt, claims.tenant_id, batch, idem, release=release, now=now)
+        except IntegrityConflict:
             # The only other unique value a client chooses: an e2e message id.
             raise Conflict("a message with this id exists already") from None
-        return answered
     for result in batch.results:
         ref = refs.get(result.get("id", ""))
         if ref is not None:

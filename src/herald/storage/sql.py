@@ -883,9 +883,18 @@ def _prepare_sqlite_file(database: str | None) -> None:
         raise StorageError(f"{_UNAVAILABLE}: cannot create the database file") from exc
 
 
+#: SQLite connections kept open (as many again may open for a burst).
+_SQLITE_POOL = 32
+
+
 def _create_engine(url: URL) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, hide_parameters=True)
+        # Each aiosqlite connection is a thread: connections opened past the pool (the
+        # default keeps 5) were closed after one use, a new thread and PRAGMAs per read
+        # under load. Idle ones cost a parked thread each.
+        engine = create_async_engine(
+            url, hide_parameters=True, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine
