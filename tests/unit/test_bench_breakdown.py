@@ -175,3 +175,15 @@ def test_profile_counts_by_group_stage_and_other_frames() -> None:
     assert profile.other_leaf == {"mystery (somewhere/else.py)": 2}
     assert profile.group_samples() == {LOOP: 12, WORKERS: 10}
     assert profile.tids == {"event loop": {"1234"}, "sqlite": {"1300"}}
+
+
+def test_without_py_spy_it_says_so_in_one_line_and_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import breakdown
+
+    monkeypatch.setattr(breakdown, "find_pyspy", lambda: None)
+    assert breakdown.main(["--quick"]) != 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert "py-spy not found" in out
