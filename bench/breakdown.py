@@ -61,11 +61,11 @@ STAGES: dict[str, str] = {
     "loop": "event loop + socket I/O (uvloop C code: self time of Runner.run)",
     "tls": "TLS records (ssl.py SSLObject read/write/handshake)",
     "http": "HTTP parse, ASGI, middleware (uvicorn, starlette, herald middleware)",
-    "jwt": "bearer JWT check (jwt, herald/crypto/tokens.py, revocation)",
+    "jwt": "bearer JWT check (jwt, herald/crypto/tokens.py, revocation, app liveness)",
     "signature": "RFC 9421 request signature (Ed25519 verify, digest, http_sf)",
     "nonce": "nonce claim (herald/state/nonces.py)",
     "encrypt": "content encryption (key ring, AES-GCM)",
-    "commit": "durable commit (SQLAlchemy, aiosqlite, sqlite3, herald/storage)",
+    "commit": "durable commit (SQLAlchemy, aiosqlite, sqlite3: SQL no other stage ran)",
     "audit": "audit append (entries, leaf and tree hashes, their rows)",
     "idempotency": "idempotency key (record, lookup)",
     "ratelimit": "rate limit and lockout",
@@ -108,9 +108,11 @@ def _path(*names: str) -> str:
 
 #: Checked for every frame from the innermost outwards; the first frame any rule matches
 #: decides the stage (within a frame, the first matching rule wins), except that an outer
-#: frame whose rule ``absorbs`` that stage takes it over. Frames no rule matches (stdlib
-#: helpers such as json/, hashlib, asyncio.locks, uuid) pass on to their callers. Outer
-#: frames every stack shares (uvicorn's ``Server.run``, ``herald.cli``) must match nothing.
+#: frame whose rule ``absorbs`` that stage takes it over: SQL run by the audit append, the
+#: token's liveness check or the signature's key lookup is that stage's cost, and
+#: ``commit`` keeps the publish's own transaction and the SQLite threads. Frames no rule
+#: matches (json, hashlib, asyncio.locks, uuid) pass on to their callers. Outer frames
+#: every stack shares (uvicorn's ``Server.run``, ``herald.cli``) must match nothing.
 RULES: tuple[Rule, ...] = (
     # The event loop: uvloop is Cython, so its C work (epoll, recv/send, callbacks, task
     # switches) shows as self time of the Python frame that entered it.
@@ -131,16 +133,34 @@ RULES: tuple[Rule, ...] = (
         absorbs=("commit",),
     ),
     Rule("commit", _path("sqlalchemy", "aiosqlite", "sqlite3", "herald/storage")),
-    Rule("jwt", _path("jwt", "herald/crypto/tokens.py", "herald/service/revocation.py")),
-    Rule("jwt", _path("herald/service/runtime.py"), r"(?:\w+\.)?verify_(?:access|subscriber)"),
+    Rule(
+        "jwt",
+        _path(
+            "jwt",
+            "herald/crypto/tokens.py",
+            "herald/service/revocation.py",
+            "herald/state/live.py",
+        ),
+        absorbs=("commit",),
+    ),
+    Rule(
+        "jwt",
+        _path("herald/service/runtime.py"),
+        r"(?:\w+\.)?verify_(?:access|subscriber)",
+        absorbs=("commit",),
+    ),
     Rule(
         "signature",
         _path("herald/service/signatures.py", "herald/core/signatures.py", "http_sf"),
+        absorbs=("commit",),
     ),
-    Rule("nonce", _path("herald/state/nonces.py")),
+    Rule("nonce", _path("herald/state/nonces.py"), absorbs=("commit",)),
     Rule("encrypt", _path("herald/crypto/keyring.py", "herald/crypto/aead.py")),
-    Rule("ratelimit", _path("herald/state/ratelimit.py", "herald/state/lockout.py")),
-    Rule("ratelimit", _path("herald/service/throttle.py")),
+    Rule(
+        "ratelimit",
+        _path("herald/state/ratelimit.py", "herald/state/lockout.py", "herald/service/throttle.py"),
+        absorbs=("commit",),
+    ),
     Rule(
         "routing",
         _path(
@@ -150,6 +170,7 @@ RULES: tuple[Rule, ...] = (
             "herald/core/preferences.py",
             "herald/core/scopes.py",
         ),
+        absorbs=("commit",),
     ),
     Rule(
         "fanout",
@@ -158,10 +179,10 @@ RULES: tuple[Rule, ...] = (
             "herald/bus",
             "herald/service/streams.py",
             "herald/server/streams.py",
-            "herald/state/live.py",
         ),
+        absorbs=("commit",),
     ),
-    Rule("delivery", _path("herald/channels", "herald/service/delivery.py")),
+    Rule("delivery", _path("herald/channels", "herald/service/delivery.py"), absorbs=("commit",)),
     Rule(
         "observability",
         _path("herald/observability", "prometheus_client", "logging", "structlog"),
@@ -491,6 +512,9 @@ def measured_run(bench: Breakdown, server: ps.Server, run_no: int, *, profiled: 
         with contextlib.suppress(OSError), output.open() as raw:
             bench.profile.add_lines(raw)
         run["samples"] = bench.profile.samples - before
+        if args.raw_dir is not None and output.exists():
+            args.raw_dir.mkdir(parents=True, exist_ok=True)
+            run["raw"] = str(shutil.copy(output, args.raw_dir / output.name))
         run["pyspy_log"] = sampler.log_tail()
         if spy0 is not None and spy1 is not None:
             run["pyspy_cpu_per_wall"] = round((spy1 - spy0) / (snap1.wall - snap0.wall), 3)
@@ -794,6 +818,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples/s (default: 100)")
     parser.add_argument("--top", type=int, default=15, help="self-time functions to list")
+    parser.add_argument(
+        "--raw-dir",
+        type=Path,
+        default=None,
+        help="keep py-spy's raw output of each run here (flamegraph.pl / speedscope input)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="hard limit for the whole benchmark (s)"
     )

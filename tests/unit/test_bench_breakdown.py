@@ -113,6 +113,22 @@ def test_audit_absorbs_the_sql_of_its_append() -> None:
     assert stage_of(ASGI + ";leaf_hash (herald/audit/merkle.py) 1") == "audit"
 
 
+def test_reads_made_by_a_stage_are_that_stage_and_thread_start_too() -> None:
+    # The token's liveness check reads the app; a new pool connection starts its thread.
+    line = (
+        ASGI + ";LiveCheck.app_state (herald/state/live.py)"
+        ";SqlStore.get_app (herald/storage/sql.py);SqlStore._tx (herald/storage/sql.py)"
+        ";Connection.__await__ (aiosqlite/core.py);Thread.start (threading.py)"
+        ";Event.wait (threading.py);Condition.wait (threading.py) 1"
+    )
+    assert stage_of(line) == "jwt"
+    key = ASGI + ";verify_request (herald/service/signatures.py)"
+    assert stage_of(key + ";SqlStore.get_app_key (herald/storage/sql.py) 1") == "signature"
+    # The handler does not absorb: the publish's own transaction stays "commit".
+    handler = ASGI + ";publish (herald/service/messages.py)"
+    assert stage_of(handler + ";SqlStore.publish (herald/storage/sql.py) 1") == "commit"
+
+
 def test_ssl_frames_are_tls_even_below_http() -> None:
     line = ASGI + ";RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py)"
     assert stage_of(line + " 1") == "http"
