@@ -547,7 +547,8 @@ async def test_concurrent_publishes_commit_together_and_a_taken_key_fails_alone(
     assert server.db_count("messages") == before + 29
     commits = re.search(r"^herald_publish_commits_total (\S+)$", metrics, re.M)
     committed = re.search(r"^herald_publish_requests_committed_total (\S+)$", metrics, re.M)
-    assert commits is not None and committed is not None
+    assert commits is not None
+    assert committed is not None
     assert 0 < float(commits.group(1)) <= float(committed.group(1))
 
 
