@@ -517,9 +517,7 @@ async def test_concurrent_requests_with_one_key_store_one_message(server, demo_t
     assert server.db_count("messages") == before + 1
 
 
-async def test_concurrent_publishes_commit_together_and_a_taken_key_fails_alone(
-    server, demo_token
-):
+async def test_concurrent_publishes_commit_together_and_a_taken_key_fails_alone(server, demo_token):
     # Group commit: requests arriving while a commit runs share the next transaction; a
     # request whose key another request of its group takes must not fail the others.
     topic = unique_topic("group")
