@@ -819,11 +819,13 @@ def table(bench: Bench) -> str:
     args, fig = bench.args, bench.figures
     facts = fig.get("machine", {})
     summaries = fig.get("configs", {})
+    route = f"POST /v1/messages:batch, {args.batch} messages" if args.batch else "POST /v1/messages"
     head = [
-        "cost of the security pipeline — POST /v1/messages",
+        f"cost of the security pipeline — {route} (publishes/s counts messages)",
         (
-            f"{BODY_BYTES} B JSON body, {args.concurrency} keep-alive TLS connections in "
-            f"{args.client_procs} client process(es), closed loop; {args.messages:,} publishes "
+            f"{BODY_BYTES} B JSON message, {args.concurrency} keep-alive TLS connections in "
+            f"{args.client_procs} client process(es) ({args.client} client), closed loop; "
+            f"{args.messages:,} publishes "
             f"× {args.runs} run(s) per configuration after {args.warmup} warm-up publishes each; "
             "median [min–max] over runs"
         ),

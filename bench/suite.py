@@ -1,0 +1,388 @@
+"""The performance suite (``make bench``): every scenario of the performance issue in one run.
+
+Run it from the repository root::
+
+    python -m bench.suite            # all scenarios, peers included (about 12 minutes)
+    python -m bench.suite --quick    # smoke test of every scenario (about 3 minutes)
+    python -m bench.suite --only publish-single,fan-out
+
+Each scenario is one of the benchmark modules, run as a child process with its own hard
+time limit (it prints its own table and writes its JSON under ``bench/results/``); the
+suite then reads those JSON files and prints one table of targets against measured
+figures, peers and ratios, which it also writes as ``bench/results/suite-<UTC>.json`` and
+``.md`` (the README's performance table is a copy of the latest one). A target is never
+called met without a measured figure; a scenario that failed or timed out says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench._common import RESULTS_DIR, machine_facts, raise_keyboard_interrupt, results_stamp
+
+RESULTS_LINE = re.compile(r"^results: (\S+\.json)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark run of the suite: a module, its arguments, and its time limit."""
+
+    key: str
+    title: str
+    module: str
+    args: tuple[str, ...]
+    quick_args: tuple[str, ...]
+    limit_s: float
+
+
+#: The batch scenarios: Ed25519-signed requests; their --runs comes last (3, quick 1).
+BATCH = ("--configs", "ed25519", "--batch")
+
+SCENARIOS = (
+    Scenario(
+        "publish-single",
+        "1. publish-single: signed publishes, 1 KiB, 64 keep-alive clients",
+        "bench.publish_security",
+        ("--configs", "ed25519,hmac", "--messages", "8000"),
+        ("--configs", "ed25519,hmac", "--messages", "1000"),
+        240,
+    ),
+    Scenario(
+        "publish-batch-100",
+        "2. publish-batch: 100 messages per request",
+        "bench.publish_security",
+        (*BATCH, "100", "--messages", "40000", "--warmup", "2000", "--concurrency", "16"),
+        (*BATCH, "100", "--messages", "4000", "--warmup", "400", "--concurrency", "16"),
+        150,
+    ),
+    Scenario(
+        "publish-batch-1000",
+        "2. publish-batch: 1,000 messages per request",
+        "bench.publish_security",
+        (*BATCH, "1000", "--messages", "60000", "--warmup", "4000", "--concurrency", "8"),
+        (*BATCH, "1000", "--messages", "8000", "--warmup", "2000", "--concurrency", "8"),
+        150,
+    ),
+    Scenario(
+        "fan-out",
+        "3–4. fan-out, latency and connections, with peers",
+        "bench.fanout",
+        (),
+        ("--quick",),
+        600,
+    ),
+    Scenario(
+        "breakdown",
+        "5. pipeline breakdown of publish-single",
+        "bench.breakdown",
+        ("--messages", "6000", "--runs", "1", "--unprofiled-runs", "0"),
+        ("--quick", "--unprofiled-runs", "0"),
+        150,
+    ),
+)
+
+
+@dataclass
+class Outcome:
+    """What one scenario's child process left behind."""
+
+    scenario: Scenario
+    exit_code: int | None = None
+    seconds: float = 0.0
+    results: dict[str, Any] | None = None
+    results_path: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class Row:
+    """One line of the summary: a target and what was measured against it."""
+
+    scenario: str
+    target: str
+    measured: str
+    met: bool | None  # None: not measured (the scenario failed or was skipped)
+    detail: str = ""
+
+
+@dataclass
+class Suite:
+    args: argparse.Namespace
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def run_scenario(scenario: Scenario, *, quick: bool, log: Path) -> Outcome:
+    """Run one scenario to completion (or its time limit); its output goes to us and ``log``."""
+    outcome = Outcome(scenario)
+    command = [sys.executable, "-m", scenario.module]
+    command += scenario.quick_args if quick else scenario.args
+    if scenario.module == "bench.publish_security":
+        command += ["--runs", "1" if quick else "3"]
+    print(f"\n=== {scenario.title}: {' '.join(command[2:])}", flush=True)
+    started = time.monotonic()
+    output: list[str] = []
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # Ctrl-C reaches us; we stop the child (it cleans up)
+    ) as child:
+        assert child.stdout is not None
+        deadline = started + scenario.limit_s
+        try:
+            for line in child.stdout:
+                output.append(line)
+                print(line, end="", flush=True)
+                if time.monotonic() > deadline:
+                    outcome.note = f"stopped at its {scenario.limit_s:.0f} s limit"
+                    child.send_signal(signal.SIGTERM)
+                    break
+            outcome.exit_code = child.wait(timeout=max(1.0, deadline + 30 - time.monotonic()))
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
+    outcome.seconds = time.monotonic() - started
+    text = "".join(output)
+    with log.open("a") as out:
+        out.write(f"\n=== {scenario.key}\n{text}")
+    found = RESULTS_LINE.findall(text)
+    if found:
+        outcome.results_path = found[-1]
+        try:
+            outcome.results = json.loads(Path(found[-1]).read_text())
+        except (OSError, ValueError) as exc:
+            outcome.note = f"results unreadable: {exc}"
+    elif outcome.note is None:
+        outcome.note = f"no results (exit {outcome.exit_code})"
+    return outcome
+
+
+# -- the summary ---------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _median(d: dict[str, Any] | None, name: str) -> float | None:
+    figure = (d or {}).get(name)
+    return _num(figure.get("median")) if isinstance(figure, dict) else None
+
+
+def _spread(d: dict[str, Any] | None, name: str, unit: str = "") -> str:
+    figure = (d or {}).get(name) or {}
+    low, high = _num(figure.get("min")), _num(figure.get("max"))
+    if low is None or high is None or low == high:
+        return ""
+    return f" [{_fmt(low, unit)}–{_fmt(high, unit)}]"
+
+
+def _met(value: float | None, target: float, *, at_least: bool = True) -> bool | None:
+    if value is None:
+        return None
+    return value >= target if at_least else value <= target
+
+
+def publish_rows(outcome: Outcome, key: str, label: str, target: float) -> list[Row]:
+    """Rows for one configuration of a ``bench.publish_security`` run."""
+    config = ((outcome.results or {}).get("configs") or {}).get(key)
+    rate = _median(config, "publishes_per_s")
+    p99 = _median(config, "p99_ms")
+    cpu = _median(config, "server_cpu_us_per_publish")
+    other = _median(config, "other_processes")
+    client = _median(config, "client_cpu_per_wall_max")
+    detail = (
+        f"server CPU {_fmt(cpu, ' µs')}/message; client CPU/wall {_fmt(client, '', 2)}; "
+        f"other processes {_fmt(other, ' cores', 2)}"
+    )
+    measured = f"{_fmt(rate, ' msgs/s')}{_spread(config, 'publishes_per_s')}"
+    if outcome.scenario.key == "publish-single":
+        measured += f", p99 {_fmt(p99, ' ms')}"
+    return [
+        Row(
+            outcome.scenario.key,
+            f"{label} ≥ {target:,.0f} msgs/s",
+            measured,
+            _met(rate, target),
+            detail,
+        )
+    ]
+
+
+def fanout_rows(outcome: Outcome) -> list[Row]:
+    """Rows from ``bench.fanout``'s summary (its ``summary`` list of target rows)."""
+    results = outcome.results or {}
+    rows = []
+    for item in results.get("summary", []):
+        met = item.get("met")
+        rows.append(
+            Row(
+                outcome.scenario.key,
+                str(item.get("target", "?")),
+                str(item.get("measured", "—")),
+                met if isinstance(met, bool) else None,
+                str(item.get("detail", "")),
+            )
+        )
+    return rows
+
+
+def breakdown_rows(outcome: Outcome) -> list[Row]:
+    """One row: where a signed publish's server CPU goes, biggest stages first."""
+    found = (outcome.results or {}).get("breakdown") or {}
+    stages = found.get("stages") or {}
+    parts = sorted(
+        (
+            (name, float(s["us_per_publish"]))
+            for name, s in stages.items()
+            if isinstance(s, dict) and _num(s.get("us_per_publish"))
+        ),
+        key=lambda item: -item[1],
+    )
+    text = ", ".join(f"{name} {us:,.0f}" for name, us in parts[:7])
+    total = _num(found.get("server_cpu_us_per_publish"))
+    return [
+        Row(
+            outcome.scenario.key,
+            "cost per stage of a signed publish (no target)",
+            f"{_fmt(total, ' µs')} server CPU per publish",
+            None,
+            f"µs per publish: {text}" if text else "",
+        )
+    ]
+
+
+def summary_rows(suite: Suite) -> list[Row]:
+    rows: list[Row] = []
+    for outcome in suite.outcomes:
+        key = outcome.scenario.key
+        if outcome.results is None:
+            rows.append(Row(key, outcome.scenario.title, "—", None, outcome.note or "failed"))
+            continue
+        if key == "publish-single":
+            rows += publish_rows(outcome, "ed25519", "Ed25519 signatures, SQLite", 3000)
+            rows += publish_rows(outcome, "hmac", "HMAC signatures, SQLite", 5000)
+        elif key == "publish-batch-100":
+            rows += publish_rows(outcome, "ed25519", "batch of 100", 30000)
+            rows[-1].met = None  # the target is for batches of 1,000
+            rows[-1].target = "batch of 100 (no target; see 1,000)"
+        elif key == "publish-batch-1000":
+            rows += publish_rows(outcome, "ed25519", "batch of 1,000", 30000)
+        elif key == "fan-out":
+            rows += fanout_rows(outcome)
+        elif key == "breakdown":
+            rows += breakdown_rows(outcome)
+        if outcome.note:
+            rows[-1].detail += f" ({outcome.note})"
+    return rows
+
+
+def markdown(rows: list[Row], facts: dict[str, Any], stamp: str) -> str:
+    mark = {True: "met", False: "**not met**", None: "—"}
+    lines = [
+        (
+            f"Measured {stamp} by `make bench` on {facts.get('cpu_count')} cores, "
+            f"{facts.get('platform', platform.platform())}, Python {facts.get('python')}."
+        ),
+        "",
+        "| scenario | target | measured | status | notes |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [row.scenario, row.target, row.measured, mark[row.met], row.detail]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=__doc__.split("\n\n", 1)[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke test of every scenario")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios: " + ", ".join(s.key for s in SCENARIOS),
+    )
+    args = parser.parse_args(argv)
+    wanted = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = set(wanted) - {s.key for s in SCENARIOS}
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    args.scenarios = [s for s in SCENARIOS if not wanted or s.key in wanted]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    suite = Suite(args)
+    stamp = results_stamp(datetime.now(UTC))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    log = RESULTS_DIR / f"suite-{stamp}.log"
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for scenario in args.scenarios:
+            suite.outcomes.append(run_scenario(scenario, quick=args.quick, log=log))
+    except KeyboardInterrupt:
+        interrupted = True
+    facts = machine_facts()
+    rows = summary_rows(suite)
+    table = markdown(rows, facts, stamp)
+    elapsed = time.monotonic() - started
+    print(f"\n=== summary ({elapsed / 60:.1f} min{', interrupted' if interrupted else ''})")
+    print(table)
+    base = RESULTS_DIR / f"suite-{stamp}"
+    base.with_suffix(".md").write_text(table)
+    payload = {
+        "benchmark": "suite",
+        "finished_at": datetime.now(UTC).isoformat(),
+        "quick": args.quick,
+        "elapsed_s": round(elapsed, 1),
+        "interrupted": interrupted,
+        "machine": facts,
+        "load_average": os.getloadavg(),
+        "scenarios": [
+            {
+                "key": o.scenario.key,
+                "exit_code": o.exit_code,
+                "seconds": round(o.seconds, 1),
+                "results": o.results_path,
+                "note": o.note,
+            }
+            for o in suite.outcomes
+        ],
+        "rows": [vars(r) for r in rows],
+    }
+    base.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"results: {base.with_suffix('.json')}")
+    failed = interrupted or any(o.results is None for o in suite.outcomes)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
