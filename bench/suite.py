@@ -76,6 +76,14 @@ SCENARIOS = (
         150,
     ),
     Scenario(
+        "latency",
+        "3. publish → receive latency at 1,000 msgs/s, one subscriber per topic",
+        "bench.latency",
+        ("--rate", "1000", "--seconds", "15"),
+        ("--quick",),
+        90,
+    ),
+    Scenario(
         "fan-out",
         "3–4. fan-out, latency and connections, with peers",
         "bench.fanout",
@@ -250,6 +258,28 @@ def fanout_rows(outcome: Outcome) -> list[Row]:
     return rows
 
 
+def latency_rows(outcome: Outcome) -> list[Row]:
+    """The publish → receive latency at 1,000 msgs/s, one subscriber per topic."""
+    found = outcome.results or {}
+    latency = found.get("latency_ms") or {}
+    p99, lost = _num(latency.get("p99")), found.get("lost")
+    achieved = _num(found.get("achieved_rate"))
+    detail = (
+        f"p50 {_fmt(_num(latency.get('p50')), ' ms', 1)}, p99.9 "
+        f"{_fmt(_num(latency.get('p99.9')), ' ms', 1)}; rate held {_fmt(achieved, '/s')}; "
+        f"lost {lost}; server CPU/wall {_fmt(_num(found.get('server_cpu_per_wall')), '', 2)}"
+    )
+    return [
+        Row(
+            outcome.scenario.key,
+            "publish→receive p99 ≤ 10 ms at 1,000 msgs/s, whole secured path",
+            f"p99 {_fmt(p99, ' ms', 1)}",
+            _met(p99, 10, at_least=False) if lost == 0 else False,
+            detail,
+        )
+    ]
+
+
 def breakdown_rows(outcome: Outcome) -> list[Row]:
     """One row: where a signed publish's server CPU goes, biggest stages first."""
     found = (outcome.results or {}).get("breakdown") or {}
@@ -291,6 +321,8 @@ def summary_rows(suite: Suite) -> list[Row]:
             rows[-1].target = "batch of 100 (no target; see 1,000)"
         elif key == "publish-batch-1000":
             rows += publish_rows(outcome, "ed25519", "batch of 1,000", 30000)
+        elif key == "latency":
+            rows += latency_rows(outcome)
         elif key == "fan-out":
             rows += fanout_rows(outcome)
         elif key == "breakdown":
