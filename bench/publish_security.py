@@ -74,6 +74,7 @@ from bench._common import (
     machine_busy_seconds,
     machine_facts,
     main_thread_cpu_seconds,
+    metric_samples,
     ms,
     percentile,
     proc_cpu_seconds,
@@ -614,6 +615,22 @@ def stop_children(bench: Bench) -> None:
     bench.procs = []
 
 
+def group_commits(server: Server) -> tuple[float, float] | None:
+    """The server's publish transactions and the requests they committed (``/metrics``)."""
+    import httpx
+
+    try:
+        text = httpx.get(
+            server.init["url"] + "/metrics", verify=server.init["ca_cert"], timeout=5.0
+        ).text
+    except httpx.HTTPError:
+        return None
+    found = {name: value for name, _, value in metric_samples(text)}
+    commits = found.get("herald_publish_commits_total")
+    requests = found.get("herald_publish_requests_committed_total")
+    return None if commits is None or requests is None else (commits, requests)
+
+
 def one_run(bench: Bench, server: Server, round_no: int) -> None:
     args = bench.args
     assert server.process is not None
@@ -655,13 +672,18 @@ def one_run(bench: Bench, server: Server, round_no: int) -> None:
         time.sleep(0.2)  # let the warm-up's last answers settle before the snapshot
         pids = [p.pid for p in bench.procs]
         load0 = os.getloadavg()[0]
+        commits0 = group_commits(server)
         snap0 = Snapshot.take(server.process.pid, pids)
         bench.go.set()
         results = collect(bench, "result", procs, bench.deadline + 15)
         snap1 = Snapshot.take(server.process.pid, pids)
+        commits1 = group_commits(server)
     finally:
         stop_children(bench)
     run = summarise_run(bench, round_no, results, (snap0, snap1))
+    if commits0 is not None and commits1 is not None and commits1[0] > commits0[0]:
+        transactions = commits1[0] - commits0[0]
+        run["requests_per_commit"] = round((commits1[1] - commits0[1]) / transactions, 2)
     run["warmup_errors"] = dict(warm_errors)
     run["load_average_1m_before"] = round(load0, 2)
     run["order"] = sum(len(s.runs) for s in bench.servers)  # position in the whole sequence
@@ -766,6 +788,7 @@ def summarise_config(server: Server) -> dict[str, Any]:
             ]
         ),
         "other_processes": spread([r["other_processes"] for r in runs]),
+        "requests_per_commit": spread([r.get("requests_per_commit") for r in runs]),
         "errors": dict(sum((Counter(r["errors"]) for r in runs), Counter())),
     }
 
@@ -843,17 +866,18 @@ def table(bench: Bench) -> str:
             "srv CPU µs/publish",
             "client CPU/wall",
             "other procs",
+            "requests/commit",
             "errors",
         ]
     ]
     for n, server in enumerate(bench.servers, 1):
         name = f"{n} {server.config.key}: {server.config.label}"
         if server.skipped:
-            rows.append([name, "skipped", "", "", "", "", "", "", ""])
+            rows.append([name, "skipped", "", "", "", "", "", "", "", ""])
             continue
         s = summaries.get(server.config.key)
         if not s or not s["runs"]:
-            rows.append([name, "no runs", "", "", "", "", "", "", ""])
+            rows.append([name, "no runs", "", "", "", "", "", "", "", ""])
             continue
         errors = sum(s["errors"].values())
         client = s["client_cpu_per_wall_max"]
@@ -868,6 +892,7 @@ def table(bench: Bench) -> str:
                 med_range(s["server_cpu_us_per_publish"]),
                 fmt(client["median"]) + flag,
                 fmt(s["other_processes"]["median"]),
+                fmt(s["requests_per_commit"]["median"]),
                 fmt(errors),
             ]
         )

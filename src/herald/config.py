@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     cluster: bool | None = None
     #: This node's name in ``herald cluster status`` (default: host name and port).
     node_id: str = ""
+    #: Worker processes serving one port (``herald serve --workers``); more than one shares
+    #: state through Redis like a cluster's nodes, so HERALD_REDIS_URL is required.
+    workers: int = Field(default=1, ge=1, le=64)
+    #: Bind the port with SO_REUSEPORT (set by ``herald serve --workers`` for its workers:
+    #: the kernel spreads connections over every process bound to the port).
+    reuse_port: bool = False
     master_key: SecretStr | None = None
     key_provider: Literal["local", "aws-kms"] = "local"
     aws_kms_key_id: str = ""
@@ -140,6 +146,13 @@ class Settings(BaseSettings):
                 "cluster mode needs HERALD_REDIS_URL: without it nonces, revoked tokens, "
                 "rate limits, stream tickets and live fan-out would stay on one node"
             )
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError(
+                "several workers need HERALD_REDIS_URL: they share nonces, revoked tokens, "
+                "rate limits, stream tickets and live fan-out through it, like cluster nodes"
+            )
+        if self.workers > 1 and self.cluster is False:
+            raise ValueError("several workers run in cluster mode; HERALD_CLUSTER=false forbids it")
         return self
 
     @classmethod

@@ -29,6 +29,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_MAX",
     "IDEMPOTENCY_TTL",
     "JWT_LEEWAY",
+    "LISTEN_BACKLOG",
     "MAX_BATCH_BODY_BYTES",
     "MAX_BODY_BYTES",
     "MESSAGE_TTL_MAX",
@@ -176,6 +177,10 @@ CLUSTER_RUN_START_WAIT = 60.0
 #: Seconds ``herald cluster run`` gives its nodes to shut down gracefully before SIGKILL
 #: (the draining server waits up to 5 s for streams, the dispatcher 5 s for deliveries).
 CLUSTER_RUN_STOP_WAIT = 20.0
+#: Pending connections a worker's listening socket queues (``herald serve --workers``;
+#: uvicorn's own default).
+LISTEN_BACKLOG = 2048
+
 #: Publish requests one node commits in one transaction when several arrive at once
 #: (``herald.service.messages``): group commit, one fsync for the group.
 PUBLISH_GROUP_MAX = 128

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from herald.config import Settings, load_settings
 from herald.core.nodes import render_status
 from herald.service.cluster import cluster_status
 
-__all__ = ["cluster_cli"]
+__all__ = ["cluster_cli", "run_workers"]
 
 cluster_cli = typer.Typer(help="Cluster mode: node status, local multi-node runs.")
 
@@ -60,7 +61,7 @@ def status(as_json: JsonOpt = False) -> None:
 class _Child:
     name: str
     url: str
-    log: Path
+    log: Path | None  # None: the child writes to our terminal
     process: subprocess.Popen[bytes]
 
 
@@ -173,6 +174,56 @@ def run(
     console.print("all nodes stopped")
 
 
+def run_workers(settings: Settings) -> None:
+    """``herald serve --workers N``: N processes on one port, supervised until a signal.
+
+    Each worker is a node of its own (``<node>-w<i>``, sharing Redis and the database like
+    cluster nodes) bound with SO_REUSEPORT, so the kernel spreads connections over them.
+    When one worker exits on its own the others are stopped and the command fails, so a
+    process manager restarts the whole server rather than run it short-handed.
+    """
+    base = settings.node_id or f"{socket.gethostname()}:{settings.port}"
+    env = {
+        **os.environ,
+        "HERALD_DATA_DIR": str(settings.data_dir),
+        "HERALD_HOST": settings.host,
+        "HERALD_PORT": str(settings.port),
+        "HERALD_INSECURE_HTTP": "true" if settings.insecure_http else "false",
+        "HERALD_WORKERS": "1",
+        "HERALD_REUSE_PORT": "true",
+    }
+    host = _LOOPBACK.get(settings.host, settings.host)
+    url = f"{settings.scheme}://{f'[{host}]' if ':' in host else host}:{settings.port}"
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children: list[_Child] = []
+    try:
+        for index in range(settings.workers):
+            name = f"{base}-w{index}"
+            process = subprocess.Popen(  # noqa: S603 - our own CLI
+                [*_HERALD, "serve"],
+                env={**env, "HERALD_NODE_ID": name},
+                start_new_session=True,  # signals reach the supervisor, which stops them
+            )
+            children.append(_Child(name, url, None, process))
+        _wait_healthy(children, settings, stop)
+        stderr.print(f"{settings.workers} workers serving {url}; Ctrl-C stops them")
+        while not stop.wait(_POLL):
+            for child in children:
+                code = child.process.poll()
+                if code is not None:
+                    fail(f"worker {child.name} exited (status {code}); stopping the others")
+    finally:
+        _stop(children)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _wait_healthy(children: list[_Child], settings: Settings, stop: threading.Event) -> None:
     verify: ssl.SSLContext | bool = (
         ssl.create_default_context(cafile=str(settings.ca_file))
@@ -186,7 +237,8 @@ def _wait_healthy(children: list[_Child], settings: Settings, stop: threading.Ev
             raise typer.Exit(0)
         for child in list(waiting):
             if child.process.poll() is not None:
-                fail(f"node {child.name} exited during start-up; see {child.log}")
+                where = f"; see {child.log}" if child.log is not None else ""
+                fail(f"node {child.name} exited during start-up{where}")
             if _healthy(child.url, verify):
                 waiting.remove(child)
         if time.monotonic() > deadline:

@@ -51,6 +51,15 @@ def serve(
     banner: Annotated[
         bool, typer.Option("--banner", help="Print the URL, CA and copy-paste examples first.")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Processes serving the port (overrides HERALD_WORKERS; >1 needs Redis).",
+        ),
+    ] = None,
 ) -> None:
     """Run the server (HTTPS by default)."""
     # Imported here so that client commands do not pay for loading the server stack.
@@ -63,9 +72,16 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if workers is not None:
+        overrides["workers"] = workers
     settings = load_settings(**overrides)
     if banner:
         _print_banner(settings)
+    if settings.workers > 1:
+        from herald.cli.cluster import run_workers  # noqa: PLC0415
+
+        run_workers(settings)
+        return
     run_server(settings)
 
 

@@ -83,7 +83,29 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
         ssl_context_factory=ssl_factory if context is not None else None,
     )
-    _DrainingServer(config, app).run()
+    server = _DrainingServer(config, app)
+    if settings.reuse_port:
+        # One of several workers on this port: each binds its own socket and the kernel
+        # spreads new connections over them (SO_REUSEPORT).
+        server.run(sockets=[_reuse_port_socket(settings.host, settings.port)])
+    else:
+        server.run()
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` shared with the other workers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(limits.LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 class _DrainingServer(uvicorn.Server):
