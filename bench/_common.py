@@ -127,6 +127,30 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return proc_cpu_seconds_of(Path(f"/proc/{pid}/stat"))
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc), e.g. ``herald serve --workers``' workers."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def tree_cpu_seconds(pid: int, *, main_threads: bool = False) -> float | None:
+    """CPU seconds of ``pid`` and its descendants (only their main threads if asked)."""
+    read = main_thread_cpu_seconds if main_threads else proc_cpu_seconds
+    values = [read(p) for p in process_tree(pid)]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds all processes of the machine have used since boot (Linux /proc/stat)."""
     try:

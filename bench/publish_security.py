@@ -73,7 +73,6 @@ from bench._common import (
     log_summary,
     machine_busy_seconds,
     machine_facts,
-    main_thread_cpu_seconds,
     metric_samples,
     ms,
     percentile,
@@ -83,6 +82,7 @@ from bench._common import (
     server_env,
     start_server,
     stop_server,
+    tree_cpu_seconds,
 )
 from bench._common import (
     write_results as common_write_results,
@@ -130,6 +130,7 @@ class Config:
     label: str
     signing: str | None  # None (unsigned), "ed25519" or "hmac"
     redis: bool = False
+    workers: int = 1  # herald serve --workers (more than one needs Redis)
 
 
 CONFIGS = (
@@ -137,6 +138,14 @@ CONFIGS = (
     Config("ed25519", "bearer + Ed25519 sig + nonce (memory)", "ed25519"),
     Config("hmac", "bearer + HMAC-SHA256 sig + nonce (memory)", "hmac"),
     Config("ed25519-redis", "bearer + Ed25519 sig + nonce (Redis)", "ed25519", redis=True),
+    Config(
+        "ed25519-workers",
+        "as ed25519-redis, 2 worker processes",
+        "ed25519",
+        redis=True,
+        workers=2,
+    ),
+    Config("hmac-workers", "HMAC sig + nonce (Redis), 2 worker processes", "hmac", True, 2),
 )
 BASELINE = "bearer"
 
@@ -443,30 +452,41 @@ def redis_unreachable(url: str) -> str | None:
     return None
 
 
-def delete_nonce_keys(url: str, tenant: str, budget_s: float = 30.0) -> dict[str, Any]:
-    """Delete ``herald:nonce:<tenant>:*`` (the keys this run's server created); bounded."""
+def delete_redis_keys(url: str, server: Server, budget_s: float = 30.0) -> dict[str, Any]:
+    """Delete what this run's server wrote to Redis; bounded.
+
+    Its nonces (``herald:nonce:<tenant>:*``), its app's rate-limit bucket and its nodes'
+    heartbeats (``herald:node:<node id>*``; they would expire anyway).
+    """
     import redis
 
-    pattern = f"herald:nonce:{tenant}:*"
+    from herald.state.ratelimit import bucket_key
+
+    patterns = [
+        f"herald:nonce:{server.init['tenant']}:*",
+        f"herald:node:{server.env.get('HERALD_NODE_ID', '-')}*",
+    ]
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
     deleted, give_up = 0, time.monotonic() + budget_s
     try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
+        deleted += int(client.unlink(f"herald:rl:{bucket_key('app', server.init['client_id'])}"))
+        for pattern in patterns:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += int(client.unlink(*batch))
+                    batch = []
+                if time.monotonic() > give_up:
+                    break
+            if batch:
                 deleted += int(client.unlink(*batch))
-                batch = []
-            if time.monotonic() > give_up:
-                break
-        if batch:
-            deleted += int(client.unlink(*batch))
-        left = sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+        left = sum(1 for p in patterns for _ in client.scan_iter(match=p, count=1000))
     except (redis.RedisError, OSError) as exc:
-        return {"pattern": pattern, "deleted": deleted, "error": f"{type(exc).__name__}: {exc}"}
+        return {"patterns": patterns, "deleted": deleted, "error": f"{type(exc).__name__}: {exc}"}
     finally:
         client.close()
-    return {"pattern": pattern, "deleted": deleted, "left": left}
+    return {"patterns": patterns, "deleted": deleted, "left": left}
 
 
 def hmac_key(env: dict[str, str], client_id: str) -> dict[str, str]:
@@ -491,6 +511,10 @@ def prepare_server(server: Server, bench: Bench) -> None:
     server.env = server_env(data_dir, free_port())
     if cfg.redis:
         server.env["HERALD_REDIS_URL"] = bench.args.redis_url
+        # A name of its own, so that its node heartbeats can be deleted afterwards.
+        server.env["HERALD_NODE_ID"] = f"bench-{cfg.key}-{os.getpid()}"
+    if cfg.workers > 1:
+        server.env["HERALD_WORKERS"] = str(cfg.workers)
     # The app's rate limit (1,000 requests/s by default) would cap the load, not the
     # pipeline: raised for these throw-away servers only.
     server.env["HERALD_RATE_LIMIT_APP_RATE"] = "1000000"
@@ -562,8 +586,9 @@ class Snapshot:
         return cls(
             wall=time.monotonic(),
             machine=machine_busy_seconds(),
-            server=proc_cpu_seconds(server_pid),
-            server_main=main_thread_cpu_seconds(server_pid),
+            # With --workers the server is a supervisor and its worker processes.
+            server=tree_cpu_seconds(server_pid),
+            server_main=tree_cpu_seconds(server_pid, main_threads=True),
             clients=[proc_cpu_seconds(pid) for pid in client_pids],
             parent=time.process_time(),
         )
@@ -1179,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_server(server.process)
             server.log = log_summary(server.tmp / "data" / "serve.log")
             if server.config.redis and not server.skipped and server.init.get("tenant"):
-                server.redis_cleanup = delete_nonce_keys(args.redis_url, server.init["tenant"])
+                server.redis_cleanup = delete_redis_keys(args.redis_url, server)
         shutil.rmtree(tmp, ignore_errors=True)
     report(bench, failed=failed or bench.timed_out)
     return 0 if bench.status == "finished" else 1

@@ -45,6 +45,7 @@ __all__ = [
     "PUBLISH_GROUP_MAX",
     "RECIPIENTS_MAX",
     "RECIPIENT_ID_MAX",
+    "REDIS_PIPELINE_MAX",
     "STREAM_FRAME_MAX",
     "STREAM_QUEUE_MAX",
     "STREAM_TICKET_TTL",
@@ -180,6 +181,10 @@ CLUSTER_RUN_STOP_WAIT = 20.0
 #: Pending connections a worker's listening socket queues (``herald serve --workers``;
 #: uvicorn's own default).
 LISTEN_BACKLOG = 2048
+
+#: Redis script calls (nonce claims, rate-limit hits) that arrive together and share one
+#: pipeline (``herald.state._redis.PipelinedScript``).
+REDIS_PIPELINE_MAX = 256
 
 #: Publish requests one node commits in one transaction when several arrive at once
 #: (``herald.service.messages``): group commit, one fsync for the group.

@@ -291,10 +291,29 @@ async def test_client_chosen_keys_are_bounded(redis_ns: RedisNamespace) -> None:
 async def test_noscript_falls_back_to_loading_the_script(redis_ns: RedisNamespace) -> None:
     """A server that lost its script cache (restart, failover) answers NOSCRIPT once."""
     limiter = RedisRateLimiter(redis_ns.client, prefix=redis_ns.prefix + "rl:")
-    real_sha = limiter._script.sha
-    limiter._script.sha = "0" * 40
+    script = limiter._script._script  # the redis-py Script under the pipelining
+    real_sha = script.sha
+    script.sha = "0" * 40
     assert (await limiter.hit("k", Bucket(rate=TINY_RATE, burst=1))).allowed
-    assert limiter._script.sha == real_sha
+    assert script.sha == real_sha
+
+
+@pytest.mark.redis
+async def test_concurrent_hits_share_a_pipeline_and_survive_a_flushed_script_cache(
+    redis_ns: RedisNamespace,
+) -> None:
+    """Hits arriving together go out in one pipeline; each is still its own bucket update,
+    and a pipeline re-loads a script the server forgot (SCRIPT FLUSH, restart)."""
+    limiter = RedisRateLimiter(redis_ns.client, prefix=redis_ns.prefix + "rl:")
+    bucket = Bucket(rate=TINY_RATE, burst=3)
+    await limiter.hit("warm", bucket)
+    await redis_ns.client.script_flush()
+    keys = [f"k{n % 10}" for n in range(50)]
+    decisions = await asyncio.gather(*(limiter.hit(k, bucket) for k in keys))
+    for key in set(keys):
+        admitted = [d.allowed for k, d in zip(keys, decisions, strict=True) if k == key]
+        assert admitted.count(True) == 3  # the burst, per key, exactly
+    assert limiter._script._runner.runs < len(keys)  # grouped: fewer round trips than hits
 
 
 @pytest.mark.redis

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from herald import limits
 from herald.audit.entry import AuditEvent
-from herald.service.grouping import GroupRunner
+from herald.core.grouping import GroupRunner
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import AuditSink
 

@@ -22,6 +22,7 @@ from herald import limits
 from herald.audit.entry import AuditEvent
 from herald.bus.base import LiveMessage
 from herald.channels.registry import INAPP
+from herald.core.grouping import GroupRunner
 from herald.core.messages import PublishRequest, content_of
 from herald.core.policy import Action, Resource, allowed, authorize
 from herald.crypto.e2e import ENC_LEN, MAX_CIPHERTEXT, b64url_decode
@@ -38,7 +39,6 @@ from herald.errors import (
     NotFound,
 )
 from herald.service import audit, templates
-from herald.service.grouping import GroupRunner
 from herald.service.routing import Routed, Routing, Targets, route, targets
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import (

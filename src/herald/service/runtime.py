@@ -52,9 +52,9 @@ from herald.storage.sql import SqlStore
 from herald.streams.hub import Hub
 
 if TYPE_CHECKING:  # the dispatcher and the planner import the runtime
+    from herald.core.grouping import GroupRunner
     from herald.service.audit import AuditGroup
     from herald.service.delivery import Dispatcher
-    from herald.service.grouping import GroupRunner
     from herald.service.plans import Planner
 
 __all__ = ["Runtime", "utcnow"]

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from herald.errors import RequestExpired, ServiceUnavailable
-from herald.state._redis import connect
+from herald.state._redis import PipelinedScript, connect
 
 __all__ = [
     "EPOCH_KEY",
@@ -170,7 +170,7 @@ class RedisNonceStore:
     def __init__(self, client: Any, *, prefix: str = "herald:") -> None:
         self._client = client
         self._prefix = prefix
-        self._claim = client.register_script(_CLAIM)
+        self._claim = PipelinedScript(client, _CLAIM)
         self._ensure_epoch = client.register_script(_ENSURE_EPOCH)
 
     @classmethod
@@ -202,9 +202,7 @@ class RedisNonceStore:
 
         args = [int(ttl * 1000), "" if created is None else int(created)]
         try:
-            result = await self._claim(
-                keys=[self._prefix + EPOCH_KEY, self._prefix + key], args=args
-            )
+            result = await self._claim([self._prefix + EPOCH_KEY, self._prefix + key], args)
         except (RedisError, OSError):
             raise ServiceUnavailable(
                 "replay protection is unavailable (Redis unreachable); request refused"

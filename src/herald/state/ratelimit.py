@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from herald.errors import ServiceUnavailable
-from herald.state._redis import connect
+from herald.state._redis import PipelinedScript, connect
 
 __all__ = [
     "BURST_MAX",
@@ -467,7 +467,7 @@ class RedisRateLimiter:
     def __init__(self, client: Any, *, prefix: str = "herald:rl:") -> None:
         self._client = client
         self._prefix = prefix
-        self._script = client.register_script(_LUA)
+        self._script = PipelinedScript(client, _LUA)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "herald:rl:") -> RedisRateLimiter:
@@ -482,7 +482,7 @@ class RedisRateLimiter:
         name = self._prefix + bucket_key(bucket.name, key)
         args = [repr(float(bucket.rate)), str(bucket.burst), str(cost), repr(EPSILON)]
         try:
-            reply = await self._script(keys=[name], args=args)
+            reply = await self._script([name], args)
         except (RedisError, OSError):
             raise ServiceUnavailable(
                 "rate limiting is unavailable (Redis failed); request refused"
