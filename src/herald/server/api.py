@@ -130,7 +130,11 @@ async def verify_signature(request: Request, body: bytes, *, tenant_id: str, app
     if not rt.settings.require_signatures and "signature" not in headers:
         return
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
-    combined = {name: ", ".join(headers.getlist(name)) for name in headers}
+    # Repeated fields combined as RFC 9110 §5.3 says, in one pass over the raw headers.
+    combined: dict[str, str] = {}
+    for raw_name, raw_value in request.scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        combined[name] = f"{combined[name]}, {value}" if name in combined else value
     signed = signatures.SignedRequest(
         method=request.method,
         path=raw_path.decode("latin-1"),
