@@ -36,6 +36,7 @@ from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algor
 
 from herald.client import RequestSigner
 from herald.core.signatures import content_digest, signature_base, signature_params
+from herald.state.live import CACHE_TTL
 
 if TYPE_CHECKING:  # the fixture's types, for readers and type checkers only
     from tests.api.conftest import App, Server
@@ -796,6 +797,8 @@ def test_hmac_key_usable_then_revoked(
     revoked = cli_json(server, "app", "key", "revoke", demo.client_id, keyid)
     assert revoked["keyid"] == keyid
     assert revoked["revoked_at"] is not None
+    # The CLI is another process: the server notices within its key cache's second.
+    time.sleep(CACHE_TTL)
 
     snapshot = Snapshot(server)
     request = signer.sign(build_publish(client, demo_token))
