@@ -7,14 +7,15 @@ BIN    := $(VENV)/bin
 DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run cluster test lint format bench soak soak-ci clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci
+.PHONY: help venv run cluster test lint format bench bench-components soak soak-ci clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci
 
 help:
 	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
 	@echo "make cluster - three nodes on :8443-8445 against HERALD_DATABASE_URL / HERALD_REDIS_URL"
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
 	@echo "make lint   - ruff + mypy (strict)"
-	@echo "make bench  - the benchmarks (prints figures; bench.cluster needs PostgreSQL + Redis)"
+	@echo "make bench  - the performance suite vs peers (~12 min; BENCH_ARGS=--quick: ~3 min)"
+	@echo "make bench-components - the component benchmarks (bench.cluster needs PostgreSQL + Redis)"
 	@echo "make fuzz   - the long fuzzing profile: API fuzzing (schemathesis) + parser fuzzers"
 	@echo "make fuzz-api     - schemathesis, FUZZ_EXAMPLES (200) random examples per operation and mode"
 	@echo "make fuzz-parsers - atheris parser fuzzers, FUZZ_SECONDS (60) per target"
@@ -65,9 +66,22 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench fuzzing
 	$(BIN)/ruff check --fix src tests bench fuzzing
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.publish_deliver $(BENCH_ARGS)
-	$(BIN)/python -m bench.publish_security
+# The performance suite (bench/suite.py): publish-single, publish-batch, latency, fan-out and
+# connections against python-socketio and Mosquitto, the pipeline breakdown; ~12 minutes, one
+# table of targets vs figures. The bench extra brings the peers' Python clients and py-spy;
+# bench.fanout installs Mosquitto from Debian when it is missing and we are root.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
+# The component benchmarks of earlier issues (each prints its own table; see bench/README.md).
+bench-components: $(BENCH_STAMP)
+	$(BIN)/python -m bench.publish_deliver
 	$(BIN)/python -m bench.encryption
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.webhook
