@@ -13,6 +13,7 @@ seconds each; a scheduled message is due 3 s after it is scheduled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from tests.api.peers import (
     WAIT,
@@ -748,3 +750,35 @@ def test_same_content_within_the_window_is_suppressed(node: Node, receiver: Rece
     repeat = node.publish(recipient, "sign-in code", body="Your code is 1234")
     node.wait_delivery(repeat, "webhook", {"delivered"})
     assert sorted(payload_ids(receiver, path)) == sorted([first, changed, repeat])
+
+
+def test_concurrent_publishes_of_the_same_content_notify_once(
+    node: Node, receiver: Receiver
+) -> None:
+    # Concurrent publishes are committed together (group commit): a request routed after
+    # another of its group must see that one's notification, not only the committed log.
+    recipient, path = hooked(node, receiver)
+    message = {
+        "topic": "alerts.e2e",
+        "recipients": [recipient],
+        "title": "sign-in code",
+        "body": "Your code is 4321",
+        "dedup_window": 60,
+    }
+    bearer = {"Authorization": f"Bearer {node.herald.token(node.admin)}"}
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+
+    async def publish_all() -> list[httpx.Response]:
+        async with node.herald.async_client(headers=bearer, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/messages", json=message) for _ in range(16))
+            )
+
+    responses = asyncio.run(publish_all())
+    assert [r.status_code for r in responses] == [202] * 16, [r.text for r in responses]
+    ids = [r.json()["id"] for r in responses]
+    states = {i: node.deliveries(i)[0]["state"] for i in ids}
+    assert sorted(states.values()).count("suppressed") == 15, states
+    [notified] = [i for i, state in states.items() if state != "suppressed"]
+    node.wait_delivery(notified, "webhook", {"delivered"})
+    assert payload_ids(receiver, path) == [notified]
