@@ -1,4 +1,5 @@
-"""The raw writer of HeraldWebSocketProtocol, over uvicorn's real sans-I/O protocol.
+"""The raw writer of HeraldWebSocketProtocol, over uvicorn's real sans-I/O protocol, and
+the stream sender over it (or over ``websocket.send_text`` when it is absent).
 
 The transport is a memory fake (bytes written, closing state, pause/resume); the handshake,
 frames from the client and the ASGI app are real, so the states the writer checks are the
@@ -9,17 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
+import contextlib
+import json
+import time
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import uvicorn
+from starlette.websockets import WebSocket
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
+from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
+from herald.bus.base import LiveMessage
+from herald.core.topics import TopicPattern
 from herald.core.wsframe import text_frame
-from herald.server import ws_protocol
+from herald.observability.metrics import Metrics
+from herald.server import streams, ws_protocol
 from herald.server.ws_protocol import HeraldWebSocketProtocol, RawWriter, raw_writer
+from herald.service.runtime import Runtime
+from herald.streams.hub import HEARTBEAT, Heartbeat, StreamSession
 
 
 class FakeTransport(asyncio.Transport):
@@ -218,3 +232,94 @@ async def test_drain_waits_for_resume_writing_and_fails_once_the_connection_is_l
         await asyncio.wait_for(waiter, 1)
     assert not writer.open
     app.release.set()
+
+
+# -- the stream sender over either writer ---------------------------------------------------
+
+
+def _live(seq: int, text: str) -> LiveMessage:
+    return LiveMessage("t", "a.b", seq, f"m{seq}", (), text, b"", time.monotonic())
+
+
+def _stream() -> tuple[StreamSession, Runtime]:
+    session = StreamSession(
+        tenant_id="t", recipient="r", patterns=[TopicPattern.parse("a.>")], queue_size=256,
+        transport="websocket",
+    )  # fmt: skip
+    return session, cast(Runtime, SimpleNamespace(metrics=Metrics()))
+
+
+def _metric(rt: Runtime, name: str, **labels: str) -> float:
+    value = rt.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def _run_sender(websocket: Any, rt: Runtime, session: StreamSession) -> None:
+    """Run the sender until the queue is empty and it waits again; then stop it."""
+    task = asyncio.create_task(streams._ws_sender(rt, cast(WebSocket, websocket), session))
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if session.queue.empty():
+            break
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_raw_sender_writes_a_backlog_in_one_write_in_order_without_duplicates() -> None:
+    app = App()
+    _, transport = await _connect(app)
+    session, rt = _stream()
+    session.last_seq = 1
+    items: list[LiveMessage | Heartbeat] = [_live(1, "old"), _live(2, "two"), HEARTBEAT]
+    items += [_live(3, "three"), _live(3, "three again")]
+    for item in items:
+        session.queue.put_nowait(item)
+    transport.written.clear()
+    await _run_sender(SimpleNamespace(scope=app.scope), rt, session)
+    client = ClientProtocol(parse_uri("wss://127.0.0.1/"), state=State.OPEN)
+    client.receive_data(bytes(transport.written))
+    texts = [bytes(e.data).decode() for e in client.events_received() if isinstance(e, Frame)]
+    assert texts[0] == "two"
+    assert json.loads(texts[1])["type"] == "heartbeat"
+    assert texts[2:] == ["three"]
+    assert session.last_seq == 3
+    assert _metric(rt, "herald_websocket_streams_total", writer="raw") == 1
+    assert _metric(rt, "herald_publish_to_deliver_seconds_count") == 2  # one per delivery
+    app.release.set()
+
+
+async def test_raw_sender_splits_a_large_backlog_into_bounded_writes() -> None:
+    app = App()
+    _, transport = await _connect(app)
+    session, rt = _stream()
+    writes: list[bytes] = []
+    transport.write = writes.append  # type: ignore[method-assign,assignment]
+    text = "x" * 20_000
+    for seq in range(10):
+        session.queue.put_nowait(_live(seq, text))
+    await _run_sender(SimpleNamespace(scope=app.scope), rt, session)
+    frame = text_frame(text.encode())
+    assert b"".join(writes) == frame * 10
+    assert len(writes) > 1
+    assert max(len(w) for w in writes) <= streams._COALESCE_BYTES + len(frame)
+    app.release.set()
+
+
+async def test_sender_falls_back_to_send_text_without_the_raw_writer() -> None:
+    """Under another server (no ``herald.ws.raw`` extension): ASGI ``websocket.send``."""
+    sent: list[str] = []
+
+    async def send_text(text: str) -> None:
+        sent.append(text)
+
+    session, rt = _stream()
+    for item in (_live(1, "one"), HEARTBEAT, _live(1, "dup"), _live(2, "two")):
+        session.queue.put_nowait(item)
+    await _run_sender(SimpleNamespace(scope={"extensions": {}}, send_text=send_text), rt, session)
+    assert sent[0] == "one"
+    assert json.loads(sent[1])["type"] == "heartbeat"
+    assert sent[2:] == ["two"]
+    assert _metric(rt, "herald_websocket_streams_total", writer="asgi") == 1
+    assert _metric(rt, "herald_websocket_streams_total", writer="raw") == 0

@@ -64,8 +64,11 @@ class Subscribe(_ClientFrame, tag="subscribe"):
 
 
 _FRAME_DECODER = msgspec.json.Decoder(Ack | Subscribe)
-#: Queued frames written to a socket in one write at most (a backlog goes out in few writes).
-_COALESCE_MAX = 64
+#: A backlog of queued frames goes to a socket in few writes: at most this many frames, and
+#: no more frames once this many bytes are gathered (a write may exceed the transport's
+#: high-water mark by that much, no more).
+_COALESCE_FRAMES = 64
+_COALESCE_BYTES = 64 * 1024
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -200,14 +203,17 @@ async def _ws_raw_sender(rt: Runtime, raw: RawWriter, session: StreamSession) ->
         if raw.paused:
             await raw.drain()
         frames: list[bytes] = []
+        size = 0
         while True:
             if isinstance(item, Heartbeat):
                 frames.append(text_frame(_heartbeat_frame()))
             elif item.seq > session.last_seq:
-                frames.append(item.ws_frame(recipient))
+                frame = item.ws_frame(recipient)
+                frames.append(frame)
+                size += len(frame)
                 session.last_seq = item.seq
                 rt.metrics.observe_fanout(time.monotonic() - item.published_at)
-            if queue.empty() or len(frames) >= _COALESCE_MAX:
+            if queue.empty() or len(frames) >= _COALESCE_FRAMES or size >= _COALESCE_BYTES:
                 break
             item = queue.get_nowait()
         if frames:

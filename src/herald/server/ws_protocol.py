@@ -52,12 +52,11 @@ class RawWriter:
         frame after a Close).
         """
         protocol = self._protocol
+        # State OPEN implies the handshake was accepted (not refused, no HTTP response).
         return (
-            protocol.handshake_complete
+            protocol.conn.state is State.OPEN
             and not protocol.close_sent
             and not protocol.disconnected
-            and protocol.initial_response is None
-            and protocol.conn.state is State.OPEN
             and not protocol.transport.is_closing()
         )
 
