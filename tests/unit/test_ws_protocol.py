@@ -33,7 +33,7 @@ from herald.observability.metrics import Metrics
 from herald.server import streams, ws_protocol
 from herald.server.ws_protocol import HeraldWebSocketProtocol, RawWriter, raw_writer
 from herald.service.runtime import Runtime
-from herald.streams.hub import HEARTBEAT, Heartbeat, StreamSession
+from herald.streams.hub import HEARTBEAT, Heartbeat, Hub, StreamSession
 
 
 class FakeTransport(asyncio.Transport):
@@ -323,3 +323,35 @@ async def test_sender_falls_back_to_send_text_without_the_raw_writer() -> None:
     assert sent[2:] == ["two"]
     assert _metric(rt, "herald_websocket_streams_total", writer="asgi") == 1
     assert _metric(rt, "herald_websocket_streams_total", writer="raw") == 0
+
+
+async def test_raw_sender_takes_fan_out_directly_and_queues_while_the_transport_is_paused() -> None:
+    app = App()
+    protocol, transport = await _connect(app)
+    session, rt = _stream()
+    hub = Hub()
+    hub.register(session)
+    task = asyncio.create_task(streams._ws_sender(rt, cast(WebSocket, app), session))
+    await asyncio.sleep(0)
+    assert session.direct is not None
+    transport.written.clear()
+    hub.dispatch(_live(1, "one"))
+    await asyncio.sleep(0)
+    assert bytes(transport.written) == text_frame(b"one")  # written by the fan-out itself
+    protocol.pause_writing()  # the client reads too slowly
+    hub.dispatch(_live(2, "two"))
+    hub.dispatch(_live(3, "three"))
+    await asyncio.sleep(0)
+    assert bytes(transport.written) == text_frame(b"one")
+    assert session.queue.qsize() >= 1  # waiting in the queue, bounded: 4408 when full
+    protocol.resume_writing()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert bytes(transport.written) == b"".join(text_frame(t) for t in (b"one", b"two", b"three"))
+    assert session.last_seq == 3
+    assert _metric(rt, "herald_publish_to_deliver_seconds_count") == 3
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert session.direct is None
+    app.release.set()

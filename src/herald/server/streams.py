@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from herald import limits
+from herald.bus.base import LiveMessage
 from herald.core.ids import parse_message_id
 from herald.core.wsframe import text_frame
 from herald.crypto.tokens import SubscriberClaims
@@ -198,26 +199,46 @@ async def _ws_raw_sender(rt: Runtime, raw: RawWriter, session: StreamSession) ->
     fills, and the hub cuts the session off (4408).
     """
     queue, recipient = session.queue, session.recipient
-    while True:
-        item = await queue.get()
-        if raw.paused:
-            await raw.drain()
-        frames: list[bytes] = []
-        size = 0
+    observe = rt.metrics.observe_fanout
+    holding = False
+
+    def direct(message: LiveMessage) -> bool:
+        # Called by the hub's fan-out with nothing queued: write now unless the sender
+        # holds frames (order) or the transport is paused or closed (then it is queued).
+        if holding or raw.paused or not raw.open:
+            return False
+        if message.seq > session.last_seq:
+            raw.write(message.ws_frame(recipient))
+            session.last_seq = message.seq
+            observe(time.monotonic() - message.published_at)
+        return True
+
+    session.direct = direct
+    try:
         while True:
-            if isinstance(item, Heartbeat):
-                frames.append(text_frame(_heartbeat_frame()))
-            elif item.seq > session.last_seq:
-                frame = item.ws_frame(recipient)
-                frames.append(frame)
-                size += len(frame)
-                session.last_seq = item.seq
-                rt.metrics.observe_fanout(time.monotonic() - item.published_at)
-            if queue.empty() or len(frames) >= _COALESCE_FRAMES or size >= _COALESCE_BYTES:
-                break
-            item = queue.get_nowait()
-        if frames:
-            raw.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            item = await queue.get()
+            holding = True
+            if raw.paused:
+                await raw.drain()
+            frames: list[bytes] = []
+            size = 0
+            while True:
+                if isinstance(item, Heartbeat):
+                    frames.append(text_frame(_heartbeat_frame()))
+                elif item.seq > session.last_seq:
+                    frame = item.ws_frame(recipient)
+                    frames.append(frame)
+                    size += len(frame)
+                    session.last_seq = item.seq
+                    observe(time.monotonic() - item.published_at)
+                if queue.empty() or len(frames) >= _COALESCE_FRAMES or size >= _COALESCE_BYTES:
+                    break
+                item = queue.get_nowait()
+            if frames:
+                raw.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            holding = False
+    finally:
+        session.direct = None
 
 
 def _heartbeat_frame() -> bytes:
