@@ -2,11 +2,11 @@
 
 Fan-out writes the same message to every subscriber. Through ASGI, each copy goes through
 Starlette's and uvicorn's ``send`` machinery and ``websockets``' framing again, per socket
-(most of the server's CPU per delivery). Server frames are unmasked (RFC 6455 §5.1), so
-one frame's bytes serve every connection: this protocol exposes, as the ASGI scope
-extension :data:`RAW_WRITER`, a :class:`RawWriter` that writes already-framed bytes
-straight to the connection's transport. The app falls back to ``websocket.send_text`` when
-the extension is absent (other servers, tests).
+(about a fifth of the server's CPU per delivery; docs/performance.md). Server frames are
+unmasked (RFC 6455 §5.1), so one frame's bytes serve every connection: this protocol
+exposes, as the ASGI scope extension :data:`RAW_WRITER`, a :class:`RawWriter` that writes
+already-framed bytes straight to the connection's transport. The app falls back to
+``websocket.send_text`` when the extension is absent (other servers).
 
 The writer is only offered when the handshake negotiated no extension: a frame built
 without permessage-deflate would be invalid on a compressed connection (RFC 7692 §6 needs
