@@ -754,6 +754,64 @@ async def test_ws_heartbeats_when_idle(server: Any, api: Api) -> None:
             assert abs(frame["time"] - time.time()) < 60
 
 
+# -- WebSocket: frames built once, written as they are (herald serve's raw writer) ---------
+
+
+async def websocket_writers(api: Api) -> dict[str, float]:
+    """``herald_websocket_streams_total`` by ``writer`` (raw: pre-framed, asgi: send_text)."""
+    text = (await api.client.get("/metrics")).text
+    pattern = r'^herald_websocket_streams_total\{writer="(\w+)"\}\s+(\S+)$'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+async def test_ws_streams_under_herald_serve_write_frames_built_once(server: Any, api: Api) -> None:
+    """Every stream on ``herald serve`` uses the raw writer; frames arrive intact, in order.
+
+    The second message's frame is ~40 KB: a 16-bit payload length (RFC 6455 §5.2); the
+    heartbeats of ``test_ws_heartbeats_when_idle`` use the 7-bit one.
+    """
+    p = new_prefix()
+    before = await websocket_writers(api)
+    tokens = [await api.sub_token(f"user-{i}", [f"{p}.>"]) for i in range(2)]
+    big = "é" * 20_000
+    async with ws_connect(server, tokens[0]) as a, ws_connect(server, tokens[1]) as b:
+        await expect_ready(a)
+        await expect_ready(b)
+        ids = [
+            await api.publish_id(f"{p}.x", title="small"),
+            await api.publish_id(f"{p}.x", title="big", body=big),
+            await api.publish_id(f"{p}.x", title="after"),
+        ]
+        for ws in (a, b):
+            frames = [await next_message(ws) for _ in ids]
+            assert [f["id"] for f in frames] == ids
+            assert frames[1]["body"] == big
+    after = await websocket_writers(api)
+    assert after.get("raw", 0) - before.get("raw", 0) >= 2, after
+    # Every stream test on this server ran on the raw writer, none on websocket.send.
+    assert after.get("asgi", 0) == 0, after
+
+
+async def test_ws_burst_is_delivered_complete_and_in_order(server: Any, api: Api) -> None:
+    """A batch publish queues many frames at once; the sender writes them in few writes.
+
+    40 messages: under the test server's queue size (64), so nobody is cut off.
+    """
+    p = new_prefix()
+    token = await api.sub_token("user-1", [f"{p}.>"])
+    async with ws_connect(server, token) as ws:
+        await expect_ready(ws)
+        response = await api.client.post(
+            "/v1/messages:batch",
+            json={"messages": [{"topic": f"{p}.n", "title": str(i)} for i in range(40)]},
+            headers=api._auth(),
+        )
+        assert response.status_code == 202, response.text
+        ids = [item["id"] for item in response.json()["results"]]
+        assert len(ids) == 40
+        assert await messages_until(ws, ids[-1]) == ids
+
+
 # -- WebSocket: SDK -------------------------------------------------------------------------
 
 

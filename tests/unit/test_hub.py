@@ -153,3 +153,91 @@ async def test_queue_depths_sum_and_max_over_every_tenant() -> None:
     assert hub.queue_depths() == (2, 1)
     hub.unregister(b)
     assert hub.queue_depths() == (1, 1)
+
+
+# -- direct writers (Herald's own WebSocket server: no sender task wake-up) -----------------
+
+
+class Direct:
+    """A session's direct writer: takes messages while ``accept``; records them."""
+
+    def __init__(self, accept: bool = True, fail: bool = False) -> None:
+        self.accept, self.fail = accept, fail
+        self.written: list[int] = []
+
+    def __call__(self, message: LiveMessage) -> bool:
+        if self.fail:
+            raise OSError("broken transport")
+        if self.accept:
+            self.written.append(message.seq)
+        return self.accept
+
+
+def queued(s: StreamSession) -> list[object]:
+    items = []
+    while not s.queue.empty():
+        items.append(s.queue.get_nowait())
+    return [item.seq if isinstance(item, LiveMessage) else item for item in items]
+
+
+async def test_direct_writes_happen_after_the_dispatch_in_one_callback_in_order() -> None:
+    hub, a, b = Hub(), session(), session()
+    writers = [Direct(), Direct()]
+    a.direct, b.direct = writers
+    hub.register(a)
+    hub.register(b)
+    hub.dispatch(live("orders.x", 1))
+    hub.dispatch(live("orders.x", 2))
+    hub.dispatch(live("billing.x", 3))  # not wanted
+    assert [w.written for w in writers] == [[], []]  # the publisher is answered first
+    await asyncio.sleep(0)
+    assert [w.written for w in writers] == [[1, 2], [1, 2]]
+    assert queued(a) == queued(b) == []
+
+
+async def test_a_message_the_writer_cannot_take_is_queued_and_later_ones_behind_it() -> None:
+    hub, s = Hub(), session(size=8)
+    writer = Direct(accept=False)
+    s.direct = writer
+    hub.register(s)
+    hub.dispatch(live("orders.x", 1))
+    await asyncio.sleep(0)
+    writer.accept = True
+    hub.dispatch(live("orders.x", 2))  # something is queued: no direct write past it
+    await asyncio.sleep(0)
+    assert writer.written == []
+    assert queued(s) == [1, 2]
+
+
+async def test_a_queued_heartbeat_keeps_messages_behind_it() -> None:
+    hub, s = Hub(), session(size=8)
+    writer = Direct()
+    s.direct = writer
+    hub.register(s)
+    hub.dispatch(live("orders.x", 1))
+    s.queue.put_nowait(HEARTBEAT)  # between the dispatch and the deferred write
+    await asyncio.sleep(0)
+    assert writer.written == []
+    assert queued(s) == [HEARTBEAT, 1]
+
+
+async def test_a_failing_writer_does_not_stop_the_fan_out_to_others() -> None:
+    hub, bad, good = Hub(), session(), session()
+    bad.direct, good.direct = Direct(fail=True), (writer := Direct())
+    hub.register(bad)
+    hub.register(good)
+    hub.dispatch(live("orders.x", 1))
+    await asyncio.sleep(0)
+    assert writer.written == [1]
+    assert queued(bad) == [1]
+
+
+async def test_a_full_queue_still_cuts_a_direct_session_off() -> None:
+    hub, s = Hub(), session(size=2)
+    s.direct = Direct(accept=False)  # e.g. its transport's buffer is full
+    hub.register(s)
+    for seq in range(1, 4):
+        hub.dispatch(live("orders.x", seq))
+        await asyncio.sleep(0)
+    assert s.closing is not None
+    assert s.closing.code == CLOSE_SLOW_CONSUMER

@@ -66,11 +66,13 @@ UNMATCHED_ROUTE: Final = "<unmatched>"
 Outcome = Literal["accepted", "refused"]
 Transport = Literal["websocket", "sse"]
 TokenKind = Literal["access", "subscriber"]
+Writer = Literal["raw", "asgi"]
 
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _OUTCOMES: Final = ("accepted", "refused")
 _TRANSPORTS: Final = ("websocket", "sse")
 _TOKEN_KINDS: Final = ("access", "subscriber")
+_WRITERS: Final = ("raw", "asgi")
 _WORD = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _ROUTE_MAX = 128
 # A path segment that is an identifier rather than a template word: a number, a UUID, or a
@@ -157,6 +159,8 @@ class Metrics:
         deliveries_total: Delivery state changes by ``channel`` and ``state``.
         active_streams: Open subscriber streams by ``transport`` (websocket, sse).
         stream_disconnects_total: Closed streams by ``reason``.
+        websocket_streams_total: WebSocket streams by ``writer``: ``raw`` (frames built once
+            and written to the transport as they are) or ``asgi`` (``websocket.send``).
         publish_to_deliver_seconds: Fan-out latency from accepted publish to stream write.
         tokens_issued_total: Tokens issued by ``kind`` (access, subscriber).
         auth_failures_total: Rejected authentications by ``reason``.
@@ -231,6 +235,13 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.websocket_streams_total = Counter(
+            "websocket_streams_total",
+            "WebSocket streams started, by how their frames are written.",
+            ["writer"],
+            namespace=ns,
+            registry=reg,
+        )
         self.publish_to_deliver_seconds = Histogram(
             "publish_to_deliver_seconds",
             "Latency from accepted publish to stream delivery in seconds.",
@@ -271,6 +282,8 @@ class Metrics:
             self.active_streams.labels(transport=transport)
         for kind in _TOKEN_KINDS:
             self.tokens_issued_total.labels(kind=kind)
+        for writer in _WRITERS:
+            self.websocket_streams_total.labels(writer=writer)
 
     def observe_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
         """Count one HTTP request and record its latency.
@@ -321,6 +334,14 @@ class Metrics:
         """
         self.active_streams.labels(transport=_choice(transport, _TRANSPORTS, "transport")).dec()
         self.stream_disconnects_total.labels(reason=_word(reason)).inc()
+
+    def websocket_writer(self, writer: Writer) -> None:
+        """Count one WebSocket stream's sender by how it writes frames.
+
+        Raises:
+            ValueError: If ``writer`` is not ``raw`` or ``asgi``.
+        """
+        self.websocket_streams_total.labels(writer=_choice(writer, _WRITERS, "writer")).inc()
 
     def observe_fanout(self, seconds: float) -> None:
         """Record the delay between accepting a message and writing it to a stream."""

@@ -17,6 +17,7 @@ from herald.errors import ConfigError
 from herald.observability.logging import configure_logging, get_logger
 from herald.server.app import create_app
 from herald.server.tls_extension import TlsExtensionProtocol
+from herald.server.ws_protocol import HeraldWebSocketProtocol
 
 __all__ = ["serve", "tune_gc"]
 
@@ -72,7 +73,8 @@ def serve(settings: Settings) -> None:
         loop="uvloop",
         # httptools, plus the ASGI TLS extension (client certificate for RFC 8705 binding).
         http=TlsExtensionProtocol if context is not None else "httptools",
-        ws="websockets-sansio",
+        # uvicorn's websockets-sansio, plus the raw writer for pre-framed fan-out frames.
+        ws=HeraldWebSocketProtocol,
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -22,12 +22,15 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from herald import limits
+from herald.bus.base import LiveMessage
 from herald.core.ids import parse_message_id
+from herald.core.wsframe import text_frame
 from herald.crypto.tokens import SubscriberClaims
 from herald.errors import ApiError, BadRequest, Forbidden, InvalidToken, RateLimited
 from herald.observability.logging import get_logger
 from herald.server.requests import bearer_token
 from herald.server.responses import problem_body
+from herald.server.ws_protocol import RawWriter, raw_writer
 from herald.service import streams
 from herald.service.messages import invalid_cursor
 from herald.service.runtime import Runtime
@@ -62,6 +65,11 @@ class Subscribe(_ClientFrame, tag="subscribe"):
 
 
 _FRAME_DECODER = msgspec.json.Decoder(Ack | Subscribe)
+#: A backlog of queued frames goes to a socket in few writes: at most this many frames, and
+#: no more frames once this many bytes are gathered (a write may exceed the transport's
+#: high-water mark by that much, no more).
+_COALESCE_FRAMES = 64
+_COALESCE_BYTES = 64 * 1024
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -165,18 +173,76 @@ async def _run_websocket(
 
 
 async def _ws_sender(rt: Runtime, websocket: WebSocket, session: StreamSession) -> None:
+    raw = raw_writer(websocket.scope)
+    rt.metrics.websocket_writer("raw" if raw is not None else "asgi")
+    if raw is not None:
+        await _ws_raw_sender(rt, raw, session)
+        return
     while True:
         message = await session.queue.get()
         if isinstance(message, Heartbeat):
-            await websocket.send_text(
-                _ENCODER.encode({"type": "heartbeat", "time": int(time.time())}).decode()
-            )
+            await websocket.send_text(_heartbeat_frame().decode())
             continue
         if message.seq <= session.last_seq:
             continue
         await websocket.send_text(message.for_recipient(session.recipient)[0])
         session.last_seq = message.seq
         rt.metrics.observe_fanout(time.monotonic() - message.published_at)
+
+
+async def _ws_raw_sender(rt: Runtime, raw: RawWriter, session: StreamSession) -> None:
+    """The sender under Herald's own server: frames built once per message, written as is.
+
+    Whatever else is already queued goes out in the same write (one TLS record and one
+    system call for a backlog instead of one per message). Back-pressure as through ASGI:
+    while the transport's buffer is above its high-water mark the sender waits, the queue
+    fills, and the hub cuts the session off (4408).
+    """
+    queue, recipient = session.queue, session.recipient
+    observe = rt.metrics.observe_fanout
+    holding = False
+
+    def direct(message: LiveMessage) -> bool:
+        # Called by the hub's fan-out with nothing queued: write now unless the sender
+        # holds frames (order) or the transport is paused or closed (then it is queued).
+        if holding or raw.paused or not raw.open:
+            return False
+        if message.seq > session.last_seq:
+            raw.write(message.ws_frame(recipient))
+            session.last_seq = message.seq
+            observe(time.monotonic() - message.published_at)
+        return True
+
+    session.direct = direct
+    try:
+        while True:
+            item = await queue.get()
+            holding = True
+            if raw.paused:
+                await raw.drain()
+            frames: list[bytes] = []
+            size = 0
+            while True:
+                if isinstance(item, Heartbeat):
+                    frames.append(text_frame(_heartbeat_frame()))
+                elif item.seq > session.last_seq:
+                    frame = item.ws_frame(recipient)
+                    frames.append(frame)
+                    size += len(frame)
+                    session.last_seq = item.seq
+                    observe(time.monotonic() - item.published_at)
+                if queue.empty() or len(frames) >= _COALESCE_FRAMES or size >= _COALESCE_BYTES:
+                    break
+                item = queue.get_nowait()
+            if frames:
+                raw.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            holding = False
+    finally:
+        session.direct = None
+
+
+def _heartbeat_frame() -> bytes:
+    return _ENCODER.encode({"type": "heartbeat", "time": int(time.time())})
 
 
 async def _ws_receiver(

@@ -1,14 +1,17 @@
 """The hub: every live stream session of this node, and the fan-out into their queues.
 
-Each session owns a bounded queue. Fan-out only ever does ``put_nowait``: a session whose
-queue is full is cut off as a slow consumer (close code 4408) instead of slowing the
-publisher or anyone else. Frames are the same string object for every session (encode once,
-write many).
+Each session owns a bounded queue. Fan-out never waits: it does ``put_nowait``, or, for a
+session whose transport can write at once (``StreamSession.direct``: Herald's own WebSocket
+server, nothing queued), hands the message to that writer in one deferred callback for
+all such sessions. A session whose queue is full is cut off as a slow consumer (close code
+4408) instead of slowing the publisher or anyone else. Frames are the same object for every
+session (encode once, write many).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -85,6 +88,9 @@ class StreamSession:
         self.last_seq = -1
         self.closing: Closing | None = None
         self.closed = asyncio.Event()
+        #: Set by a transport that can write a message without its sender task: returns
+        #: False when it cannot now (closed, buffer full, frames of its own pending).
+        self.direct: Callable[[LiveMessage], bool] | None = None
 
     def wants(self, message: LiveMessage) -> bool:
         """Whether this session should see ``message`` (topic and, if set, recipients)."""
@@ -92,10 +98,38 @@ class StreamSession:
             return False
         return any(p.matches(message.topic) for p in self.patterns)
 
-    def offer(self, message: LiveMessage) -> None:
-        """Queue ``message`` if wanted; cut the session off when its queue is full."""
+    def offer(self, message: LiveMessage) -> bool:
+        """Queue ``message`` if wanted; cut the session off when its queue is full.
+
+        Returns True, queueing nothing, when the transport may write the message at once
+        (a ``direct`` writer and nothing queued): the caller then calls :meth:`deliver`
+        in a later callback.
+        """
         if self.closing is not None or not self.wants(message):
+            return False
+        if self.direct is not None and not self.queue.qsize():
+            return True
+        self._enqueue(message)
+        return False
+
+    def deliver(self, message: LiveMessage) -> None:
+        """Write ``message`` through ``direct`` if that is still possible, else queue it.
+
+        Anything queued (a heartbeat, a message the writer could not take) keeps later
+        messages queued behind it, so the order stays the order of :meth:`offer`.
+        """
+        if self.closing is not None:
             return
+        direct = self.direct
+        if direct is not None and not self.queue.qsize():
+            # One broken writer must not stop the fan-out to the others: the message is
+            # queued instead, and the session's sender meets the error and ends it.
+            with contextlib.suppress(Exception):
+                if direct(message):
+                    return
+        self._enqueue(message)
+
+    def _enqueue(self, message: LiveMessage) -> None:
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -106,6 +140,11 @@ class StreamSession:
         if self.closing is None:
             self.closing = Closing(code, reason)
             self.closed.set()
+
+
+def _deliver(message: LiveMessage, sessions: list[StreamSession]) -> None:
+    for session in sessions:
+        session.deliver(message)
 
 
 class Hub:
@@ -128,9 +167,19 @@ class Hub:
                 del self._by_tenant[session.tenant_id]
 
     def dispatch(self, message: LiveMessage) -> None:
-        """Bus handler: offer ``message`` to every session of its tenant."""
-        for session in tuple(self._by_tenant.get(message.tenant_id, ())):
-            session.offer(message)
+        """Bus handler: offer ``message`` to every session of its tenant.
+
+        Sessions whose transport writes directly get the message in one callback soon
+        after (the publish that triggered the fan-out is answered first), with no
+        per-session task wake-up; the others through their queues.
+        """
+        direct = [
+            session
+            for session in tuple(self._by_tenant.get(message.tenant_id, ()))
+            if session.offer(message)
+        ]
+        if direct:
+            asyncio.get_running_loop().call_soon(_deliver, message, direct)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_tenant.values())
