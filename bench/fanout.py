@@ -1,0 +1,1560 @@
+"""Fan-out and connections (issue 10, scenarios 3 and 4): Herald against its peers in one run.
+
+Run it from the repository root::
+
+    python -m bench.fanout                 # about 8 minutes on 2 cores
+    python -m bench.fanout --quick         # smoke run, 1-2 minutes
+    python -m bench.fanout --systems herald,mosquitto
+
+Systems, all over TLS on 127.0.0.1 with one certificate from one throw-away CA:
+
+* ``herald``: ``herald serve`` (throw-away data dir, defaults: signatures, SQLite,
+  encryption, audit); subscribers are raw ``websockets`` connections to ``/v1/stream``,
+  messages are signed publishes (``POST /v1/messages``, or ``/v1/messages:batch`` at
+  saturation) made with the SDK's ``AsyncPublisher``;
+* ``mosquitto``: our own broker (one TLS listener, anonymous, no persistence), QoS 0
+  subscriptions with ``aiomqtt`` and an ``aiomqtt`` publisher;
+* ``socketio``: python-socketio with ``AsyncRedisManager`` under uvicorn, a minimal
+  Engine.IO 4 / Socket.IO 5 client over raw ``websockets``, publishes emitted to a room by
+  a write-only ``AsyncRedisManager`` in this process (the usual production setup).
+
+Every system gets the same client harness: N subscribers split over ``--client-procs``
+spawned processes (uvloop), every message carries ``{"t": send time, "seq": n}`` and each
+subscriber records the receive latency and which sequence numbers it got (loss, duplicates).
+See bench/README.md for the steps and how to read the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import resource
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench._common import (
+    HOST,
+    SATURATED,
+    SIGNED_START_WAIT,
+    BenchRun,
+    collect_messages,
+    configure_signing,
+    distribution,
+    fmt,
+    free_port,
+    herald_init,
+    log_summary,
+    machine_busy_seconds,
+    machine_facts,
+    mint_subscriber_tokens,
+    open_stream,
+    proc_cpu_seconds,
+    raise_keyboard_interrupt,
+    raise_nofile,
+    server_env,
+    start_server,
+    stop_processes,
+    stop_server,
+    write_results,
+)
+from bench._peers import (
+    EVENT,
+    Tls,
+    make_tls,
+    mosquitto_binary,
+    mosquitto_version,
+    redis_available,
+    redis_cleanup,
+    redis_pid,
+    start_mosquitto,
+    start_socketio,
+)
+from bench.publish_deliver import busy_window
+
+SYSTEMS = ("herald", "mosquitto", "socketio")
+HERALD_TOPIC, HERALD_PATTERN = "bench.fanout", "bench.>"
+MQTT_TOPIC = "bench/fanout"
+BODY = ("Herald benchmark payload. " * 8)[:200]  # 200 ASCII bytes
+MAX_STEPS = 64  # steps per client session (warm-up, ladder, saturation runs, ...)
+SAMPLE_PERIOD = 0.1  # seconds between CPU samples in the client processes
+ALARM_GRACE = 30  # seconds after --timeout at which SIGALRM interrupts whatever hangs
+SATURATION_MAX_MESSAGES = 1000  # below Herald's per-stream queue (STREAM_QUEUE_MAX, 1024)
+
+
+# -- client processes --------------------------------------------------------------------
+
+
+class FrameData(msgspec.Struct):
+    t: float = 0.0
+    seq: int = -1
+
+
+class HeraldFrame(msgspec.Struct):
+    """The parts of a Herald stream frame the subscribers look at (the rest is skipped)."""
+
+    type: str = ""
+    data: FrameData | None = None
+
+
+@dataclass
+class ChildConfig:
+    system: str
+    index: int
+    url: str  # wss://… for herald and socketio, the broker's port for mosquitto
+    ca: str
+    credentials: list[str]  # herald: subscriber tokens; others: client ids
+    capacity: int  # sequence numbers 0 … capacity-1 may be published in this session
+    connect_concurrency: int
+    deadline: float
+
+
+class Sub:
+    """One subscriber: which sequence numbers it has and how many per step."""
+
+    __slots__ = ("closed", "conn", "counts", "seen")
+
+    def __init__(self, conn: Any, capacity: int) -> None:
+        self.conn = conn
+        self.seen = bytearray(capacity)
+        self.counts = array.array("i", [0] * MAX_STEPS)
+        self.closed = False
+
+
+@dataclass
+class StepState:
+    started: float  # monotonic
+    sample_index: int
+    total_before: int
+    latencies: array.array[float] = field(default_factory=lambda: array.array("d"))
+    received: int = 0
+    duplicates: int = 0
+    frame_bytes: int = 0
+    first: float | None = None
+    last: float | None = None
+
+
+async def socketio_handshake(ws: Any) -> None:
+    """Engine.IO 4 open packet, then Socket.IO 5 CONNECT to ``/`` until its ack."""
+    opened = await asyncio.wait_for(ws.recv(), 20)
+    if not isinstance(opened, str) or not opened.startswith("0{"):
+        raise RuntimeError(f"expected an Engine.IO open packet, got {str(opened)[:40]!r}")
+    await ws.send("40")  # Socket.IO CONNECT to the default namespace
+    while True:
+        reply = await asyncio.wait_for(ws.recv(), 20)
+        if isinstance(reply, str) and reply.startswith("40"):
+            return  # CONNECT ack: the server's connect handler has joined the room
+        if reply == "2":
+            await ws.send("3")
+        elif isinstance(reply, str) and reply.startswith("44"):
+            raise RuntimeError(f"Socket.IO connect refused: {reply[:80]}")
+
+
+class Child:
+    """The subscribers of one client process and their bookkeeping."""
+
+    def __init__(self, cfg: ChildConfig, out: Any, cmd: Any, stop: Any) -> None:
+        self.cfg, self.out, self.cmd, self.stop = cfg, out, cmd, stop
+        self.step_of = array.array("i", [-1]) * cfg.capacity
+        self.steps: dict[int, StepState] = {}
+        self.subs: list[Sub] = []
+        self.total = 0
+        self.stray = 0
+        self.heartbeats = 0
+        self.other: Counter[str] = Counter()
+        self.closes: Counter[str] = Counter()
+        self.stopping = False
+        self.samples: list[tuple[float, float, int]] = []
+        self.stack = contextlib.AsyncExitStack()
+
+    def got(self, sub: Sub, t: float, seq: int, size: int) -> None:
+        now = time.time()
+        if not 0 <= seq < self.cfg.capacity or (k := self.step_of[seq]) < 0:
+            self.stray += 1
+            return
+        st = self.steps[k]
+        if sub.seen[seq]:
+            st.duplicates += 1
+            return
+        sub.seen[seq] = 1
+        sub.counts[k] += 1
+        self.total += 1
+        st.received += 1
+        st.frame_bytes += size
+        st.latencies.append(now - t)
+        if st.first is None:
+            st.first = now
+        st.last = now
+
+    def closed(self, sub: Sub, reason: str | None) -> None:
+        sub.closed = True
+        if not self.stopping:
+            self.closes[reason or "closed by the server"] += 1
+
+    # -- connecting, one opener per system -----------------------------------------------
+
+    async def open_herald(self, ctx: ssl.SSLContext, token: str) -> Any:
+        return await open_stream(self.cfg.url, ctx, token)
+
+    async def open_socketio(self, ctx: ssl.SSLContext, _cid: str) -> Any:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(
+            self.cfg.url,
+            ssl=ctx,
+            compression=None,
+            proxy=None,
+            ping_interval=None,
+            open_timeout=20,
+            close_timeout=2,
+            max_size=1 << 20,
+            user_agent_header="herald-bench",
+        )
+        try:
+            await socketio_handshake(ws)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def open_mqtt(self, ctx: ssl.SSLContext, cid: str) -> Any:
+        import aiomqtt
+
+        client = aiomqtt.Client(
+            HOST, int(self.cfg.url), identifier=cid, tls_context=ctx, keepalive=60, timeout=20
+        )
+        await self.stack.enter_async_context(client)
+        await client.subscribe(MQTT_TOPIC, qos=0)
+        return client
+
+    # -- reading, one reader per system --------------------------------------------------
+
+    async def read_herald(self, sub: Sub) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        decode = msgspec.json.Decoder(HeraldFrame).decode
+        reason = None
+        try:
+            async for raw in sub.conn:
+                frame = decode(raw)
+                if frame.type == "message" and frame.data is not None:
+                    self.got(sub, frame.data.t, frame.data.seq, len(raw))
+                elif frame.type == "heartbeat":
+                    self.heartbeats += 1
+                else:
+                    self.other[frame.type] += 1
+            reason = f"close code {sub.conn.close_code}"
+        except ConnectionClosed:
+            reason = f"close code {sub.conn.close_code}"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
+        self.closed(sub, reason)
+
+    async def read_socketio(self, sub: Sub) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        decode = msgspec.json.Decoder(tuple[str, FrameData]).decode
+        reason = None
+        try:
+            async for raw in sub.conn:
+                if raw == "2":  # Engine.IO ping: answer pong
+                    self.heartbeats += 1
+                    await sub.conn.send("3")
+                elif raw[:2] == "42":  # Socket.IO EVENT ["msg", {...}]
+                    name, data = decode(raw[2:])
+                    if name == EVENT:
+                        self.got(sub, data.t, data.seq, len(raw))
+                    else:
+                        self.other[name] += 1
+                else:
+                    self.other[str(raw[:2])] += 1
+            reason = f"close code {sub.conn.close_code}"
+        except ConnectionClosed:
+            reason = f"close code {sub.conn.close_code}"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
+        self.closed(sub, reason)
+
+    async def read_mqtt(self, sub: Sub) -> None:
+        decode = msgspec.json.Decoder(FrameData).decode
+        reason = None
+        try:
+            async for message in sub.conn.messages:
+                payload = message.payload
+                data = decode(payload)
+                self.got(sub, data.t, data.seq, len(payload))
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
+        self.closed(sub, reason)
+
+    # -- the process ---------------------------------------------------------------------
+
+    async def connect_all(self) -> Counter[str]:
+        cfg = self.cfg
+        ctx = ssl.create_default_context(cafile=cfg.ca)
+        opener: Callable[[ssl.SSLContext, str], Any] = {
+            "herald": self.open_herald,
+            "socketio": self.open_socketio,
+            "mosquitto": self.open_mqtt,
+        }[cfg.system]
+        sem = asyncio.Semaphore(cfg.connect_concurrency)
+        errors: Counter[str] = Counter()
+
+        async def one(credential: str) -> Any:
+            async with sem:
+                return await opener(ctx, credential)
+
+        tasks = [asyncio.create_task(one(c)) for c in cfg.credentials]
+        _, pending = await asyncio.wait(tasks, timeout=max(0.1, cfg.deadline - time.time()))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in tasks:
+            if task in pending:
+                errors["timeout (hard deadline)"] += 1
+            elif (exc := task.exception()) is not None:
+                errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+            else:
+                self.subs.append(Sub(task.result(), cfg.capacity))
+        return errors
+
+    async def sampler(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), time.process_time(), self.total))
+            await asyncio.sleep(SAMPLE_PERIOD)
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        errors = await self.connect_all()
+        wall1, cpu1 = time.monotonic(), time.process_time()
+        reader = {
+            "herald": self.read_herald,
+            "socketio": self.read_socketio,
+            "mosquitto": self.read_mqtt,
+        }[cfg.system]
+        readers = [asyncio.create_task(reader(sub)) for sub in self.subs]
+        sampler = asyncio.create_task(self.sampler())
+        info = {
+            "connected": len(self.subs),
+            "connect_errors": dict(errors),
+            "connect_s": round(wall1 - wall0, 3),
+            "connect_cpu_per_wall": round((cpu1 - cpu0) / max(wall1 - wall0, 1e-9), 3),
+        }
+        self.out.put(("ready", cfg.index, info))
+        try:
+            await self.commands()
+        finally:
+            self.stopping = True
+            sampler.cancel()
+            bye = {
+                "heartbeats": self.heartbeats,
+                "stray_frames": self.stray,
+                "other_frames": dict(self.other),
+                "unexpected_closes": dict(self.closes),
+                "cpu_total_s": round(time.process_time(), 3),
+                "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+            self.out.put(("bye", cfg.index, bye))
+            await self.close_all(readers)
+
+    async def close_all(self, readers: list[asyncio.Task[None]]) -> None:
+        if self.cfg.system == "mosquitto":
+            closing: Any = self.stack.aclose()
+        else:
+            closing = asyncio.gather(*(s.conn.close() for s in self.subs), return_exceptions=True)
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(closing, 10)
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    async def commands(self) -> None:
+        while True:
+            try:
+                item = self.cmd.get_nowait()
+            except queue.Empty:
+                if self.stop.is_set() or time.time() >= self.cfg.deadline:
+                    return
+                await asyncio.sleep(0.02)
+                continue
+            if item[0] == "step":
+                _, k, lo, hi = item
+                self.steps[k] = StepState(time.monotonic(), len(self.samples), self.total)
+                self.step_of[lo:hi] = array.array("i", [k]) * (hi - lo)
+                self.out.put((f"ack:{k}", self.cfg.index))
+            elif item[0] == "await":
+                await self.await_step(item[1], item[2], item[3])
+            else:
+                return
+
+    async def await_step(self, k: int, expected: int, until: float) -> None:
+        st = self.steps[k]
+        outcome = "complete"
+        while True:
+            open_subs = [s for s in self.subs if not s.closed]
+            if st.received >= expected * len(open_subs) and all(
+                s.counts[k] >= expected for s in open_subs
+            ):
+                break
+            if time.time() >= min(until, self.cfg.deadline) or self.stop.is_set():
+                outcome = "drain timeout" if not self.stop.is_set() else "stopped"
+                break
+            await asyncio.sleep(0.02)
+        self.samples.append((time.monotonic(), time.process_time(), self.total))
+        window = [(w, c, n - st.total_before) for w, c, n in self.samples[st.sample_index :]]
+        result = {
+            "index": self.cfg.index,
+            "outcome": outcome,
+            "open_conns": sum(not s.closed for s in self.subs),
+            "received": st.received,
+            "duplicates": st.duplicates,
+            "frame_bytes": st.frame_bytes,
+            "first_recv": st.first,
+            "last_recv": st.last,
+            "per_conn_min": min((s.counts[k] for s in self.subs), default=0),
+            "cpu": busy_window(window),
+        }
+        self.out.put((f"done:{k}", self.cfg.index, result, st.latencies.tobytes()))
+        del self.steps[k].latencies[:]
+
+
+def child_main(cfg: ChildConfig, out: Any, cmd: Any, stop: Any) -> None:
+    """Entry point of one client process (spawned)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    raise_nofile(len(cfg.credentials) + 64)
+    try:
+        try:
+            import uvloop
+
+            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+        except ImportError:
+            loop_factory = None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(Child(cfg, out, cmd, stop).run())
+    except BaseException:
+        out.put(("error", cfg.index, traceback.format_exc()))
+
+
+# -- the systems (parent side: server and publisher) -------------------------------------
+
+
+class System:
+    """A server under test and its publisher. Subclasses fill in the specifics."""
+
+    name = ""
+    publisher_note = ""
+
+    def __init__(self, run: Run, tls: Tls, directory: Path) -> None:
+        self.run, self.tls, self.dir = run, tls, directory
+        self.server: subprocess.Popen[bytes] | None = None
+        self.extra_pids: dict[str, int] = {}
+        self.facts: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def client_url(self) -> str:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def credentials(self, count: int) -> list[str]:
+        return [f"bench-{secrets.token_hex(4)}-{i}" for i in range(count)]
+
+    async def publish_one(self, seq: int) -> None:
+        raise NotImplementedError
+
+    async def publish_burst(self, lo: int, count: int) -> Counter[str]:
+        """Publish ``count`` messages as fast as the system accepts them; the errors."""
+        errors: Counter[str] = Counter()
+        for seq in range(lo, lo + count):
+            if time.time() >= self.run.deadline:
+                errors["hard timeout"] += lo + count - seq
+                break
+            try:
+                await self.publish_one(seq)
+            except Exception as exc:
+                errors[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
+        return errors
+
+    async def close(self) -> None:
+        """Close the publisher (the server is stopped by ``stop``)."""
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop_server(self.server)
+
+    def log_problems(self) -> list[str]:
+        return []
+
+
+def payload(seq: int) -> dict[str, Any]:
+    return {"t": time.time(), "seq": seq, "body": BODY}
+
+
+class HeraldSystem(System):
+    name = "herald"
+    publisher_note = "SDK AsyncPublisher, RFC 9421-signed; saturation: /v1/messages:batch"
+
+    def __init__(self, run: Run, tls: Tls, directory: Path) -> None:
+        super().__init__(run, tls, directory)
+        self.init: dict[str, Any] = {}
+        self.pub: Any = None
+        self.tokens: list[str] = []
+
+    def client_url(self) -> str:
+        url = str(self.init["url"]).replace("https://", "wss://", 1)
+        return f"{url}/v1/stream?topics={HERALD_PATTERN}"
+
+    async def start(self) -> None:
+        from herald.client import AsyncPublisher
+
+        env = server_env(self.dir / "data", free_port())
+        env["HERALD_TLS_CERT_FILE"], env["HERALD_TLS_KEY_FILE"] = (
+            str(self.tls.cert),
+            str(self.tls.key),
+        )
+        self.init = await asyncio.to_thread(herald_init, env)
+        signer, self.facts["request_signatures"] = configure_signing("auto", self.init, env)
+        self.server = await asyncio.to_thread(
+            start_server, env, self.init["url"], str(self.tls.ca), self.run.deadline
+        )
+        if signer is not None:
+            await asyncio.sleep(SIGNED_START_WAIT)
+        extra = {"signer": signer} if signer is not None else {}
+        self.pub = AsyncPublisher(
+            self.init["url"],
+            self.init["client_id"],
+            self.init["client_secret"],
+            ca=str(self.tls.ca),
+            max_retries=0,
+            **extra,
+        )
+        await self.pub.__aenter__()
+        import herald
+
+        self.facts["version"] = f"herald {herald.__version__}"
+
+    async def credentials(self, count: int) -> list[str]:
+        if len(self.tokens) < count:
+            started = time.monotonic()
+            wanted = [(f"bench-{i:06d}", [HERALD_PATTERN]) for i in range(len(self.tokens), count)]
+            self.tokens += await mint_subscriber_tokens(
+                self.pub, wanted, ttl=3600, timeout=self.run.remaining(), concurrency=32
+            )
+            spent = time.monotonic() - started
+            self.facts["token_mint_s"] = round(self.facts.get("token_mint_s", 0.0) + spent, 2)
+            self.facts["tokens_minted"] = len(self.tokens)
+        return self.tokens[:count]
+
+    async def publish_one(self, seq: int) -> None:
+        await self.pub.publish(
+            HERALD_TOPIC, title=f"bench {seq}", body=BODY, data={"t": time.time(), "seq": seq}
+        )
+
+    async def publish_burst(self, lo: int, count: int) -> Counter[str]:
+        errors: Counter[str] = Counter()
+        size = self.run.args.batch_size
+        sem = asyncio.Semaphore(2)
+
+        async def batch(first: int, last: int) -> None:
+            async with sem:
+                if time.time() >= self.run.deadline:
+                    errors["hard timeout"] += last - first
+                    return
+                now = time.time()
+                messages = [
+                    {
+                        "topic": HERALD_TOPIC,
+                        "title": f"bench {seq}",
+                        "body": BODY,
+                        "data": {"t": now, "seq": seq},
+                    }
+                    for seq in range(first, last)
+                ]
+                try:
+                    results = await self.pub.publish_batch(messages)
+                except Exception as exc:
+                    errors[f"{type(exc).__name__}: {str(exc)[:100]}"] += last - first
+                    return
+                for item in results:
+                    if isinstance(item, Exception):
+                        errors[str(item)[:100]] += 1
+
+        spans = [(a, min(a + size, lo + count)) for a in range(lo, lo + count, size)]
+        await asyncio.gather(*(batch(a, b) for a, b in spans))
+        return errors
+
+    async def close(self) -> None:
+        if self.pub is not None:
+            with contextlib.suppress(Exception):
+                await self.pub.__aexit__(None, None, None)
+
+    def log_problems(self) -> list[str]:
+        summary = log_summary(self.dir / "data" / "serve.log")
+        self.facts["server_log_levels"] = summary["levels"]
+        return list(summary["problems"])
+
+
+class MosquittoSystem(System):
+    name = "mosquitto"
+    publisher_note = "aiomqtt client, QoS 0"
+
+    def __init__(self, run: Run, tls: Tls, directory: Path, binary: str) -> None:
+        super().__init__(run, tls, directory)
+        self.binary = binary
+        self.port = free_port()
+        self.client: Any = None
+
+    def client_url(self) -> str:
+        return str(self.port)
+
+    async def start(self) -> None:
+        import aiomqtt
+
+        self.facts["version"] = mosquitto_version(self.binary)
+        self.server = await asyncio.to_thread(
+            start_mosquitto, self.binary, self.dir, self.port, self.tls, self.run.deadline
+        )
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+        self.client = aiomqtt.Client(
+            HOST, self.port, identifier="bench-publisher", tls_context=ctx, timeout=20
+        )
+        await self.client.__aenter__()
+
+    async def publish_one(self, seq: int) -> None:
+        await self.client.publish(MQTT_TOPIC, msgspec.json.encode(payload(seq)), qos=0)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.__aexit__(None, None, None)
+
+    def log_problems(self) -> list[str]:
+        try:
+            lines = (self.dir / "mosquitto.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [line for line in lines if "rror" in line or "arning" in line][-25:]
+
+
+class SocketioSystem(System):
+    name = "socketio"
+    publisher_note = "AsyncRedisManager(write_only=True).emit(room=...) via Redis"
+
+    def __init__(self, run: Run, tls: Tls, directory: Path) -> None:
+        super().__init__(run, tls, directory)
+        self.port = free_port()
+        self.channel = f"herald-bench-fanout-{secrets.token_hex(6)}"
+        self.manager: Any = None
+
+    def client_url(self) -> str:
+        return f"wss://{HOST}:{self.port}/socket.io/?EIO=4&transport=websocket"
+
+    async def start(self) -> None:
+        import importlib.metadata
+
+        import socketio  # type: ignore[import-untyped]
+
+        url = self.run.args.redis_url
+        self.facts["version"] = f"python-socketio {importlib.metadata.version('python-socketio')}"
+        self.facts["redis_channel"] = self.channel
+        self.server = await asyncio.to_thread(
+            start_socketio,
+            self.dir,
+            self.port,
+            self.tls,
+            redis_url=url,
+            channel=self.channel,
+            deadline=self.run.deadline,
+        )
+        pid = await asyncio.to_thread(redis_pid, url)
+        if pid is not None:
+            self.extra_pids["redis"] = pid
+        self.manager = socketio.AsyncRedisManager(url, channel=self.channel, write_only=True)
+
+    async def publish_one(self, seq: int) -> None:
+        from bench._peers import ROOM
+
+        await self.manager.emit(EVENT, payload(seq), room=ROOM, namespace="/")
+
+    async def close(self) -> None:
+        if self.manager is not None:
+            with contextlib.suppress(Exception):
+                await self.manager.redis.aclose()
+
+    def stop(self) -> None:
+        super().stop()
+        self.facts["redis_keys_deleted"] = redis_cleanup(self.run.args.redis_url, self.channel)
+
+    def log_problems(self) -> list[str]:
+        try:
+            lines = (self.dir / "socketio.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return lines[-25:]
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Run(BenchRun):
+    """This benchmark's run: its servers, client processes and results per system."""
+
+    status: str = "running"
+    systems: list[System] = field(default_factory=list)
+    procs: list[Any] = field(default_factory=list)
+    stop: Any = None
+    queue: Any = None
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, Any]:
+    return {
+        "wall": time.monotonic(),
+        "machine": machine_busy_seconds(),
+        "publisher": time.process_time(),
+        **{name: proc_cpu_seconds(pid) for name, pid in pids.items()},
+    }
+
+
+def cpu_rates(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds per wall second of each part between two ``cpu_snapshot``s."""
+    wall = max(b["wall"] - a["wall"], 1e-9)
+    out: dict[str, Any] = {"wall_s": round(wall, 3)}
+    for name, x in a.items():
+        if name == "wall":
+            continue
+        y = b.get(name)
+        out[name] = None if x is None or y is None else round((y - x) / wall, 3)
+    ours = [v for k, v in out.items() if k not in {"wall_s", "machine"} and v is not None]
+    if out.get("machine") is not None:
+        out["other_processes"] = round(max(0.0, out["machine"] - sum(ours)), 3)
+    return out
+
+
+def rss_bytes(pid: int) -> int | None:
+    import psutil  # type: ignore[import-untyped]
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
+
+
+@dataclass
+class Session:
+    """One set of connected subscribers of one system (client processes + step counter)."""
+
+    run: Run
+    system: System
+    subscribers: int
+    capacity: int
+    procs: list[Any] = field(default_factory=list)
+    cmds: list[Any] = field(default_factory=list)
+    connected: int = 0
+    next_seq: int = 0
+    next_step: int = 0
+    stash: dict[str, list[Any]] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def pids(self) -> dict[str, int]:
+        out = {"server": self.system.pid, **self.system.extra_pids}
+        out.update({f"client{i}": p.pid for i, p in enumerate(self.procs)})
+        return out
+
+    async def collect(self, kind: str, count: int, until: float) -> list[Any]:
+        got, errors = await collect_messages(
+            self.procs, self.run.queue, kind, count=count, until=until, stash=self.stash
+        )
+        self.run.notes.extend(f"{self.system.name}: {e}" for e in errors)
+        return got
+
+    async def connect(self) -> None:
+        run, system = self.run, self.system
+        credentials = await system.credentials(self.subscribers)
+        ctx = mp.get_context("spawn")
+        procs = min(run.args.client_procs, self.subscribers)
+        base = len(run.procs)
+        for index in range(procs):
+            cfg = ChildConfig(
+                system=system.name,
+                index=base + index,
+                url=system.client_url(),
+                ca=str(system.tls.ca),
+                credentials=credentials[index::procs],
+                capacity=self.capacity,
+                connect_concurrency=run.args.connect_concurrency,
+                deadline=run.deadline,
+            )
+            cmd = ctx.Queue()
+            proc = ctx.Process(
+                target=child_main,
+                args=(cfg, run.queue, cmd, run.stop),
+                name=f"fanout-client-{index}",
+            )
+            proc.start()
+            self.procs.append(proc)
+            self.cmds.append(cmd)
+            run.procs.append(proc)
+        started = time.monotonic()
+        rss0 = rss_bytes(system.pid)
+        snap0 = cpu_snapshot(self.pids())
+        ready = await self.collect("ready", len(self.procs), run.deadline)
+        connect_s = time.monotonic() - started
+        snap1 = cpu_snapshot(self.pids())
+        self.connected = sum(r[2]["connected"] for r in ready)
+        errors = sum((Counter(r[2]["connect_errors"]) for r in ready), Counter())
+        await asyncio.sleep(2.0)  # let the server settle before reading its RSS
+        rss1 = rss_bytes(system.pid)
+        self.figures.update(
+            subscribers=self.subscribers,
+            connected=self.connected,
+            connect_s=round(connect_s, 2),
+            connect_errors=dict(errors),
+            cpu_connect=cpu_rates(snap0, snap1),
+            rss_before_mib=None if rss0 is None else round(rss0 / 2**20, 1),
+            rss_connected_mib=None if rss1 is None else round(rss1 / 2**20, 1),
+        )
+        if rss0 is not None and rss1 is not None and self.connected:
+            self.figures["rss_per_connection_kib"] = round((rss1 - rss0) / self.connected / 1024, 1)
+        if len(ready) < len(self.procs):
+            raise RuntimeError(f"only {len(ready)} of {len(self.procs)} client processes got ready")
+        if not self.connected:
+            raise RuntimeError(f"no subscriber connected: {dict(errors)}")
+
+    async def idle(self, seconds: float) -> dict[str, Any]:
+        """Server CPU/wall and RSS while the subscribers are connected and nothing is published."""
+        snap0 = cpu_snapshot(self.pids())
+        await asyncio.sleep(max(0.0, min(seconds, self.run.remaining() - 30)))
+        snap1 = cpu_snapshot(self.pids())
+        rss = rss_bytes(self.system.pid)
+        return {
+            "cpu": cpu_rates(snap0, snap1),
+            "rss_mib": None if rss is None else round(rss / 2**20, 1),
+        }
+
+    async def step(self, name: str, count: int, rate: float | None) -> dict[str, Any]:
+        """Publish ``count`` messages at ``rate`` msgs/s (``None``: as fast as accepted)."""
+        run, system = self.run, self.system
+        k, lo = self.next_step, self.next_seq
+        if k >= MAX_STEPS or lo + count > self.capacity:
+            raise RuntimeError("the session ran out of steps or sequence numbers")
+        self.next_step, self.next_seq = k + 1, lo + count
+        for cmd in self.cmds:
+            cmd.put(("step", k, lo, lo + count))
+        acks = await self.collect(f"ack:{k}", len(self.procs), min(run.deadline, time.time() + 10))
+        if len(acks) < len(self.procs):
+            raise RuntimeError(f"step {name}: not every client process acknowledged")
+        snap0 = cpu_snapshot(self.pids())
+        load0 = os.getloadavg()[0]
+        first_send = time.time()
+        if rate is None:
+            errors = await system.publish_burst(lo, count)
+            lags: list[float] = []
+        else:
+            errors, lags = await self.paced(lo, count, rate)
+        last_send = time.time()
+        accepted = count - sum(errors.values())
+        until = min(run.deadline, last_send + run.args.drain)
+        for cmd in self.cmds:
+            cmd.put(("await", k, accepted, until))
+        done = await self.collect(f"done:{k}", len(self.procs), until + 10)
+        snap1 = cpu_snapshot(self.pids())
+        return self.summarise(
+            name=name,
+            count=count,
+            rate=rate,
+            accepted=accepted,
+            errors=errors,
+            lags=lags,
+            sends=(first_send, last_send),
+            done=done,
+            snap0=snap0,
+            snap1=snap1,
+        ) | {"load_average_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+
+    async def paced(self, lo: int, count: int, rate: float) -> tuple[Counter[str], list[float]]:
+        errors: Counter[str] = Counter()
+        sem = asyncio.Semaphore(self.run.args.concurrency)
+        lags: list[float] = []
+
+        async def one(seq: int) -> None:
+            try:
+                await self.system.publish_one(seq)
+            except Exception as exc:
+                errors[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
+            finally:
+                sem.release()
+
+        tasks = []
+        t0 = time.monotonic() + 0.01
+        for i in range(count):
+            scheduled = t0 + i / rate
+            if (delay := scheduled - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            if time.time() >= self.run.deadline:
+                errors["hard timeout"] += count - i
+                break
+            await sem.acquire()
+            lags.append(time.monotonic() - scheduled)
+            tasks.append(asyncio.create_task(one(lo + i)))
+        await asyncio.gather(*tasks)
+        return errors, lags
+
+    def summarise(
+        self,
+        *,
+        name: str,
+        count: int,
+        rate: float | None,
+        accepted: int,
+        errors: Counter[str],
+        lags: list[float],
+        sends: tuple[float, float],
+        done: list[Any],
+        snap0: dict[str, Any],
+        snap1: dict[str, Any],
+    ) -> dict[str, Any]:
+        latencies: array.array[float] = array.array("d")
+        clients = []
+        for _, _, result, raw in sorted(done, key=lambda d: d[1]):
+            chunk: array.array[float] = array.array("d")
+            chunk.frombytes(raw)
+            latencies.extend(chunk)
+            clients.append(result)
+        received = sum(c["received"] for c in clients)
+        open_conns = sum(c["open_conns"] for c in clients)
+        expected = self.connected * accepted
+        last = max((c["last_recv"] for c in clients if c["last_recv"]), default=None)
+        window = (last - sends[0]) if last else None
+        frames = received + sum(c["duplicates"] for c in clients)
+        out: dict[str, Any] = {
+            "step": name,
+            "messages": count,
+            "accepted": accepted,
+            "publish_errors": dict(errors),
+            "target_msgs_per_s": rate,
+            "target_deliveries_per_s": None if rate is None else round(rate * self.connected),
+            "publish_s": round(sends[1] - sends[0], 3),
+            "achieved_msgs_per_s": round(count / max(sends[1] - sends[0], 1e-9), 1)
+            if rate is None
+            else round(count / (sends[1] - sends[0] + 1.0 / rate), 2),
+            "schedule_lag_max_ms": round(max(lags) * 1000, 2) if lags else None,
+            "deliveries_expected": expected,
+            "deliveries_received": received,
+            "deliveries_lost": max(0, expected - received),
+            "duplicates": sum(c["duplicates"] for c in clients),
+            "open_conns_at_end": open_conns,
+            "deliveries_per_s": round(received / window, 1) if window else None,
+            "window_s": round(window, 3) if window else None,
+            "latency_ms": distribution(latencies),
+            "frame_bytes_avg": round(sum(c["frame_bytes"] for c in clients) / frames, 1)
+            if frames
+            else None,
+            "clients": clients,
+            "cpu": cpu_rates(snap0, snap1),
+            "client_processes_reported": len(clients),
+        }
+        if len(clients) < len(self.procs):
+            out["note"] = "some client processes never reported: their deliveries count as lost"
+        server_cpu = out["cpu"].get("server")
+        if server_cpu is not None and received:
+            out["server_cpu_us_per_delivery"] = round(
+                server_cpu * out["cpu"]["wall_s"] / received * 1e6, 2
+            )
+        out["client_saturated"] = any(
+            (c["cpu"]["cpu_per_wall"] or 0.0) > SATURATED for c in clients
+        ) or any((v or 0.0) > SATURATED for k, v in out["cpu"].items() if k.startswith("client"))
+        return out
+
+    async def close(self) -> dict[str, Any]:
+        """Stop the client processes; their final counters (heartbeats, closes)."""
+        for cmd in self.cmds:
+            cmd.put(("quit",))
+        byes = await self.collect("bye", len(self.procs), min(self.run.deadline, time.time() + 15))
+        await asyncio.to_thread(stop_processes, self.procs, None, self.run.queue)
+        for proc in self.procs:
+            if proc in self.run.procs:
+                self.run.procs.remove(proc)
+        for cmd in self.cmds:
+            cmd.close()
+        totals: Counter[str] = Counter()
+        for _, _, bye in byes:
+            totals.update(bye["unexpected_closes"])
+        return {
+            "heartbeats": sum(b[2]["heartbeats"] for b in byes),
+            "stray_frames": sum(b[2]["stray_frames"] for b in byes),
+            "unexpected_closes": dict(totals),
+            "client_max_rss_mib": [b[2]["max_rss_mib"] for b in byes],
+        }
+
+
+def ladder(args: argparse.Namespace, subscribers: int) -> list[tuple[str, int, float]]:
+    """The fixed-rate steps: ``(name, messages, msgs/s)`` for each delivered rate."""
+    steps = []
+    for delivered in args.rates:
+        rate = delivered / subscribers
+        count = max(2, math.ceil(rate * args.step_seconds))
+        steps.append((f"{delivered:,} deliveries/s", count, rate))
+    return steps
+
+
+async def fanout_scenario(run: Run, system: System, subscribers: int) -> dict[str, Any]:
+    """Scenario 3 at ``subscribers``: warm-up, the rate ladder, saturation runs, 100k."""
+    args = run.args
+    steps = ladder(args, subscribers)
+    capacity = 10 + sum(c for _, c, _ in steps) + SATURATION_MAX_MESSAGES * (args.runs + 1)
+    capacity += math.ceil(args.high_rate / subscribers * args.step_seconds) + 2
+    session = Session(run, system, subscribers, capacity)
+    out = session.figures
+    try:
+        run.status = f"{system.name}: connecting {subscribers:,} subscribers"
+        await session.connect()
+        print(f"  {system.name}: {session.connected:,} subscribers in {out['connect_s']} s")
+        await session.step("warm-up", 5, 10.0)
+        out["steps"] = []
+        for name, count, rate in steps:
+            run.status = f"{system.name}: {name}"
+            out["steps"].append(await session.step(name, count, rate))
+            print_step(system.name, out["steps"][-1])
+        out["saturation"] = []
+        count = min(args.saturation_messages, SATURATION_MAX_MESSAGES)
+        for i in range(args.runs):
+            if run.remaining() < 45:
+                run.notes.append(f"{system.name}: saturation runs cut to {i} (time budget)")
+                break
+            run.status = f"{system.name}: saturation run {i + 1}"
+            result = await session.step(f"saturation {i + 1}", count, None)
+            out["saturation"].append(result)
+            print_step(system.name, result)
+            rate = result["deliveries_per_s"] or 0.0
+            if i == 0 and rate:
+                # Size the next runs to about --saturation-seconds of deliveries.
+                count = round(rate * args.saturation_seconds / session.connected)
+                count = max(10, min(SATURATION_MAX_MESSAGES, count))
+        rates = sorted(r["deliveries_per_s"] or 0.0 for r in out["saturation"])
+        if rates:
+            out["saturation_median"] = rates[len(rates) // 2]
+            out["saturation_min"], out["saturation_max"] = rates[0], rates[-1]
+        high = args.high_rate
+        if high and rates and out["saturation_median"] >= high and run.remaining() > 45:
+            rate = high / session.connected
+            count = max(2, math.ceil(rate * args.step_seconds))
+            run.status = f"{system.name}: {high:,} deliveries/s"
+            out["steps"].append(await session.step(f"{high:,} deliveries/s", count, rate))
+            print_step(system.name, out["steps"][-1])
+        elif high:
+            out["high_rate_skipped"] = (
+                f"{high:,} deliveries/s not run: saturation median "
+                f"{fmt(out.get('saturation_median'))} deliveries/s is below it"
+            )
+    finally:
+        out["close"] = await session.close()
+    return out
+
+
+async def connections_scenario(run: Run, system: System, subscribers: int) -> dict[str, Any]:
+    """Scenario 4 (idle subscribers: RSS, heartbeat CPU), then scenario 3 at this size."""
+    args = run.args
+    capacity = 10 + SATURATION_MAX_MESSAGES * 2
+    session = Session(run, system, subscribers, capacity)
+    out = session.figures
+    try:
+        run.status = f"{system.name}: connecting {subscribers:,} subscribers"
+        await session.connect()
+        print(f"  {system.name}: {session.connected:,} subscribers in {out['connect_s']} s")
+        run.status = f"{system.name}: idle with {subscribers:,} subscribers"
+        out["idle"] = await session.idle(args.idle_seconds)
+        rate = args.big_rate / max(session.connected, 1)
+        count = max(2, math.ceil(rate * args.step_seconds))
+        run.status = f"{system.name}: {args.big_rate:,} deliveries/s to {subscribers:,}"
+        out["paced"] = await session.step(f"{args.big_rate:,} deliveries/s", count, rate)
+        print_step(system.name, out["paced"])
+        run.status = f"{system.name}: saturation to {subscribers:,}"
+        out["saturation"] = await session.step("saturation", args.big_messages, None)
+        print_step(system.name, out["saturation"])
+    finally:
+        out["close"] = await session.close()
+    return out
+
+
+def print_step(system: str, step: dict[str, Any]) -> None:
+    lat = step["latency_ms"]
+    flag = "  CLIENT SATURATED" if step["client_saturated"] else ""
+    print(
+        f"  {system}: {step['step']}: {fmt(step['deliveries_per_s'])} deliveries/s, "
+        f"p50/p99 {fmt(lat['p50'])}/{fmt(lat['p99'])} ms, lost {step['deliveries_lost']:,}"
+        f"{flag}",
+        flush=True,
+    )
+
+
+async def run_system(run: Run, system: System) -> dict[str, Any]:
+    out: dict[str, Any] = {"publisher": system.publisher_note}
+    run.status = f"{system.name}: starting"
+    started = time.monotonic()
+    try:
+        await system.start()
+        out["start_s"] = round(time.monotonic() - started, 2)
+        if isinstance(system, HeraldSystem) and run.args.big_subscribers:
+            # Mint every token now: the 10,000-subscriber scenario reuses the first ones.
+            await system.credentials(max(run.args.subscribers, run.args.big_subscribers))
+        out["fanout"] = await fanout_scenario(run, system, run.args.subscribers)
+        if isinstance(system, HeraldSystem) and run.args.big_subscribers:
+            await asyncio.sleep(2.0)
+            out["connections"] = await connections_scenario(run, system, run.args.big_subscribers)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        run.notes.append(f"{system.name} failed while {run.status}: {traceback.format_exc()}")
+        print(f"  {system.name}: FAILED: {out['error']}", flush=True)
+    finally:
+        await system.close()
+        out["facts"] = system.facts
+    return out
+
+
+def make_systems(run: Run, tls: Tls, tmp: Path) -> list[System]:
+    """The requested systems whose packages and servers are available (else print why not)."""
+    out: list[System] = []
+    for name in run.args.systems:
+        directory = tmp / name
+        directory.mkdir()
+        reason = ""
+        try:
+            if name == "herald":
+                import herald.client  # noqa: F401
+
+                out.append(HeraldSystem(run, tls, directory))
+            elif name == "mosquitto":
+                import aiomqtt  # noqa: F401
+
+                binary, reason = mosquitto_binary()
+                if binary is not None:
+                    out.append(MosquittoSystem(run, tls, directory, binary))
+            elif name == "socketio":
+                import redis  # noqa: F401
+                import socketio  # noqa: F401
+                import uvicorn  # noqa: F401
+
+                reason = redis_available(run.args.redis_url)
+                if not reason:
+                    out.append(SocketioSystem(run, tls, directory))
+        except ImportError as exc:
+            reason = f"package {exc.name!r} is not installed (pip install {exc.name})"
+        if reason:
+            print(f"skipping {name}: {reason}", flush=True)
+            run.figures.setdefault("skipped", {})[name] = reason
+    return out
+
+
+async def run_all(run: Run, tls: Tls, tmp: Path) -> None:
+    import importlib.metadata
+
+    websockets_version = importlib.metadata.version("websockets")
+    run.figures["machine"] = machine_facts() | {"websockets": websockets_version}
+    run.figures["systems"] = {}
+    systems = make_systems(run, tls, tmp)
+    run.systems = systems
+    ctx = mp.get_context("spawn")
+    run.queue, run.stop = ctx.Queue(), ctx.Event()
+    for system in systems:
+        if run.remaining() < 60:
+            run.notes.append(f"{system.name} not run: under 60 s left before --timeout")
+            continue
+        print(f"{system.name}:", flush=True)
+        try:
+            run.figures["systems"][system.name] = await run_system(run, system)
+        finally:
+            await asyncio.to_thread(system.stop)
+            run.figures["systems"].setdefault(system.name, {})["log_problems"] = (
+                system.log_problems()
+            )
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def ratio(herald: float | None, peer: float | None) -> str:
+    if herald is None or peer is None or peer == 0:
+        return "n/a"
+    return f"{herald / peer:.2f}×"
+
+
+def lat(step: dict[str, Any] | None) -> str:
+    if not step:
+        return "n/a"
+    d = step["latency_ms"]
+    text = f"{fmt(d['p50'])}/{fmt(d['p99'])}/{fmt(d['p99.9'])}"
+    if step["deliveries_lost"]:
+        text += f" LOST {step['deliveries_lost']:,}"
+    target, got = step["target_deliveries_per_s"], step["deliveries_per_s"]
+    if target and got and got < 0.9 * target:
+        text += " (behind)"
+    return text + (" SAT" if step["client_saturated"] else "")
+
+
+def tabulate(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    rule = "-" * max(len(line) for line in lines)
+    return "\n".join([title, rule, lines[0], rule, *lines[1:], rule])
+
+
+def fanout_table(run: Run) -> str:
+    systems = run.figures["systems"]
+    names = [n for n in SYSTEMS if n in systems and "fanout" in systems[n]]
+    peers = [n for n in names if n != "herald"]
+    header = ["1,000 subscribers, one topic", *names] + [f"herald/{p}" for p in peers]
+    fan = {n: systems[n]["fanout"] for n in names}
+    rows: list[list[str]] = []
+
+    def add(label: str, cells: dict[str, str], ratios: dict[str, str]) -> None:
+        rows.append(
+            [label, *(cells.get(n, "n/a") for n in names)] + [ratios.get(p, "") for p in peers]
+        )
+
+    def steps_by_name(name: str) -> dict[str, dict[str, Any]]:
+        return {n: s for n in names for s in fan[n].get("steps", []) if s["step"] == name}
+
+    def nsat(n: str) -> int:
+        return len(fan[n].get("saturation", []))
+
+    sat = {n: fan[n].get("saturation_median") for n in names}
+    add(
+        "saturation deliveries/s, median (runs)",
+        {n: f"{fmt(sat[n])} ({nsat(n)})" for n in names},
+        {p: ratio(sat.get("herald"), sat[p]) for p in peers},
+    )
+    add(
+        "saturation min–max",
+        {
+            n: f"{fmt(fan[n].get('saturation_min'))}–{fmt(fan[n].get('saturation_max'))}"
+            for n in names
+        },
+        {},
+    )
+    add(
+        "saturation lost / duplicates",
+        {
+            n: f"{sum(s['deliveries_lost'] for s in fan[n].get('saturation', [])):,} / "
+            f"{sum(s['duplicates'] for s in fan[n].get('saturation', [])):,}"
+            for n in names
+        },
+        {},
+    )
+
+    def sat_last(n: str, key: str) -> Any:
+        runs = fan[n].get("saturation", [])
+        return runs[-1][key] if runs else None
+
+    add(
+        "saturation p50/p99 latency ms (last run)",
+        {n: lat(fan[n]["saturation"][-1]) if fan[n].get("saturation") else "n/a" for n in names},
+        {},
+    )
+    add(
+        "server CPU µs per delivery (last run)",
+        {n: fmt(sat_last(n, "server_cpu_us_per_delivery")) for n in names},
+        {
+            p: ratio(
+                sat_last("herald", "server_cpu_us_per_delivery"),
+                sat_last(p, "server_cpu_us_per_delivery"),
+            )
+            for p in peers
+        }
+        if "herald" in names
+        else {},
+    )
+    labels = list(dict.fromkeys(s["step"] for n in names for s in fan[n].get("steps", [])))
+    for label in labels:
+        by = steps_by_name(label)
+        p99 = {n: by[n]["latency_ms"]["p99"] for n in by}
+        add(
+            f"{label}: p50/p99/p99.9 ms",
+            {
+                n: lat(by.get(n)) if n in by else fan[n].get("high_rate_skipped", "n/a")[:30]
+                for n in names
+            },
+            {p: ratio(p99.get("herald"), p99.get(p)) for p in peers},
+        )
+    add(
+        "frame bytes (avg, last ladder step)",
+        {
+            n: fmt(fan[n]["steps"][-1]["frame_bytes_avg"]) if fan[n].get("steps") else "n/a"
+            for n in names
+        },
+        {},
+    )
+    add(
+        "server RSS per connection (KiB)",
+        {n: fmt(fan[n].get("rss_per_connection_kib")) for n in names},
+        {
+            p: ratio(
+                fan.get("herald", {}).get("rss_per_connection_kib"),
+                fan[p].get("rss_per_connection_kib"),
+            )
+            for p in peers
+        },
+    )
+    add("connect time (s)", {n: fmt(fan[n].get("connect_s")) for n in names}, {})
+    out = tabulate(
+        "Scenario 3: fan-out (ratios: throughput > 1 means Herald is faster; latency and "
+        "memory < 1 means Herald is lower)",
+        header,
+        rows,
+    )
+    return out + "\n" + cpu_lines(names, fan)
+
+
+def cpu_lines(names: list[str], fan: dict[str, Any]) -> str:
+    lines = ["CPU/wall during the last saturation run (cores; SATURATED above 0.9):"]
+    for n in names:
+        runs = fan[n].get("saturation", [])
+        if not runs:
+            continue
+        cpu = runs[-1]["cpu"]
+        clients = [
+            f"{fmt(cpu[k])}{' SATURATED' if (cpu[k] or 0) > SATURATED else ''}"
+            for k in sorted(cpu)
+            if k.startswith("client")
+        ]
+        busy = [fmt(c["cpu"]["cpu_per_wall"]) for c in runs[-1]["clients"]]
+        extra = f", redis {fmt(cpu['redis'])}" if "redis" in cpu else ""
+        lines.append(
+            f"  {n}: server {fmt(cpu.get('server'))}{extra}, clients {' + '.join(clients)} "
+            f"(while receiving: {' + '.join(busy)}), publisher {fmt(cpu.get('publisher'))}, "
+            f"other processes {fmt(cpu.get('other_processes'))}, machine "
+            f"{fmt(cpu.get('machine'))} over {fmt(cpu.get('wall_s'))} s"
+        )
+    return "\n".join(lines)
+
+
+def connections_table(run: Run) -> str:
+    herald = run.figures["systems"].get("herald", {})
+    con = herald.get("connections")
+    if not con:
+        return "Scenario 4 / 10,000 subscribers: not run"
+    idle = con.get("idle", {})
+    cpu = idle.get("cpu", {})
+    rows = [
+        ["subscribers requested / connected", f"{con['subscribers']:,} / {con['connected']:,}"],
+        ["connect time", f"{fmt(con.get('connect_s'))} s"],
+        ["connect errors", json.dumps(con.get("connect_errors")) or "{}"],
+        [
+            "server RSS before → connected",
+            f"{fmt(con.get('rss_before_mib'))} → {fmt(con.get('rss_connected_mib'))} MiB",
+        ],
+        ["server RSS per connection", f"{fmt(con.get('rss_per_connection_kib'))} KiB"],
+        [
+            "idle: server CPU/wall",
+            (
+                f"{fmt(cpu.get('server'))} over {fmt(cpu.get('wall_s'))} s "
+                f"(other processes {fmt(cpu.get('other_processes'))})"
+            ),
+        ],
+        ["heartbeats received (whole session)", fmt(con.get("close", {}).get("heartbeats"))],
+    ]
+    for key in ("paced", "saturation"):
+        step = con.get(key)
+        if step:
+            rows.append(
+                [
+                    f"{step['step']}: deliveries/s, p50/p99/p99.9 ms",
+                    f"{fmt(step['deliveries_per_s'])}, {lat(step)}",
+                ]
+            )
+            rows.append(
+                [
+                    f"{step['step']}: lost / duplicates / expected",
+                    (
+                        f"{step['deliveries_lost']:,} / {step['duplicates']:,} / "
+                        f"{step['deliveries_expected']:,}"
+                    ),
+                ]
+            )
+    fan = herald.get("fanout", {})
+    rows.append(
+        [
+            "RSS per connection at 1,000 (same server)",
+            f"{fmt(fan.get('rss_per_connection_kib'))} KiB",
+        ]
+    )
+    return tabulate(
+        f"Scenario 4 + fan-out at {con['subscribers']:,}: Herald", ["measure", "value"], rows
+    )
+
+
+def report(run: Run, failed: bool) -> None:
+    figs = run.figures
+    print()
+    if figs.get("systems"):
+        print(fanout_table(run))
+        print()
+        print(connections_table(run))
+    facts = figs.get("machine", {})
+    versions = {n: s.get("facts", {}).get("version") for n, s in figs.get("systems", {}).items()}
+    print(
+        f"machine: {facts.get('cpu_count')} cores, {facts.get('platform')}, python "
+        f"{facts.get('python')}; versions: {json.dumps(versions)}; load average (1/5/15 min) "
+        f"before {figs.get('load_before')} after {figs.get('load_after')}"
+    )
+    print(f"status: {run.status}{'  (TIMED OUT)' if run.timed_out else ''}")
+    for note in run.notes:
+        print("note:", note.rstrip()[-2000:])
+    for name, sysfig in figs.get("systems", {}).items():
+        if sysfig.get("log_problems"):
+            print(f"{name} log warnings/errors (last lines):")
+            for line in sysfig["log_problems"][-10:]:
+                print("  " + line[:300])
+    path = write_results(
+        "fanout", status=run.status, failed=failed, args=run.args, notes=run.notes, **figs
+    )
+    print(f"results: {path}")
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fanout", description=__doc__.split("\n\n", 1)[0]
+    )
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument(
+        "--big-subscribers", type=int, default=10000, help="Herald only; 0 skips scenario 4"
+    )
+    parser.add_argument(
+        "--rates",
+        default="100,1000,10000,20000",
+        help="fixed delivered rates (deliveries/s = msgs/s × subscribers)",
+    )
+    parser.add_argument(
+        "--high-rate",
+        type=int,
+        default=100000,
+        help="delivered rate run only when the saturation median reaches it (0: never)",
+    )
+    parser.add_argument("--step-seconds", type=float, default=3.0, help="length of a rate step")
+    parser.add_argument("--runs", type=int, default=3, help="saturation runs")
+    parser.add_argument(
+        "--saturation-messages", type=int, default=100, help="messages in the first run"
+    )
+    parser.add_argument(
+        "--saturation-seconds", type=float, default=3.0, help="target length of later runs"
+    )
+    parser.add_argument("--batch-size", type=int, default=50, help="Herald batch publishes")
+    parser.add_argument("--big-rate", type=int, default=20000, help="deliveries/s at 10,000")
+    parser.add_argument(
+        "--big-messages", type=int, default=20, help="saturation messages at 10,000"
+    )
+    parser.add_argument("--idle-seconds", type=float, default=25.0)
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8, help="paced publishes in flight")
+    parser.add_argument("--connect-concurrency", type=int, default=64, help="per client process")
+    parser.add_argument(
+        "--drain", type=float, default=15.0, help="seconds after a step's last send"
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--timeout", type=float, default=0.0, help="hard limit (s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1-2 minutes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.subscribers = min(args.subscribers, 200)
+        args.big_subscribers = min(args.big_subscribers, 1000)
+        args.rates, args.runs, args.high_rate = "1000,4000", 1, 0
+        args.saturation_messages, args.idle_seconds = 50, 5.0
+        args.step_seconds = 2.0
+        args.big_rate, args.big_messages = 5000, 10
+    if not args.timeout:
+        args.timeout = 240.0 if args.quick else 720.0
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    args.rates = [int(r) for r in str(args.rates).split(",") if r.strip()]
+    if args.subscribers < 1 or args.client_procs < 1 or args.runs < 1:
+        parser.error("--subscribers, --client-procs and --runs must be at least 1")
+    if not args.redis_url.startswith(("redis://127.0.0.1", "redis://localhost")):
+        parser.error("--redis-url must point at the loopback interface")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Last resort: whatever hangs, SIGALRM unwinds us (finally blocks stop everything).
+    signal.signal(signal.SIGALRM, raise_keyboard_interrupt)
+    signal.alarm(int(args.timeout) + ALARM_GRACE)
+    run = Run(args=args, deadline=time.time() + args.timeout)
+    needed = max(args.subscribers, args.big_subscribers) + 256  # servers inherit the limit
+    soft = raise_nofile(needed)
+    if soft < needed:
+        print(f"open-file limit {soft} < {needed} needed; raise ulimit -Hn", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="herald-fanout-"))
+    failed = False
+    run.figures["load_before"] = [round(x, 2) for x in os.getloadavg()]
+    try:
+        tls = make_tls(tmp)
+        try:
+            import uvloop
+
+            runner_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+        except ImportError:
+            runner_factory = None
+        with asyncio.Runner(loop_factory=runner_factory) as runner:
+            runner.run(run_all(run, tls, tmp))
+        run.status = "finished"
+    except KeyboardInterrupt:
+        run.status = f"interrupted while {run.status}"
+        run.timed_out = time.time() >= run.deadline
+        failed = True
+    except Exception as exc:
+        run.status = f"failed while {run.status}: {type(exc).__name__}: {exc}"
+        run.notes.append(traceback.format_exc())
+        failed = True
+    finally:
+        if run.procs:
+            stop_processes(run.procs, run.stop, run.queue)
+        for system in run.systems:
+            with contextlib.suppress(Exception):
+                system.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        signal.alarm(0)
+    run.figures["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    failed = failed or any("error" in s for s in run.figures.get("systems", {}).values())
+    report(run, failed)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
