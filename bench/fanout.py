@@ -34,8 +34,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import queue
-import resource
 import secrets
 import shutil
 import signal
@@ -68,7 +66,6 @@ from bench._common import (
     machine_busy_seconds,
     machine_facts,
     mint_subscriber_tokens,
-    open_stream,
     proc_cpu_seconds,
     raise_keyboard_interrupt,
     raise_nofile,
@@ -78,6 +75,7 @@ from bench._common import (
     stop_server,
     write_results,
 )
+from bench._harness import MAX_STEPS, MQTT_TOPIC, ChildConfig, child_main
 from bench._peers import (
     EVENT,
     Tls,
@@ -90,370 +88,12 @@ from bench._peers import (
     start_mosquitto,
     start_socketio,
 )
-from bench.publish_deliver import busy_window
 
 SYSTEMS = ("herald", "mosquitto", "socketio")
 HERALD_TOPIC, HERALD_PATTERN = "bench.fanout", "bench.>"
-MQTT_TOPIC = "bench/fanout"
 BODY = ("Herald benchmark payload. " * 8)[:200]  # 200 ASCII bytes
-MAX_STEPS = 64  # steps per client session (warm-up, ladder, saturation runs, ...)
-SAMPLE_PERIOD = 0.1  # seconds between CPU samples in the client processes
 ALARM_GRACE = 30  # seconds after --timeout at which SIGALRM interrupts whatever hangs
 SATURATION_MAX_MESSAGES = 1000  # below Herald's per-stream queue (STREAM_QUEUE_MAX, 1024)
-
-
-# -- client processes --------------------------------------------------------------------
-
-
-class FrameData(msgspec.Struct):
-    t: float = 0.0
-    seq: int = -1
-
-
-class HeraldFrame(msgspec.Struct):
-    """The parts of a Herald stream frame the subscribers look at (the rest is skipped)."""
-
-    type: str = ""
-    data: FrameData | None = None
-
-
-@dataclass
-class ChildConfig:
-    system: str
-    index: int
-    url: str  # wss://… for herald and socketio, the broker's port for mosquitto
-    ca: str
-    credentials: list[str]  # herald: subscriber tokens; others: client ids
-    capacity: int  # sequence numbers 0 … capacity-1 may be published in this session
-    connect_concurrency: int
-    deadline: float
-
-
-class Sub:
-    """One subscriber: which sequence numbers it has and how many per step."""
-
-    __slots__ = ("closed", "conn", "counts", "seen")
-
-    def __init__(self, conn: Any, capacity: int) -> None:
-        self.conn = conn
-        self.seen = bytearray(capacity)
-        self.counts = array.array("i", [0] * MAX_STEPS)
-        self.closed = False
-
-
-@dataclass
-class StepState:
-    started: float  # monotonic
-    sample_index: int
-    total_before: int
-    latencies: array.array[float] = field(default_factory=lambda: array.array("d"))
-    received: int = 0
-    duplicates: int = 0
-    frame_bytes: int = 0
-    first: float | None = None
-    last: float | None = None
-
-
-async def socketio_handshake(ws: Any) -> None:
-    """Engine.IO 4 open packet, then Socket.IO 5 CONNECT to ``/`` until its ack."""
-    opened = await asyncio.wait_for(ws.recv(), 20)
-    if not isinstance(opened, str) or not opened.startswith("0{"):
-        raise RuntimeError(f"expected an Engine.IO open packet, got {str(opened)[:40]!r}")
-    await ws.send("40")  # Socket.IO CONNECT to the default namespace
-    while True:
-        reply = await asyncio.wait_for(ws.recv(), 20)
-        if isinstance(reply, str) and reply.startswith("40"):
-            return  # CONNECT ack: the server's connect handler has joined the room
-        if reply == "2":
-            await ws.send("3")
-        elif isinstance(reply, str) and reply.startswith("44"):
-            raise RuntimeError(f"Socket.IO connect refused: {reply[:80]}")
-
-
-class Child:
-    """The subscribers of one client process and their bookkeeping."""
-
-    def __init__(self, cfg: ChildConfig, out: Any, cmd: Any, stop: Any) -> None:
-        self.cfg, self.out, self.cmd, self.stop = cfg, out, cmd, stop
-        self.step_of = array.array("i", [-1]) * cfg.capacity
-        self.steps: dict[int, StepState] = {}
-        self.subs: list[Sub] = []
-        self.total = 0
-        self.stray = 0
-        self.heartbeats = 0
-        self.other: Counter[str] = Counter()
-        self.closes: Counter[str] = Counter()
-        self.stopping = False
-        self.samples: list[tuple[float, float, int]] = []
-        self.stack = contextlib.AsyncExitStack()
-
-    def got(self, sub: Sub, t: float, seq: int, size: int) -> None:
-        now = time.time()
-        if not 0 <= seq < self.cfg.capacity or (k := self.step_of[seq]) < 0:
-            self.stray += 1
-            return
-        st = self.steps[k]
-        if sub.seen[seq]:
-            st.duplicates += 1
-            return
-        sub.seen[seq] = 1
-        sub.counts[k] += 1
-        self.total += 1
-        st.received += 1
-        st.frame_bytes += size
-        st.latencies.append(now - t)
-        if st.first is None:
-            st.first = now
-        st.last = now
-
-    def closed(self, sub: Sub, reason: str | None) -> None:
-        sub.closed = True
-        if not self.stopping:
-            self.closes[reason or "closed by the server"] += 1
-
-    # -- connecting, one opener per system -----------------------------------------------
-
-    async def open_herald(self, ctx: ssl.SSLContext, token: str) -> Any:
-        return await open_stream(self.cfg.url, ctx, token)
-
-    async def open_socketio(self, ctx: ssl.SSLContext, _cid: str) -> Any:
-        from websockets.asyncio.client import connect
-
-        ws = await connect(
-            self.cfg.url,
-            ssl=ctx,
-            compression=None,
-            proxy=None,
-            ping_interval=None,
-            open_timeout=20,
-            close_timeout=2,
-            max_size=1 << 20,
-            user_agent_header="herald-bench",
-        )
-        try:
-            await socketio_handshake(ws)
-        except BaseException:
-            await ws.close()
-            raise
-        return ws
-
-    async def open_mqtt(self, ctx: ssl.SSLContext, cid: str) -> Any:
-        import aiomqtt
-
-        client = aiomqtt.Client(
-            HOST, int(self.cfg.url), identifier=cid, tls_context=ctx, keepalive=60, timeout=20
-        )
-        await self.stack.enter_async_context(client)
-        await client.subscribe(MQTT_TOPIC, qos=0)
-        return client
-
-    # -- reading, one reader per system --------------------------------------------------
-
-    async def read_herald(self, sub: Sub) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        decode = msgspec.json.Decoder(HeraldFrame).decode
-        reason = None
-        try:
-            async for raw in sub.conn:
-                frame = decode(raw)
-                if frame.type == "message" and frame.data is not None:
-                    self.got(sub, frame.data.t, frame.data.seq, len(raw))
-                elif frame.type == "heartbeat":
-                    self.heartbeats += 1
-                else:
-                    self.other[frame.type] += 1
-            reason = f"close code {sub.conn.close_code}"
-        except ConnectionClosed:
-            reason = f"close code {sub.conn.close_code}"
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
-        self.closed(sub, reason)
-
-    async def read_socketio(self, sub: Sub) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        decode = msgspec.json.Decoder(tuple[str, FrameData]).decode
-        reason = None
-        try:
-            async for raw in sub.conn:
-                if raw == "2":  # Engine.IO ping: answer pong
-                    self.heartbeats += 1
-                    await sub.conn.send("3")
-                elif raw[:2] == "42":  # Socket.IO EVENT ["msg", {...}]
-                    name, data = decode(raw[2:])
-                    if name == EVENT:
-                        self.got(sub, data.t, data.seq, len(raw))
-                    else:
-                        self.other[name] += 1
-                else:
-                    self.other[str(raw[:2])] += 1
-            reason = f"close code {sub.conn.close_code}"
-        except ConnectionClosed:
-            reason = f"close code {sub.conn.close_code}"
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
-        self.closed(sub, reason)
-
-    async def read_mqtt(self, sub: Sub) -> None:
-        decode = msgspec.json.Decoder(FrameData).decode
-        reason = None
-        try:
-            async for message in sub.conn.messages:
-                payload = message.payload
-                data = decode(payload)
-                self.got(sub, data.t, data.seq, len(payload))
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
-        self.closed(sub, reason)
-
-    # -- the process ---------------------------------------------------------------------
-
-    async def connect_all(self) -> Counter[str]:
-        cfg = self.cfg
-        ctx = ssl.create_default_context(cafile=cfg.ca)
-        opener: Callable[[ssl.SSLContext, str], Any] = {
-            "herald": self.open_herald,
-            "socketio": self.open_socketio,
-            "mosquitto": self.open_mqtt,
-        }[cfg.system]
-        sem = asyncio.Semaphore(cfg.connect_concurrency)
-        errors: Counter[str] = Counter()
-
-        async def one(credential: str) -> Any:
-            async with sem:
-                return await opener(ctx, credential)
-
-        tasks = [asyncio.create_task(one(c)) for c in cfg.credentials]
-        _, pending = await asyncio.wait(tasks, timeout=max(0.1, cfg.deadline - time.time()))
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for task in tasks:
-            if task in pending:
-                errors["timeout (hard deadline)"] += 1
-            elif (exc := task.exception()) is not None:
-                errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
-            else:
-                self.subs.append(Sub(task.result(), cfg.capacity))
-        return errors
-
-    async def sampler(self) -> None:
-        while True:
-            self.samples.append((time.monotonic(), time.process_time(), self.total))
-            await asyncio.sleep(SAMPLE_PERIOD)
-
-    async def run(self) -> None:
-        cfg = self.cfg
-        wall0, cpu0 = time.monotonic(), time.process_time()
-        errors = await self.connect_all()
-        wall1, cpu1 = time.monotonic(), time.process_time()
-        reader = {
-            "herald": self.read_herald,
-            "socketio": self.read_socketio,
-            "mosquitto": self.read_mqtt,
-        }[cfg.system]
-        readers = [asyncio.create_task(reader(sub)) for sub in self.subs]
-        sampler = asyncio.create_task(self.sampler())
-        info = {
-            "connected": len(self.subs),
-            "connect_errors": dict(errors),
-            "connect_s": round(wall1 - wall0, 3),
-            "connect_cpu_per_wall": round((cpu1 - cpu0) / max(wall1 - wall0, 1e-9), 3),
-        }
-        self.out.put(("ready", cfg.index, info))
-        try:
-            await self.commands()
-        finally:
-            self.stopping = True
-            sampler.cancel()
-            bye = {
-                "heartbeats": self.heartbeats,
-                "stray_frames": self.stray,
-                "other_frames": dict(self.other),
-                "unexpected_closes": dict(self.closes),
-                "cpu_total_s": round(time.process_time(), 3),
-                "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
-            self.out.put(("bye", cfg.index, bye))
-            await self.close_all(readers)
-
-    async def close_all(self, readers: list[asyncio.Task[None]]) -> None:
-        if self.cfg.system == "mosquitto":
-            closing: Any = self.stack.aclose()
-        else:
-            closing = asyncio.gather(*(s.conn.close() for s in self.subs), return_exceptions=True)
-        with contextlib.suppress(Exception, asyncio.TimeoutError):
-            await asyncio.wait_for(closing, 10)
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-
-    async def commands(self) -> None:
-        while True:
-            try:
-                item = self.cmd.get_nowait()
-            except queue.Empty:
-                if self.stop.is_set() or time.time() >= self.cfg.deadline:
-                    return
-                await asyncio.sleep(0.02)
-                continue
-            if item[0] == "step":
-                _, k, lo, hi = item
-                self.steps[k] = StepState(time.monotonic(), len(self.samples), self.total)
-                self.step_of[lo:hi] = array.array("i", [k]) * (hi - lo)
-                self.out.put((f"ack:{k}", self.cfg.index))
-            elif item[0] == "await":
-                await self.await_step(item[1], item[2], item[3])
-            else:
-                return
-
-    async def await_step(self, k: int, expected: int, until: float) -> None:
-        st = self.steps[k]
-        outcome = "complete"
-        while True:
-            open_subs = [s for s in self.subs if not s.closed]
-            if st.received >= expected * len(open_subs) and all(
-                s.counts[k] >= expected for s in open_subs
-            ):
-                break
-            if time.time() >= min(until, self.cfg.deadline) or self.stop.is_set():
-                outcome = "drain timeout" if not self.stop.is_set() else "stopped"
-                break
-            await asyncio.sleep(0.02)
-        self.samples.append((time.monotonic(), time.process_time(), self.total))
-        window = [(w, c, n - st.total_before) for w, c, n in self.samples[st.sample_index :]]
-        result = {
-            "index": self.cfg.index,
-            "outcome": outcome,
-            "open_conns": sum(not s.closed for s in self.subs),
-            "received": st.received,
-            "duplicates": st.duplicates,
-            "frame_bytes": st.frame_bytes,
-            "first_recv": st.first,
-            "last_recv": st.last,
-            "per_conn_min": min((s.counts[k] for s in self.subs), default=0),
-            "cpu": busy_window(window),
-        }
-        self.out.put((f"done:{k}", self.cfg.index, result, st.latencies.tobytes()))
-        del self.steps[k].latencies[:]
-
-
-def child_main(cfg: ChildConfig, out: Any, cmd: Any, stop: Any) -> None:
-    """Entry point of one client process (spawned)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    raise_nofile(len(cfg.credentials) + 64)
-    try:
-        try:
-            import uvloop
-
-            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(Child(cfg, out, cmd, stop).run())
-    except BaseException:
-        out.put(("error", cfg.index, traceback.format_exc()))
 
 
 # -- the systems (parent side: server and publisher) -------------------------------------
@@ -810,6 +450,7 @@ class Session:
                 capacity=self.capacity,
                 connect_concurrency=run.args.connect_concurrency,
                 deadline=run.deadline,
+                mqtt_client=run.args.mqtt_client,
             )
             cmd = ctx.Queue()
             proc = ctx.Process(
@@ -1324,6 +965,14 @@ def fanout_table(run: Run) -> str:
         },
     )
     add("connect time (s)", {n: fmt(fan[n].get("connect_s")) for n in names}, {})
+    add(
+        "other processes, busy cores (last run)",
+        {
+            n: fmt(sat_last(n, "cpu").get("other_processes")) if fan[n].get("saturation") else "n/a"
+            for n in names
+        },
+        {},
+    )
     out = tabulate(
         "Scenario 3: fan-out (ratios: throughput > 1 means Herald is faster; latency and "
         "memory < 1 means Herald is lower)",
@@ -1483,6 +1132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--drain", type=float, default=15.0, help="seconds after a step's last send"
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--mqtt-client",
+        choices=("raw", "aiomqtt"),
+        default="raw",
+        help="Mosquitto subscribers: a minimal MQTT 3.1.1 client on an asyncio protocol "
+        "(default; as lean as the raw websockets clients) or aiomqtt",
+    )
     parser.add_argument("--timeout", type=float, default=0.0, help="hard limit (s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1-2 minutes")
     args = parser.parse_args(argv)
