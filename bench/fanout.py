@@ -665,58 +665,145 @@ def ladder(args: argparse.Namespace, subscribers: int) -> list[tuple[str, int, f
     return steps
 
 
-async def fanout_scenario(run: Run, system: System, subscribers: int) -> dict[str, Any]:
-    """Scenario 3 at ``subscribers``: warm-up, the rate ladder, saturation runs, 100k."""
-    args = run.args
-    steps = ladder(args, subscribers)
-    capacity = 10 + sum(c for _, c, _ in steps) + SATURATION_MAX_MESSAGES * (args.runs + 1)
-    capacity += math.ceil(args.high_rate / subscribers * args.step_seconds) + 2
-    session = Session(run, system, subscribers, capacity)
-    out = session.figures
+@dataclass
+class Contender:
+    """One system in scenario 3: its connected subscribers and its figures."""
+
+    system: System
+    out: dict[str, Any]
+    session: Session | None = None
+    saturation_count: int = 0
+
+    @property
+    def fan(self) -> dict[str, Any]:
+        assert self.session is not None
+        return self.session.figures
+
+
+async def guarded(run: Run, c: Contender, what: Any) -> Any:
+    """Await ``what`` for ``c``; on failure record it and retire ``c`` (the others go on)."""
     try:
-        run.status = f"{system.name}: connecting {subscribers:,} subscribers"
-        await session.connect()
-        print(f"  {system.name}: {session.connected:,} subscribers in {out['connect_s']} s")
-        await session.step("warm-up", 5, 10.0)
-        out["steps"] = []
-        for name, count, rate in steps:
-            run.status = f"{system.name}: {name}"
-            out["steps"].append(await session.step(name, count, rate))
-            print_step(system.name, out["steps"][-1])
-        out["saturation"] = []
-        count = min(args.saturation_messages, SATURATION_MAX_MESSAGES)
-        for i in range(args.runs):
-            if run.remaining() < 45:
-                run.notes.append(f"{system.name}: saturation runs cut to {i} (time budget)")
-                break
-            run.status = f"{system.name}: saturation run {i + 1}"
-            result = await session.step(f"saturation {i + 1}", count, None)
-            out["saturation"].append(result)
-            print_step(system.name, result)
+        return await what
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        c.out["error"] = f"{type(exc).__name__}: {exc}"
+        run.notes.append(f"{c.system.name} failed while {run.status}: {traceback.format_exc()}")
+        print(f"  {c.system.name}: FAILED: {c.out['error']}", flush=True)
+        await retire(c)
+        return None
+
+
+async def retire(c: Contender) -> None:
+    """Disconnect ``c``'s subscribers and stop its server and publisher."""
+    session, c.session = c.session, None
+    if session is not None:
+        session.figures["close"] = await session.close()
+    await c.system.close()
+    await asyncio.to_thread(c.system.stop)
+
+
+def rotated(items: list[Contender], shift: int) -> list[Contender]:
+    """``items`` starting at ``shift`` (mod len), so no system always goes first."""
+    live = [c for c in items if c.session is not None]
+    if not live:
+        return []
+    shift %= len(live)
+    return live[shift:] + live[:shift]
+
+
+async def prepare(run: Run, c: Contender) -> None:
+    """Start ``c``'s server and connect its scenario-3 subscribers."""
+    args, system = run.args, c.system
+    run.status = f"{system.name}: starting"
+    started = time.monotonic()
+    await system.start()
+    c.out["start_s"] = round(time.monotonic() - started, 2)
+    if isinstance(system, HeraldSystem) and args.big_subscribers:
+        # Mint every token now: the 10,000-subscriber scenario reuses the first ones.
+        await system.credentials(max(args.subscribers, args.big_subscribers))
+    capacity = 10 + sum(n for _, n, _ in ladder(args, args.subscribers))
+    capacity += SATURATION_MAX_MESSAGES * (args.runs + 1)
+    capacity += math.ceil(args.high_rate / args.subscribers * args.step_seconds) + 2
+    c.session = Session(run, system, args.subscribers, capacity)
+    c.out["fanout"] = c.session.figures
+    run.status = f"{system.name}: connecting {args.subscribers:,} subscribers"
+    await c.session.connect()
+    print(f"  {system.name}: {c.session.connected:,} subscribers in {c.fan['connect_s']} s")
+    c.fan["steps"], c.fan["saturation"] = [], []
+    c.saturation_count = min(args.saturation_messages, SATURATION_MAX_MESSAGES)
+
+
+async def one_step(
+    run: Run, c: Contender, name: str, count: int, rate: float | None
+) -> dict[str, Any] | None:
+    assert c.session is not None
+    run.status = f"{c.system.name}: {name}"
+    result: dict[str, Any] | None = await guarded(run, c, c.session.step(name, count, rate))
+    if result is not None and name != "warm-up":
+        print_step(c.system.name, result)
+    return result
+
+
+async def fanout_scenario(run: Run, contenders: list[Contender]) -> None:
+    """Scenario 3: warm-up, the rate ladder, saturation runs, the high rate; interleaved.
+
+    Each rate step runs for every system before the next rate, and each saturation round
+    measures every system once in a rotating order, so a drift of the machine's load (other
+    work on a shared box) is spread over all systems rather than landing on one.
+    """
+    args = run.args
+    for c in rotated(contenders, 0):
+        await one_step(run, c, "warm-up", 5, 10.0)
+    for i, (name, count, rate) in enumerate(ladder(args, args.subscribers)):
+        for c in rotated(contenders, i):
+            if (result := await one_step(run, c, name, count, rate)) is not None:
+                c.fan["steps"].append(result)
+    await saturation_rounds(run, contenders)
+    await high_rate_steps(run, contenders)
+
+
+async def saturation_rounds(run: Run, contenders: list[Contender]) -> None:
+    """``--runs`` rounds; each publishes one burst per system, in a rotating order."""
+    args = run.args
+    for r in range(args.runs):
+        if run.remaining() < 60:
+            run.notes.append(f"saturation runs cut to {r} (time budget)")
+            break
+        for c in rotated(contenders, r):
+            result = await one_step(run, c, f"saturation {r + 1}", c.saturation_count, None)
+            if result is None:
+                continue
+            c.fan["saturation"].append(result)
             rate = result["deliveries_per_s"] or 0.0
-            if i == 0 and rate:
+            if r == 0 and rate and c.session is not None:
                 # Size the next runs to about --saturation-seconds of deliveries.
-                count = round(rate * args.saturation_seconds / session.connected)
-                count = max(10, min(SATURATION_MAX_MESSAGES, count))
-        rates = sorted(r["deliveries_per_s"] or 0.0 for r in out["saturation"])
+                n = round(rate * args.saturation_seconds / max(c.session.connected, 1))
+                c.saturation_count = max(10, min(SATURATION_MAX_MESSAGES, n))
+
+
+async def high_rate_steps(run: Run, contenders: list[Contender]) -> None:
+    """The saturation summary; then ``--high-rate`` where the median reached it."""
+    args = run.args
+    for c in rotated(contenders, 0):
+        rates = sorted(r["deliveries_per_s"] or 0.0 for r in c.fan["saturation"])
         if rates:
-            out["saturation_median"] = rates[len(rates) // 2]
-            out["saturation_min"], out["saturation_max"] = rates[0], rates[-1]
+            c.fan["saturation_median"] = rates[len(rates) // 2]
+            c.fan["saturation_min"], c.fan["saturation_max"] = rates[0], rates[-1]
         high = args.high_rate
-        if high and rates and out["saturation_median"] >= high and run.remaining() > 45:
-            rate = high / session.connected
+        if not high:
+            continue
+        if rates and c.fan["saturation_median"] >= high and run.remaining() > 60:
+            rate = high / max(c.fan["connected"], 1)
             count = max(2, math.ceil(rate * args.step_seconds))
-            run.status = f"{system.name}: {high:,} deliveries/s"
-            out["steps"].append(await session.step(f"{high:,} deliveries/s", count, rate))
-            print_step(system.name, out["steps"][-1])
-        elif high:
-            out["high_rate_skipped"] = (
-                f"{high:,} deliveries/s not run: saturation median "
-                f"{fmt(out.get('saturation_median'))} deliveries/s is below it"
+            if (
+                result := await one_step(run, c, f"{high:,} deliveries/s", count, rate)
+            ) is not None:
+                c.fan["steps"].append(result)
+        else:
+            c.fan["high_rate_skipped"] = (
+                f"not run: saturation median {fmt(c.fan.get('saturation_median'))}/s < {high:,}"
             )
-    finally:
-        out["close"] = await session.close()
-    return out
 
 
 async def connections_scenario(run: Run, system: System, subscribers: int) -> dict[str, Any]:
@@ -753,32 +840,6 @@ def print_step(system: str, step: dict[str, Any]) -> None:
         f"{flag}",
         flush=True,
     )
-
-
-async def run_system(run: Run, system: System) -> dict[str, Any]:
-    out: dict[str, Any] = {"publisher": system.publisher_note}
-    run.status = f"{system.name}: starting"
-    started = time.monotonic()
-    try:
-        await system.start()
-        out["start_s"] = round(time.monotonic() - started, 2)
-        if isinstance(system, HeraldSystem) and run.args.big_subscribers:
-            # Mint every token now: the 10,000-subscriber scenario reuses the first ones.
-            await system.credentials(max(run.args.subscribers, run.args.big_subscribers))
-        out["fanout"] = await fanout_scenario(run, system, run.args.subscribers)
-        if isinstance(system, HeraldSystem) and run.args.big_subscribers:
-            await asyncio.sleep(2.0)
-            out["connections"] = await connections_scenario(run, system, run.args.big_subscribers)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-        run.notes.append(f"{system.name} failed while {run.status}: {traceback.format_exc()}")
-        print(f"  {system.name}: FAILED: {out['error']}", flush=True)
-    finally:
-        await system.close()
-        out["facts"] = system.facts
-    return out
 
 
 def make_systems(run: Run, tls: Tls, tmp: Path) -> list[System]:
@@ -821,22 +882,37 @@ async def run_all(run: Run, tls: Tls, tmp: Path) -> None:
     websockets_version = importlib.metadata.version("websockets")
     run.figures["machine"] = machine_facts() | {"websockets": websockets_version}
     run.figures["systems"] = {}
-    systems = make_systems(run, tls, tmp)
-    run.systems = systems
+    run.systems = make_systems(run, tls, tmp)
     ctx = mp.get_context("spawn")
     run.queue, run.stop = ctx.Queue(), ctx.Event()
-    for system in systems:
-        if run.remaining() < 60:
-            run.notes.append(f"{system.name} not run: under 60 s left before --timeout")
-            continue
-        print(f"{system.name}:", flush=True)
-        try:
-            run.figures["systems"][system.name] = await run_system(run, system)
-        finally:
-            await asyncio.to_thread(system.stop)
-            run.figures["systems"].setdefault(system.name, {})["log_problems"] = (
-                system.log_problems()
+    contenders = []
+    for system in run.systems:
+        out = run.figures["systems"][system.name] = {"publisher": system.publisher_note}
+        contenders.append(Contender(system, out))
+    try:
+        for c in contenders:
+            print(f"{c.system.name}: starting, connecting", flush=True)
+            await guarded(run, c, prepare(run, c))
+        print("scenario 3: fan-out, systems interleaved", flush=True)
+        await fanout_scenario(run, contenders)
+        herald = next((c for c in contenders if c.system.name == "herald"), None)
+        for c in contenders:
+            if c is not herald or not run.args.big_subscribers:
+                await retire(c)
+        if herald is not None and herald.session is not None:
+            session, herald.session = herald.session, None
+            session.figures["close"] = await session.close()
+            await asyncio.sleep(2.0)
+            print(f"scenario 4: herald, {run.args.big_subscribers:,} subscribers", flush=True)
+            herald.out["connections"] = await guarded(
+                run, herald, connections_scenario(run, herald.system, run.args.big_subscribers)
             )
+    finally:
+        for c in contenders:
+            with contextlib.suppress(Exception):
+                await retire(c)
+            c.out["facts"] = c.system.facts
+            c.out["log_problems"] = c.system.log_problems()
 
 
 # -- report ------------------------------------------------------------------------------
@@ -1049,12 +1125,17 @@ def connections_table(run: Run) -> str:
                 ]
             )
     fan = herald.get("fanout", {})
-    rows.append(
+    facts = herald.get("facts", {})
+    rows += [
         [
-            "RSS per connection at 1,000 (same server)",
+            f"RSS per connection at {fmt(fan.get('connected'))} (scenario 3, same server)",
             f"{fmt(fan.get('rss_per_connection_kib'))} KiB",
-        ]
-    )
+        ],
+        [
+            "subscriber tokens minted (before scenario 3)",
+            f"{fmt(facts.get('tokens_minted'))} in {fmt(facts.get('token_mint_s'))} s",
+        ],
+    ]
     return tabulate(
         f"Scenario 4 + fan-out at {con['subscribers']:,}: Herald", ["measure", "value"], rows
     )
