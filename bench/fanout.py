@@ -719,11 +719,11 @@ async def prepare(run: Run, c: Contender) -> None:
     started = time.monotonic()
     await system.start()
     c.out["start_s"] = round(time.monotonic() - started, 2)
-    if isinstance(system, HeraldSystem) and args.big_subscribers:
+    if isinstance(system, HeraldSystem) and "herald" in args.big_systems:
         # Mint every token now: the 10,000-subscriber scenario reuses the first ones.
         await system.credentials(max(args.subscribers, args.big_subscribers))
     capacity = 10 + sum(n for _, n, _ in ladder(args, args.subscribers))
-    capacity += SATURATION_MAX_MESSAGES * (args.runs + 1)
+    capacity += SATURATION_MAX_MESSAGES * (args.runs + 2)
     capacity += math.ceil(args.high_rate / args.subscribers * args.step_seconds) + 2
     c.session = Session(run, system, args.subscribers, capacity)
     c.out["fanout"] = c.session.figures
@@ -764,8 +764,19 @@ async def fanout_scenario(run: Run, contenders: list[Contender]) -> None:
 
 
 async def saturation_rounds(run: Run, contenders: list[Contender]) -> None:
-    """``--runs`` rounds; each publishes one burst per system, in a rotating order."""
+    """A probe burst per system, then ``--runs`` rounds of one burst per system each.
+
+    The probe (``--saturation-messages``, not counted) sizes each system's bursts to about
+    ``--saturation-seconds`` of deliveries; the rounds go in a rotating order.
+    """
     args = run.args
+    for c in rotated(contenders, 0):
+        probe = await one_step(run, c, "saturation probe", c.saturation_count, None)
+        if probe is not None and c.session is not None:
+            c.fan["saturation_probe"] = probe
+            rate = probe["deliveries_per_s"] or 0.0
+            n = round(rate * args.saturation_seconds / max(c.session.connected, 1))
+            c.saturation_count = max(10, min(SATURATION_MAX_MESSAGES, n))
     for r in range(args.runs):
         if run.remaining() < 60:
             run.notes.append(f"saturation runs cut to {r} (time budget)")
@@ -775,11 +786,6 @@ async def saturation_rounds(run: Run, contenders: list[Contender]) -> None:
             if result is None:
                 continue
             c.fan["saturation"].append(result)
-            rate = result["deliveries_per_s"] or 0.0
-            if r == 0 and rate and c.session is not None:
-                # Size the next runs to about --saturation-seconds of deliveries.
-                n = round(rate * args.saturation_seconds / max(c.session.connected, 1))
-                c.saturation_count = max(10, min(SATURATION_MAX_MESSAGES, n))
 
 
 async def high_rate_steps(run: Run, contenders: list[Contender]) -> None:
@@ -842,6 +848,24 @@ def print_step(system: str, step: dict[str, Any]) -> None:
     )
 
 
+async def big_scenario(run: Run, c: Contender) -> None:
+    """Scenario 4 for ``c`` when it is in ``--big-systems``; then retire it."""
+    big = run.args.big_subscribers
+    if c.session is None or not big or c.system.name not in run.args.big_systems:
+        await retire(c)
+        return
+    session, c.session = c.session, None
+    session.figures["close"] = await session.close()
+    if run.remaining() < 120:
+        run.notes.append(f"{c.system.name}: scenario 4 not run (under 120 s left)")
+        await retire(c)
+        return
+    await asyncio.sleep(2.0)
+    print(f"scenario 4: {c.system.name}, {big:,} subscribers", flush=True)
+    c.out["connections"] = await guarded(run, c, connections_scenario(run, c.system, big))
+    await retire(c)
+
+
 def make_systems(run: Run, tls: Tls, tmp: Path) -> list[System]:
     """The requested systems whose packages and servers are available (else print why not)."""
     out: list[System] = []
@@ -895,18 +919,8 @@ async def run_all(run: Run, tls: Tls, tmp: Path) -> None:
             await guarded(run, c, prepare(run, c))
         print("scenario 3: fan-out, systems interleaved", flush=True)
         await fanout_scenario(run, contenders)
-        herald = next((c for c in contenders if c.system.name == "herald"), None)
         for c in contenders:
-            if c is not herald or not run.args.big_subscribers:
-                await retire(c)
-        if herald is not None and herald.session is not None:
-            session, herald.session = herald.session, None
-            session.figures["close"] = await session.close()
-            await asyncio.sleep(2.0)
-            print(f"scenario 4: herald, {run.args.big_subscribers:,} subscribers", flush=True)
-            herald.out["connections"] = await guarded(
-                run, herald, connections_scenario(run, herald.system, run.args.big_subscribers)
-            )
+            await big_scenario(run, c)
     finally:
         for c in contenders:
             with contextlib.suppress(Exception):
@@ -1081,64 +1095,85 @@ def cpu_lines(names: list[str], fan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def step_rows(
+    key: str, names: list[str], con: dict[str, Any], row: Callable[..., list[str]]
+) -> list[list[str]]:
+    """Scenario 4's rows for one step (``paced`` or ``saturation``) of every system."""
+    steps = {n: dict(con[n].get(key) or {}) for n in names}
+    label = next((steps[n]["step"] for n in names if steps[n]), key)
+
+    def rate(n: str) -> Any:
+        return steps[n].get("deliveries_per_s")
+
+    def p99(n: str) -> Any:
+        return (steps[n].get("latency_ms") or {}).get("p99")
+
+    def loss(n: str) -> str:
+        return f"{fmt(steps[n].get('deliveries_lost'))} / {fmt(steps[n].get('duplicates'))}"
+
+    return [
+        row(f"{label}: deliveries/s", lambda n: fmt(rate(n)), rate),
+        row(f"{label}: p50/p99/p99.9 ms", lambda n: lat(steps[n] or None), p99),
+        row(f"{label}: lost / duplicates", loss),
+    ]
+
+
 def connections_table(run: Run) -> str:
-    herald = run.figures["systems"].get("herald", {})
-    con = herald.get("connections")
-    if not con:
-        return "Scenario 4 / 10,000 subscribers: not run"
-    idle = con.get("idle", {})
-    cpu = idle.get("cpu", {})
+    systems = run.figures["systems"]
+    names = [n for n in SYSTEMS if n in systems and systems[n].get("connections")]
+    if not names:
+        return "Scenario 4: not run"
+    con = {n: systems[n]["connections"] for n in names}
+    peers = [n for n in names if n != "herald"]
+    has_herald = "herald" in names
+
+    def row(
+        label: str, cell: Callable[[str], str], key: Callable[[str], Any] | None = None
+    ) -> list[str]:
+        ratios = [ratio(key("herald"), key(p)) if key and has_herald else "" for p in peers]
+        return [label, *(cell(n) for n in names), *ratios]
+
+    def idle(n: str, part: str) -> Any:
+        return con[n].get("idle", {}).get("cpu", {}).get(part)
+
     rows = [
-        ["subscribers requested / connected", f"{con['subscribers']:,} / {con['connected']:,}"],
-        ["connect time", f"{fmt(con.get('connect_s'))} s"],
-        ["connect errors", json.dumps(con.get("connect_errors")) or "{}"],
-        [
-            "server RSS before → connected",
-            f"{fmt(con.get('rss_before_mib'))} → {fmt(con.get('rss_connected_mib'))} MiB",
-        ],
-        ["server RSS per connection", f"{fmt(con.get('rss_per_connection_kib'))} KiB"],
-        [
-            "idle: server CPU/wall",
-            (
-                f"{fmt(cpu.get('server'))} over {fmt(cpu.get('wall_s'))} s "
-                f"(other processes {fmt(cpu.get('other_processes'))})"
+        row("subscribers connected", lambda n: f"{con[n]['connected']:,}"),
+        row("connect time (s)", lambda n: fmt(con[n].get("connect_s"))),
+        row("connect errors", lambda n: json.dumps(con[n].get("connect_errors") or {})),
+        row(
+            "server RSS before → connected (MiB)",
+            lambda n: (
+                f"{fmt(con[n].get('rss_before_mib'))} → {fmt(con[n].get('rss_connected_mib'))}"
             ),
-        ],
-        ["heartbeats received (whole session)", fmt(con.get("close", {}).get("heartbeats"))],
+        ),
+        row(
+            "server RSS per connection (KiB)",
+            lambda n: fmt(con[n].get("rss_per_connection_kib")),
+            lambda n: con[n].get("rss_per_connection_kib"),
+        ),
+        row(
+            "idle: server CPU/wall (other procs)",
+            lambda n: f"{fmt(idle(n, 'server'))} ({fmt(idle(n, 'other_processes'))})",
+            lambda n: idle(n, "server"),
+        ),
+        row("idle window (s)", lambda n: fmt(idle(n, "wall_s"))),
+        row(
+            "heartbeats/pings seen by clients",
+            lambda n: fmt(con[n].get("close", {}).get("heartbeats")),
+        ),
     ]
     for key in ("paced", "saturation"):
-        step = con.get(key)
-        if step:
-            rows.append(
-                [
-                    f"{step['step']}: deliveries/s, p50/p99/p99.9 ms",
-                    f"{fmt(step['deliveries_per_s'])}, {lat(step)}",
-                ]
-            )
-            rows.append(
-                [
-                    f"{step['step']}: lost / duplicates / expected",
-                    (
-                        f"{step['deliveries_lost']:,} / {step['duplicates']:,} / "
-                        f"{step['deliveries_expected']:,}"
-                    ),
-                ]
-            )
-    fan = herald.get("fanout", {})
-    facts = herald.get("facts", {})
-    rows += [
-        [
-            f"RSS per connection at {fmt(fan.get('connected'))} (scenario 3, same server)",
-            f"{fmt(fan.get('rss_per_connection_kib'))} KiB",
-        ],
-        [
-            "subscriber tokens minted (before scenario 3)",
-            f"{fmt(facts.get('tokens_minted'))} in {fmt(facts.get('token_mint_s'))} s",
-        ],
-    ]
-    return tabulate(
-        f"Scenario 4 + fan-out at {con['subscribers']:,}: Herald", ["measure", "value"], rows
+        rows += step_rows(key, names, con, row)
+    facts = systems.get("herald", {}).get("facts", {})
+    header = [f"{con[names[0]]['subscribers']:,} subscribers", *names]
+    header += [f"herald/{p}" for p in peers] if has_herald else []
+    if not has_herald:
+        rows = [r[: 1 + len(names)] for r in rows]
+    title = (
+        "Scenario 4: idle connections, then fan-out at this size (Herald tokens: "
+        f"{fmt(facts.get('tokens_minted'))} minted in {fmt(facts.get('token_mint_s'))} s)"
     )
+    return tabulate(title, header, rows)
 
 
 def report(run: Run, failed: bool) -> None:
@@ -1178,9 +1213,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument(
-        "--big-subscribers", type=int, default=10000, help="Herald only; 0 skips scenario 4"
-    )
+    parser.add_argument("--big-subscribers", type=int, default=10000, help="0 skips scenario 4")
     parser.add_argument(
         "--rates",
         default="100,1000,10000,20000",
@@ -1193,14 +1226,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="delivered rate run only when the saturation median reaches it (0: never)",
     )
     parser.add_argument("--step-seconds", type=float, default=3.0, help="length of a rate step")
-    parser.add_argument("--runs", type=int, default=3, help="saturation runs")
+    parser.add_argument("--runs", type=int, default=5, help="saturation runs (after a probe)")
     parser.add_argument(
-        "--saturation-messages", type=int, default=100, help="messages in the first run"
+        "--saturation-messages", type=int, default=30, help="messages in the probe burst"
     )
     parser.add_argument(
         "--saturation-seconds", type=float, default=3.0, help="target length of later runs"
     )
     parser.add_argument("--batch-size", type=int, default=50, help="Herald batch publishes")
+    parser.add_argument(
+        "--big-systems",
+        default="herald,mosquitto",
+        help="systems run at --big-subscribers (default: herald,mosquitto)",
+    )
     parser.add_argument("--big-rate", type=int, default=20000, help="deliveries/s at 10,000")
     parser.add_argument(
         "--big-messages", type=int, default=20, help="saturation messages at 10,000"
@@ -1233,7 +1271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.timeout:
         args.timeout = 240.0 if args.quick else 720.0
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(args.systems) - set(SYSTEMS)
+    args.big_systems = [s.strip() for s in args.big_systems.split(",") if s.strip()]
+    unknown = (set(args.systems) | set(args.big_systems)) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     args.rates = [int(r) for r in str(args.rates).split(",") if r.strip()]
