@@ -7,7 +7,8 @@ parent's commands on its own queue:
   ``("ack:k", index)`` so the parent publishes only once every process knows the step;
 * ``("await", k, expected, until)``: waits until every open subscriber has ``expected``
   messages of step ``k`` (or ``until``), then answers ``("done:k", index, figures,
-  latencies)`` with the receive latencies as packed doubles;
+  latencies, (sent, first, last))``: the receive latencies, and per message of the step its
+  send time and this process's first and last receipt, all as packed doubles;
 * ``("quit",)``: answers ``("bye", index, counters)`` and closes its connections.
 
 The subscribers speak each system's protocol with as little client work as possible: raw
@@ -88,6 +89,8 @@ class StepState:
     started: float  # monotonic
     sample_index: int
     total_before: int
+    lo: int = 0  # the step's sequence numbers: lo … hi-1
+    hi: int = 0
     latencies: array.array[float] = field(default_factory=lambda: array.array("d"))
     received: int = 0
     duplicates: int = 0
@@ -118,6 +121,10 @@ class Child:
     def __init__(self, cfg: ChildConfig, out: Any, cmd: Any, stop: Any) -> None:
         self.cfg, self.out, self.cmd, self.stop = cfg, out, cmd, stop
         self.step_of = array.array("i", [-1]) * cfg.capacity
+        # Per message: its send time, and this process's first and last receipt.
+        self.sent = array.array("d", [0.0]) * cfg.capacity
+        self.first_at = array.array("d", [0.0]) * cfg.capacity
+        self.last_at = array.array("d", [0.0]) * cfg.capacity
         self.steps: dict[int, StepState] = {}
         self.subs: list[Sub] = []
         self.total = 0
@@ -144,6 +151,10 @@ class Child:
         st.received += 1
         st.frame_bytes += size
         st.latencies.append(now - t)
+        self.sent[seq] = t
+        if not self.first_at[seq]:  # receipts come in time order within one process
+            self.first_at[seq] = now
+        self.last_at[seq] = now
         if st.first is None:
             st.first = now
         st.last = now
@@ -369,7 +380,9 @@ class Child:
                 continue
             if item[0] == "step":
                 _, k, lo, hi = item
-                self.steps[k] = StepState(time.monotonic(), len(self.samples), self.total)
+                self.steps[k] = StepState(
+                    time.monotonic(), len(self.samples), self.total, lo=lo, hi=hi
+                )
                 self.step_of[lo:hi] = array.array("i", [k]) * (hi - lo)
                 self.out.put((f"ack:{k}", self.cfg.index))
             elif item[0] == "await":
@@ -404,7 +417,10 @@ class Child:
             "per_conn_min": min((s.counts[k] for s in self.subs), default=0),
             "cpu": busy_window(window),
         }
-        self.out.put((f"done:{k}", self.cfg.index, result, st.latencies.tobytes()))
+        per_message = tuple(
+            a[st.lo : st.hi].tobytes() for a in (self.sent, self.first_at, self.last_at)
+        )
+        self.out.put((f"done:{k}", self.cfg.index, result, st.latencies.tobytes(), per_message))
         del self.steps[k].latencies[:]
 
 

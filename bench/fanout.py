@@ -583,7 +583,7 @@ class Session:
     ) -> dict[str, Any]:
         latencies: array.array[float] = array.array("d")
         clients = []
-        for _, _, result, raw in sorted(done, key=lambda d: d[1]):
+        for _, _, result, raw, _ in sorted(done, key=lambda d: d[1]):
             chunk: array.array[float] = array.array("d")
             chunk.frombytes(raw)
             latencies.extend(chunk)
@@ -614,6 +614,7 @@ class Session:
             "deliveries_per_s": round(received / window, 1) if window else None,
             "window_s": round(window, 3) if window else None,
             "latency_ms": distribution(latencies),
+            **per_message(done),
             "frame_bytes_avg": round(sum(c["frame_bytes"] for c in clients) / frames, 1)
             if frames
             else None,
@@ -653,6 +654,34 @@ class Session:
             "unexpected_closes": dict(totals),
             "client_max_rss_mib": [b[2]["max_rss_mib"] for b in byes],
         }
+
+
+def per_message(done: list[Any]) -> dict[str, Any]:
+    """Per message: send → first subscriber (the publish path) and first → last (fan-out)."""
+    sent: list[float] = []
+    first: list[float] = []
+    last: list[float] = []
+    for item in done:
+        parts = []
+        for raw in item[4]:
+            part: array.array[float] = array.array("d")
+            part.frombytes(raw)
+            parts.append(part)
+        if not sent:
+            sent, first, last = (
+                [0.0] * len(parts[0]),
+                [math.inf] * len(parts[0]),
+                [0.0] * len(parts[0]),
+            )
+        for i, (t, a, b) in enumerate(zip(*parts, strict=True)):
+            sent[i] = max(sent[i], t)
+            first[i] = min(first[i], a or math.inf)  # 0: this process got none
+            last[i] = max(last[i], b)
+    got = [i for i in range(len(sent)) if last[i] > 0.0]
+    return {
+        "send_to_first_ms": distribution(first[i] - sent[i] for i in got),
+        "first_to_last_ms": distribution(last[i] - first[i] for i in got),
+    }
 
 
 def ladder(args: argparse.Namespace, subscribers: int) -> list[tuple[str, int, float]]:
@@ -951,6 +980,14 @@ def lat(step: dict[str, Any] | None) -> str:
     return text + (" SAT" if step["client_saturated"] else "")
 
 
+def spread(step: dict[str, Any] | None) -> str:
+    """Per message p50: send → first subscriber, first → last subscriber."""
+    if not step:
+        return "n/a"
+    first, last = step["send_to_first_ms"], step["first_to_last_ms"]
+    return f"{fmt(first['p50'])} / {fmt(last['p50'])}"
+
+
 def tabulate(title: str, header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
@@ -1034,6 +1071,13 @@ def fanout_table(run: Run) -> str:
                 for n in names
             },
             {p: ratio(p99.get("herald"), p99.get(p)) for p in peers},
+        )
+    for label in labels:
+        by = steps_by_name(label)
+        add(
+            f"{label}: send→1st / 1st→last p50 ms",
+            {n: spread(by.get(n)) for n in names},
+            {},
         )
     add(
         "frame bytes (avg, last ladder step)",
