@@ -362,6 +362,10 @@ class SocketioSystem(System):
 # -- the run -----------------------------------------------------------------------------
 
 
+class HardTimeout(Exception):
+    """``--timeout`` was reached: stop measuring, report what was measured."""
+
+
 @dataclass
 class Run(BenchRun):
     """This benchmark's run: its servers, client processes and results per system."""
@@ -371,6 +375,12 @@ class Run(BenchRun):
     procs: list[Any] = field(default_factory=list)
     stop: Any = None
     queue: Any = None
+
+    def check_deadline(self, margin: float = 0.0) -> None:
+        """Raise :class:`HardTimeout` when ``--timeout`` is (within ``margin`` s) reached."""
+        if self.remaining() <= margin:
+            self.timed_out = True
+            raise HardTimeout(self.status)
 
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, Any]:
@@ -484,6 +494,7 @@ class Session:
         if rss0 is not None and rss1 is not None and self.connected:
             self.figures["rss_per_connection_kib"] = round((rss1 - rss0) / self.connected / 1024, 1)
         if len(ready) < len(self.procs):
+            self.run.check_deadline()
             raise RuntimeError(f"only {len(ready)} of {len(self.procs)} client processes got ready")
         if not self.connected:
             raise RuntimeError(f"no subscriber connected: {dict(errors)}")
@@ -502,6 +513,7 @@ class Session:
     async def step(self, name: str, count: int, rate: float | None) -> dict[str, Any]:
         """Publish ``count`` messages at ``rate`` msgs/s (``None``: as fast as accepted)."""
         run, system = self.run, self.system
+        run.check_deadline(margin=1.0)
         k, lo = self.next_step, self.next_seq
         if k >= MAX_STEPS or lo + count > self.capacity:
             raise RuntimeError("the session ran out of steps or sequence numbers")
@@ -510,6 +522,7 @@ class Session:
             cmd.put(("step", k, lo, lo + count))
         acks = await self.collect(f"ack:{k}", len(self.procs), min(run.deadline, time.time() + 10))
         if len(acks) < len(self.procs):
+            run.check_deadline()
             raise RuntimeError(f"step {name}: not every client process acknowledged")
         snap0 = cpu_snapshot(self.pids())
         load0 = os.getloadavg()[0]
@@ -715,6 +728,11 @@ async def guarded(run: Run, c: Contender, what: Any) -> Any:
         return await what
     except KeyboardInterrupt:
         raise
+    except HardTimeout:
+        c.out["error"] = f"hard timeout (--timeout) while {run.status}"
+        print(f"  {c.system.name}: {c.out['error']}", flush=True)
+        await retire(c)
+        return None
     except Exception as exc:
         c.out["error"] = f"{type(exc).__name__}: {exc}"
         run.notes.append(f"{c.system.name} failed while {run.status}: {traceback.format_exc()}")
@@ -980,6 +998,20 @@ def lat(step: dict[str, Any] | None) -> str:
     return text + (" SAT" if step["client_saturated"] else "")
 
 
+def busiest(fan: dict[str, Any]) -> str:
+    """The highest client-process CPU/wall (while receiving) of any step, and the step."""
+    best: tuple[float, str] = (-1.0, "")
+    for step in [*fan.get("steps", []), *fan.get("saturation", [])]:
+        for client in step["clients"]:
+            util = client["cpu"]["cpu_per_wall"]
+            if util is not None and util > best[0]:
+                best = (util, step["step"])
+    if best[0] < 0:
+        return "n/a"
+    flag = " SATURATED" if best[0] > SATURATED else ""
+    return f"{fmt(best[0])} ({best[1]}){flag}"
+
+
 def spread(step: dict[str, Any] | None) -> str:
     """Per message p50: send → first subscriber, first → last subscriber."""
     if not step:
@@ -1098,6 +1130,7 @@ def fanout_table(run: Run) -> str:
             for p in peers
         },
     )
+    add("client CPU/wall, busiest process (step)", {n: busiest(fan[n]) for n in names}, {})
     add("connect time (s)", {n: fmt(fan[n].get("connect_s")) for n in names}, {})
     add(
         "other processes, busy cores (last run)",
@@ -1213,10 +1246,12 @@ def connections_table(run: Run) -> str:
     header += [f"herald/{p}" for p in peers] if has_herald else []
     if not has_herald:
         rows = [r[: 1 + len(names)] for r in rows]
-    title = (
-        "Scenario 4: idle connections, then fan-out at this size (Herald tokens: "
-        f"{fmt(facts.get('tokens_minted'))} minted in {fmt(facts.get('token_mint_s'))} s)"
-    )
+    title = "Scenario 4: idle connections, then fan-out at this size"
+    if facts.get("tokens_minted"):
+        title += (
+            f" (Herald tokens: {fmt(facts.get('tokens_minted'))} minted in "
+            f"{fmt(facts.get('token_mint_s'))} s)"
+        )
     return tabulate(title, header, rows)
 
 
@@ -1234,7 +1269,7 @@ def report(run: Run, failed: bool) -> None:
         f"{facts.get('python')}; versions: {json.dumps(versions)}; load average (1/5/15 min) "
         f"before {figs.get('load_before')} after {figs.get('load_after')}"
     )
-    print(f"status: {run.status}{'  (TIMED OUT)' if run.timed_out else ''}")
+    print(f"status: {run.status}")
     for note in run.notes:
         print("note:", note.rstrip()[-2000:])
     for name, sysfig in figs.get("systems", {}).items():
@@ -1353,10 +1388,11 @@ def main(argv: list[str] | None = None) -> int:
             runner_factory = None
         with asyncio.Runner(loop_factory=runner_factory) as runner:
             runner.run(run_all(run, tls, tmp))
-        run.status = "finished"
+        run.status = "TIMED OUT (--timeout)" if run.timed_out else "finished"
     except KeyboardInterrupt:
-        run.status = f"interrupted while {run.status}"
         run.timed_out = time.time() >= run.deadline
+        cause = "SIGALRM after --timeout" if run.timed_out else "interrupted"
+        run.status = f"{cause} while {run.status}"
         failed = True
     except Exception as exc:
         run.status = f"failed while {run.status}: {type(exc).__name__}: {exc}"
