@@ -30,6 +30,7 @@ import argparse
 import array
 import asyncio
 import contextlib
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -408,8 +409,11 @@ def cpu_rates(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def rss_bytes(pid: int) -> int | None:
-    import psutil  # type: ignore[import-untyped]
-
+    """The resident set size of ``pid`` (``None`` when unknown or psutil is missing)."""
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return None
     try:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
@@ -917,6 +921,13 @@ async def big_scenario(run: Run, c: Contender) -> None:
     await retire(c)
 
 
+def pip_name(module: str | None) -> str:
+    """The distribution that provides ``module`` (for the "pip install" hint)."""
+    return {"socketio": "python-socketio", "engineio": "python-engineio"}.get(
+        module or "", module or "?"
+    )
+
+
 def make_systems(run: Run, tls: Tls, tmp: Path) -> list[System]:
     """The requested systems whose packages and servers are available (else print why not)."""
     out: list[System] = []
@@ -944,7 +955,7 @@ def make_systems(run: Run, tls: Tls, tmp: Path) -> list[System]:
                 if not reason:
                     out.append(SocketioSystem(run, tls, directory))
         except ImportError as exc:
-            reason = f"package {exc.name!r} is not installed (pip install {exc.name})"
+            reason = f"package {exc.name!r} is not installed (pip install {pip_name(exc.name)})"
         if reason:
             print(f"skipping {name}: {reason}", flush=True)
             run.figures.setdefault("skipped", {})[name] = reason
@@ -1382,6 +1393,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="herald-fanout-"))
     failed = False
     run.figures["load_before"] = [round(x, 2) for x in os.getloadavg()]
+    if importlib.util.find_spec("psutil") is None:
+        print("package 'psutil' is not installed (pip install psutil): RSS figures are n/a")
     try:
         tls = make_tls(tmp)
         try:
@@ -1397,6 +1410,11 @@ def main(argv: list[str] | None = None) -> int:
         run.timed_out = time.time() >= run.deadline
         cause = "SIGALRM after --timeout" if run.timed_out else "interrupted"
         run.status = f"{cause} while {run.status}"
+        failed = True
+    except ImportError as exc:  # trustme (the CA) is needed by every system
+        run.status = (
+            f"cannot run: package {exc.name!r} is not installed (pip install {pip_name(exc.name)})"
+        )
         failed = True
     except Exception as exc:
         run.status = f"failed while {run.status}: {type(exc).__name__}: {exc}"
