@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -262,13 +263,36 @@ async def _ws_receiver(
         try:
             frame = _FRAME_DECODER.decode(text)
             if isinstance(frame, Ack):
-                await streams.ack(rt, session, parse_message_id(frame.id))
+                await _finished_even_if_closed(streams.ack(rt, session, parse_message_id(frame.id)))
             else:
                 session.patterns = tuple(streams.resolve_patterns(claims, frame.topics))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await _send_error(websocket, BadRequest(f"invalid client frame: {exc}"))
         except ApiError as exc:
             await _send_error(websocket, exc)
+
+
+#: Acks still being recorded after their stream closed (strong references: the loop keeps
+#: only weak ones to tasks).
+_unfinished: set[asyncio.Task[None]] = set()
+
+
+async def _finished_even_if_closed(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if the receiver is cancelled meanwhile.
+
+    A client may send an ack and close at once; the close cancels the receiver (the
+    stream is over), but the ack it already received is recorded all the same.
+    """
+    task = asyncio.ensure_future(work)
+    _unfinished.add(task)
+    task.add_done_callback(_forget)
+    await asyncio.shield(task)
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _unfinished.discard(task)
+    if not task.cancelled():
+        task.exception()  # seen: raised to the receiver, or nobody is left to tell
 
 
 async def _send_error(websocket: WebSocket, error: ApiError) -> None:
