@@ -250,19 +250,79 @@ def publish_rows(outcome: Outcome, key: str, label: str, target: float) -> list[
     ]
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _step(fan: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((st for st in fan.get("steps", []) if st.get("step") == name), None)
+
+
 def fanout_rows(outcome: Outcome) -> list[Row]:
-    """Rows from ``bench.fanout``'s summary (its ``summary`` list of target rows)."""
-    results = outcome.results or {}
-    rows = []
-    for item in results.get("summary", []):
-        met = item.get("met")
+    """Rows from ``bench.fanout``: scenario 3 (1,000 subscribers) and 4 (10,000)."""
+    systems = (outcome.results or {}).get("systems") or {}
+    fan = {name: s.get("fanout") or {} for name, s in systems.items()}
+    herald = fan.get("herald", {})
+    rows: list[Row] = []
+    sat = _num(herald.get("saturation_median"))
+    for peer, want in (("mosquitto", 1.0), ("socketio", 2.0)):
+        other = _num(fan.get(peer, {}).get("saturation_median"))
+        ratio = _ratio(sat, other)
         rows.append(
             Row(
                 outcome.scenario.key,
-                str(item.get("target", "?")),
-                str(item.get("measured", "—")),
-                met if isinstance(met, bool) else None,
-                str(item.get("detail", "")),
+                f"fan-out saturation, 1,000 subscribers ≥ {want:g}× {peer}",
+                f"{_fmt(ratio, '×', 2)} ({_fmt(sat, '/s')} vs {_fmt(other, '/s')} deliveries)",
+                _met(ratio, want),
+                f"medians of {len(herald.get('saturation', []))} runs; lost "
+                f"{sum(r.get('deliveries_lost', 0) for r in herald.get('saturation', []))}",
+            )
+        )
+    step = _step(herald, "20,000 deliveries/s")
+    p99 = _num(((step or {}).get("latency_ms") or {}).get("p99"))
+    mosq = _num(
+        (
+            (_step(fan.get("mosquitto", {}), "20,000 deliveries/s") or {}).get("latency_ms") or {}
+        ).get("p99")
+    )
+    rows.append(
+        Row(
+            outcome.scenario.key,
+            "broadcast p99 ≤ 25 ms at 20k deliveries/s (20 msgs/s × 1,000)",
+            f"p99 {_fmt(p99, ' ms', 1)}",
+            _met(p99, 25, at_least=False),
+            f"Mosquitto {_fmt(mosq, ' ms', 1)} in the same run",
+        )
+    )
+    con = (systems.get("herald") or {}).get("connections") or {}
+    if con:
+        paced, burst = con.get("paced") or {}, con.get("saturation") or {}
+        lost = (paced.get("deliveries_lost") or 0) + (burst.get("deliveries_lost") or 0)
+        rows.append(
+            Row(
+                outcome.scenario.key,
+                "fan-out to 10,000 subscribers: runs, loses nothing",
+                f"{con.get('connected', 0):,} connected; burst "
+                f"{_fmt(_num(burst.get('deliveries_per_s')), '/s')}, lost {lost}",
+                con.get("connected") == con.get("subscribers") and lost == 0,
+                f"paced {_fmt(_num(paced.get('deliveries_per_s')), '/s')} p99 "
+                f"{_fmt(_num((paced.get('latency_ms') or {}).get('p99')), ' ms')}",
+            )
+        )
+        kib = _num(con.get("rss_per_connection_kib"))
+        idle = _num(((con.get("idle") or {}).get("cpu") or {}).get("server"))
+        peers = ", ".join(
+            f"{name} {_fmt(_num((s.get('connections') or {}).get('rss_per_connection_kib')))}"
+            for name, s in systems.items()
+            if name != "herald" and s.get("connections")
+        )
+        rows.append(
+            Row(
+                outcome.scenario.key,
+                "idle connections ≤ 30 KiB RSS each at 10,000",
+                f"{_fmt(kib, ' KiB', 1)} per connection",
+                _met(kib, 30, at_least=False),
+                f"idle server CPU/wall {_fmt(idle, '', 2)}" + (f"; {peers} KiB" if peers else ""),
             )
         )
     return rows
