@@ -241,3 +241,45 @@ async def test_a_full_queue_still_cuts_a_direct_session_off() -> None:
         await asyncio.sleep(0)
     assert s.closing is not None
     assert s.closing.code == CLOSE_SLOW_CONSUMER
+
+
+# -- the topic index ------------------------------------------------------------------------
+async def test_literal_and_wildcard_sessions_get_exactly_their_topics() -> None:
+    hub = Hub()
+    exact, two, wild = session("a.b"), session("a.c,a.b"), session("a.*")
+    for s in (exact, two, wild):
+        hub.register(s)
+    hub.dispatch(live("a.b", 1))
+    hub.dispatch(live("a.c", 2))
+    hub.dispatch(live("a.d", 3))
+    hub.dispatch(live("b.b", 4))
+    assert [m.seq for m in drain(exact)] == [1]
+    assert [m.seq for m in drain(two)] == [1, 2]  # once each, though two patterns
+    assert [m.seq for m in drain(wild)] == [1, 2, 3]
+
+
+async def test_resubscribe_and_unregister_keep_the_index_right() -> None:
+    hub = Hub()
+    s = session("a.b")
+    hub.register(s)
+    hub.resubscribe(s, [TopicPattern.parse("c.>")])
+    hub.dispatch(live("a.b", 1))
+    hub.dispatch(live("c.d", 2))
+    assert [m.seq for m in drain(s)] == [2]
+    hub.resubscribe(s, [TopicPattern.parse("e.f")])
+    hub.dispatch(live("c.d", 3))
+    hub.dispatch(live("e.f", 4))
+    assert [m.seq for m in drain(s)] == [4]
+    hub.unregister(s)
+    hub.dispatch(live("e.f", 5))
+    assert drain(s) == []
+    assert len(hub) == 0
+    assert hub._by_tenant == {}  # nothing left behind in the index
+
+
+async def test_resubscribe_of_an_unregistered_session_only_sets_its_patterns() -> None:
+    hub = Hub()
+    s = session("a.b")
+    hub.resubscribe(s, [TopicPattern.parse("x.y")])
+    assert [p.text for p in s.patterns] == ["x.y"]
+    assert len(hub) == 0

@@ -156,6 +156,11 @@ class TopicPattern:
         object.__setattr__(self, "_prefix", prefix)
         object.__setattr__(self, "_literals", literals)
 
+    @property
+    def is_literal(self) -> bool:
+        """Whether the pattern has no wildcard (it matches exactly the topic ``text``)."""
+        return self._exact
+
     @classmethod
     def parse(cls, text: str) -> TopicPattern:
         """Parse and validate a topic pattern.

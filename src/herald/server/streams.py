@@ -265,7 +265,7 @@ async def _ws_receiver(
             if isinstance(frame, Ack):
                 await _finished_even_if_closed(streams.ack(rt, session, parse_message_id(frame.id)))
             else:
-                session.patterns = tuple(streams.resolve_patterns(claims, frame.topics))
+                rt.hub.resubscribe(session, streams.resolve_patterns(claims, frame.topics))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await _send_error(websocket, BadRequest(f"invalid client frame: {exc}"))
         except ApiError as exc:

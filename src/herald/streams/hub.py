@@ -147,42 +147,92 @@ def _deliver(message: LiveMessage, sessions: list[StreamSession]) -> None:
         session.deliver(message)
 
 
+class _Tenant:
+    """One tenant's sessions, indexed by topic for the fan-out.
+
+    A session whose patterns are all literal topics is found by the message's topic; one
+    with a wildcard pattern is checked for every message of its tenant. Fan-out to a topic
+    then costs its own subscribers, not every connection of the tenant.
+    """
+
+    __slots__ = ("by_topic", "sessions", "wild")
+
+    def __init__(self) -> None:
+        self.sessions: set[StreamSession] = set()
+        self.by_topic: dict[str, set[StreamSession]] = {}
+        self.wild: set[StreamSession] = set()
+
+    def add(self, session: StreamSession) -> None:
+        self.sessions.add(session)
+        if all(p.is_literal for p in session.patterns):
+            for pattern in session.patterns:
+                self.by_topic.setdefault(pattern.text, set()).add(session)
+        else:
+            self.wild.add(session)
+
+    def remove(self, session: StreamSession) -> None:
+        self.sessions.discard(session)
+        self.wild.discard(session)
+        for pattern in session.patterns:
+            found = self.by_topic.get(pattern.text)
+            if found is not None:
+                found.discard(session)
+                if not found:
+                    del self.by_topic[pattern.text]
+
+    def candidates(self, topic: str) -> list[StreamSession]:
+        """The sessions that may want a message of ``topic`` (each once)."""
+        exact = self.by_topic.get(topic)
+        if not exact:
+            return list(self.wild)
+        return [*exact, *self.wild] if self.wild else list(exact)
+
+
 class Hub:
     """Sessions by tenant, the synchronous fan-out handler for the bus, and heartbeats."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._by_tenant: dict[str, set[StreamSession]] = {}
+        self._by_tenant: dict[str, _Tenant] = {}
         self._clock = clock
 
     def register(self, session: StreamSession) -> None:
         """Start routing messages to ``session``."""
-        self._by_tenant.setdefault(session.tenant_id, set()).add(session)
+        self._by_tenant.setdefault(session.tenant_id, _Tenant()).add(session)
 
     def unregister(self, session: StreamSession) -> None:
         """Stop routing messages to ``session``."""
-        sessions = self._by_tenant.get(session.tenant_id)
-        if sessions is not None:
-            sessions.discard(session)
-            if not sessions:
+        tenant = self._by_tenant.get(session.tenant_id)
+        if tenant is not None:
+            tenant.remove(session)
+            if not tenant.sessions:
                 del self._by_tenant[session.tenant_id]
 
+    def resubscribe(self, session: StreamSession, patterns: Iterable[TopicPattern]) -> None:
+        """Replace ``session``'s patterns (a subscribe frame), keeping the index right."""
+        tenant = self._by_tenant.get(session.tenant_id)
+        if tenant is None or session not in tenant.sessions:
+            session.patterns = tuple(patterns)
+            return
+        tenant.remove(session)
+        session.patterns = tuple(patterns)
+        tenant.add(session)
+
     def dispatch(self, message: LiveMessage) -> None:
-        """Bus handler: offer ``message`` to every session of its tenant.
+        """Bus handler: offer ``message`` to the sessions of its tenant that may want it.
 
         Sessions whose transport writes directly get the message in one callback soon
         after (the publish that triggered the fan-out is answered first), with no
         per-session task wake-up; the others through their queues.
         """
-        direct = [
-            session
-            for session in tuple(self._by_tenant.get(message.tenant_id, ()))
-            if session.offer(message)
-        ]
+        tenant = self._by_tenant.get(message.tenant_id)
+        if tenant is None:
+            return
+        direct = [s for s in tenant.candidates(message.topic) if s.offer(message)]
         if direct:
             asyncio.get_running_loop().call_soon(_deliver, message, direct)
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._by_tenant.values())
+        return sum(len(t.sessions) for t in self._by_tenant.values())
 
     def queue_depths(self) -> tuple[int, int]:
         """Frames queued over every session, and in the fullest session's queue.
@@ -190,8 +240,8 @@ class Hub:
         One pass over the sessions, for ``/metrics`` (a scrape), never the fan-out path.
         """
         total = largest = 0
-        for sessions in self._by_tenant.values():
-            for session in sessions:
+        for tenant in self._by_tenant.values():
+            for session in tenant.sessions:
                 depth = session.queue.qsize()
                 total += depth
                 largest = max(largest, depth)
@@ -206,8 +256,8 @@ class Hub:
         """
         now = self._clock()
         queued = 0
-        for sessions in self._by_tenant.values():
-            for session in sessions:
+        for tenant in self._by_tenant.values():
+            for session in tenant.sessions:
                 if session.next_heartbeat <= now and session.closing is None:
                     session.next_heartbeat = now + interval
                     if not session.queue.full():
@@ -224,6 +274,6 @@ class Hub:
 
     def shutdown(self) -> None:
         """Tell every session the server is going away (clients reconnect elsewhere)."""
-        for sessions in self._by_tenant.values():
-            for session in sessions:
+        for tenant in self._by_tenant.values():
+            for session in tenant.sessions:
                 session.close(CLOSE_GOING_AWAY, "server shutting down")
