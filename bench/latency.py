@@ -60,6 +60,8 @@ from bench._common import (
 
 BODY = "x" * 200
 HTTP_TIMEOUT = 10.0
+DRAIN = 3.0  # seconds the subscribers read on after the last publish was answered
+MAX_LISTEN = 600.0  # a subscriber process stops by itself after this, whatever happened
 
 
 @dataclass
@@ -73,12 +75,12 @@ class Run(BenchRun):
 # -- subscriber process --------------------------------------------------------------------
 
 
-def subscriber_main(urls: list[str], ca: str, tokens: list[str], seconds: float, out: Any) -> None:
+def subscriber_main(urls: list[str], ca: str, tokens: list[str], stop: Any, out: Any) -> None:
     """One process, one connection per topic; reports every (seq, latency) it received."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile(len(tokens) + 64)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(subscribe(urls, ca, tokens, seconds, out))
+        runner.run(subscribe(urls, ca, tokens, stop, out))
 
 
 def _loop_factory() -> Any:
@@ -89,7 +91,8 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
-async def subscribe(urls: list[str], ca: str, tokens: list[str], seconds: float, out: Any) -> None:
+async def subscribe(urls: list[str], ca: str, tokens: list[str], stop: Any, out: Any) -> None:
+    """Read every stream until the parent sets ``stop`` (publishing done and drained)."""
     from herald.client import make_ssl_context
 
     ctx = make_ssl_context(ca)
@@ -111,7 +114,7 @@ async def subscribe(urls: list[str], ca: str, tokens: list[str], seconds: float,
                 lat.append(now - float(data["due"]))
 
     readers = [asyncio.create_task(read(ws)) for ws in conns]
-    await asyncio.sleep(seconds)
+    await asyncio.to_thread(stop.wait, MAX_LISTEN)
     cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-9)
     for task in readers:
         task.cancel()
@@ -231,12 +234,12 @@ def run(bench: Run, tmp: Path) -> None:
     bench.queue, go = ctx.Queue(), ctx.Event()
     ws_base = init["url"].replace("https://", "wss://", 1) + "/v1/stream?topics="
     messages = int(args.rate * args.seconds)
-    listen = args.seconds + 5.0  # the subscribers wait this long after connecting
+    bench.stop = ctx.Event()
     bench.status = "connecting subscribers"
     urls = [f"{ws_base}bench.lat.{n}" for n in range(args.topics)]
     sub = ctx.Process(
         target=subscriber_main,
-        args=(urls, init["ca_cert"], tokens, listen, bench.queue),
+        args=(urls, init["ca_cert"], tokens, bench.stop, bench.queue),
         name="bench-subscribers",
     )
     pub = ctx.Process(
@@ -272,13 +275,15 @@ def run(bench: Run, tmp: Path) -> None:
     bench.status = f"publishing {messages:,} messages at {args.rate:g}/s"
     cpu0, t0 = proc_cpu_seconds(bench.server.pid), time.monotonic()
     go.set()
-    until = min(bench.deadline, time.time() + listen + 30)
-    # The publisher answers first (the subscribers listen on for stragglers): the server's
-    # CPU is taken over the publishing window.
+    until = min(bench.deadline, time.time() + args.seconds * 3 + 60)
+    # The publisher answers first: the server's CPU is taken over the publishing window,
+    # then the subscribers read on for stragglers and are told to stop.
     asyncio.run(
         collect_messages(bench.procs, bench.queue, "result", count=1, until=until, stash=stash)
     )
     cpu1, t1 = proc_cpu_seconds(bench.server.pid), time.monotonic()
+    time.sleep(DRAIN)
+    bench.stop.set()
     results, errors = asyncio.run(
         collect_messages(bench.procs, bench.queue, "result", count=2, until=until, stash=stash)
     )

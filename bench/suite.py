@@ -301,7 +301,7 @@ def fanout_rows(outcome: Outcome) -> list[Row]:
         rows.append(
             Row(
                 outcome.scenario.key,
-                "fan-out to 10,000 subscribers: runs, loses nothing",
+                f"fan-out to {con.get('subscribers', 0):,} subscribers: runs, loses nothing",
                 f"{con.get('connected', 0):,} connected; burst "
                 f"{_fmt(_num(burst.get('deliveries_per_s')), '/s')}, lost {lost}",
                 con.get("connected") == con.get("subscribers") and lost == 0,
@@ -319,7 +319,7 @@ def fanout_rows(outcome: Outcome) -> list[Row]:
         rows.append(
             Row(
                 outcome.scenario.key,
-                "idle connections ≤ 30 KiB RSS each at 10,000",
+                f"idle connections ≤ 30 KiB RSS each at {con.get('subscribers', 0):,}",
                 f"{_fmt(kib, ' KiB', 1)} per connection",
                 _met(kib, 30, at_least=False),
                 f"idle server CPU/wall {_fmt(idle, '', 2)}" + (f"; {peers} KiB" if peers else ""),
