@@ -14,7 +14,7 @@ help:
 	@echo "make cluster - three nodes on :8443-8445 against HERALD_DATABASE_URL / HERALD_REDIS_URL"
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
 	@echo "make lint   - ruff + mypy (strict)"
-	@echo "make bench  - the performance suite vs peers (~12 min; BENCH_ARGS=--quick: ~3 min)"
+	@echo "make bench  - the performance suite vs peers (~8 min; BENCH_ARGS=--quick: ~3 min)"
 	@echo "make bench-components - the component benchmarks (bench.cluster needs PostgreSQL + Redis)"
 	@echo "make fuzz   - the long fuzzing profile: API fuzzing (schemathesis) + parser fuzzers"
 	@echo "make fuzz-api     - schemathesis, FUZZ_EXAMPLES (200) random examples per operation and mode"
@@ -67,7 +67,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench fuzzing
 
 # The performance suite (bench/suite.py): publish-single, publish-batch, latency, fan-out and
-# connections against python-socketio and Mosquitto, the pipeline breakdown; ~12 minutes, one
+# connections against python-socketio and Mosquitto, the pipeline breakdown; ~8 minutes, one
 # table of targets vs figures. The bench extra brings the peers' Python clients and py-spy;
 # bench.fanout installs Mosquitto from Debian when it is missing and we are root.
 BENCH_STAMP := $(VENV)/.installed-bench

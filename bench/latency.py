@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -333,29 +334,27 @@ async def tokens_for(init: dict[str, Any], topics: int, timeout: float) -> tuple
         return tokens, await pub.token()
 
 
-def report(bench: Run, *, failed: bool) -> None:
-    fig, args = bench.figures, bench.args
+def run_lines(fig: dict[str, Any], args: argparse.Namespace, label: str) -> list[str]:
+    """One run's figures, as lines of the report."""
     lat, lag = fig.get("latency_ms", {}), fig.get("schedule_lag_ms", {})
     lines = [
-        "publish → receive latency, one subscriber per topic",
-        "-" * 80,
-        f"status                           {bench.status}",
+        f"{label}: {fig.get('status', '?')}",
         (
-            f"rate target / achieved           {args.rate:g} / {fmt(fig.get('achieved_rate'))}"
+            f"  rate target / achieved         {args.rate:g} / {fmt(fig.get('achieved_rate'))}"
             f" msgs/s over {args.topics} topics, {args.connections} publisher connections"
         ),
         (
-            f"messages / accepted / received   {fmt(fig.get('messages'))} / "
+            f"  messages / accepted / received {fmt(fig.get('messages'))} / "
             f"{fmt(fig.get('accepted'))} / {fmt(fig.get('received'))}"
             f" (lost {fmt(fig.get('lost'))}, duplicates {fmt(fig.get('duplicates'))})"
         ),
         (
-            f"latency p50 / p99 / p99.9 / max  {fmt(lat.get('p50'))} / {fmt(lat.get('p99'))} / "
-            f"{fmt(lat.get('p99.9'))} / {fmt(lat.get('max'))} ms (due time → received)"
+            f"  latency p50/p99/p99.9/max ms   {fmt(lat.get('p50'))} / {fmt(lat.get('p99'))} / "
+            f"{fmt(lat.get('p99.9'))} / {fmt(lat.get('max'))} (due time → received)"
         ),
-        f"publisher schedule lag p99 / max {fmt(lag.get('p99'))} / {fmt(lag.get('max'))} ms",
+        f"  publisher schedule lag p99/max {fmt(lag.get('p99'))} / {fmt(lag.get('max'))} ms",
         (
-            f"CPU/wall                         server {fmt(fig.get('server_cpu_per_wall'))}, "
+            f"  CPU/wall                       server {fmt(fig.get('server_cpu_per_wall'))}, "
             f"publisher {fmt(fig.get('publisher_cpu_per_wall'))}, "
             f"subscribers {fmt(fig.get('subscriber_cpu_per_wall'))}"
         ),
@@ -363,20 +362,76 @@ def report(bench: Run, *, failed: bool) -> None:
     for who in ("publisher", "subscriber"):
         value = fig.get(f"{who}_cpu_per_wall")
         if isinstance(value, float) and value > SATURATED:
-            lines.append(f"the {who} process was SATURATED: it, not the server, may be the limit")
+            lines.append(f"  the {who} process was SATURATED: it, not the server, may be the limit")
     if fig.get("statuses"):
-        lines.append(f"publish answers                  {json.dumps(fig['statuses'])}")
+        lines.append(f"  publish answers                {json.dumps(fig['statuses'])}")
+    return lines
+
+
+def summary_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min–max over the finished runs; losses summed over all of them."""
+    done = [r for r in runs if r.get("status") == "finished"]
+
+    def spread(values: list[Any]) -> dict[str, float | None]:
+        known = sorted(float(v) for v in values if isinstance(v, int | float))
+        if not known:
+            return {"median": None, "min": None, "max": None}
+        return {"median": statistics.median(known), "min": known[0], "max": known[-1]}
+
+    return {
+        "runs": len(done),
+        "latency_p50_ms": spread([r["latency_ms"].get("p50") for r in done]),
+        "latency_p99_ms": spread([r["latency_ms"].get("p99") for r in done]),
+        "latency_p999_ms": spread([r["latency_ms"].get("p99.9") for r in done]),
+        "achieved_rate": spread([r.get("achieved_rate") for r in done]),
+        "server_cpu_per_wall": spread([r.get("server_cpu_per_wall") for r in done]),
+        "lost": sum(int(r.get("lost", 0)) for r in done),
+        "duplicates": sum(int(r.get("duplicates", 0)) for r in done),
+    }
+
+
+def med(d: dict[str, float | None], unit: str = "") -> str:
+    if d.get("median") is None:
+        return "—"
+    return f"{fmt(d['median'])}{unit} [{fmt(d['min'])}–{fmt(d['max'])}]"
+
+
+def report(bench: Run, runs: list[dict[str, Any]], *, failed: bool) -> None:
+    args = bench.args
+    summary = summary_of(runs)
+    lines = [
+        "publish → receive latency, one subscriber per topic",
+        "-" * 80,
+        f"status: {bench.status}",
+    ]
+    for n, fig in enumerate(runs, 1):
+        lines += run_lines(fig, args, f"run {n}")
+    lines += [
+        f"median [min–max] over {summary['runs']} finished run(s):",
+        f"  latency p50   {med(summary['latency_p50_ms'], ' ms')}",
+        f"  latency p99   {med(summary['latency_p99_ms'], ' ms')}",
+        f"  latency p99.9 {med(summary['latency_p999_ms'], ' ms')}",
+        f"  rate achieved {med(summary['achieved_rate'], ' msgs/s')} (target {args.rate:g})",
+        f"  server CPU    {med(summary['server_cpu_per_wall'])} cores",
+        f"  lost / duplicates over all runs: {summary['lost']} / {summary['duplicates']}",
+    ]
+    machine = machine_facts()
+    lines.append(
+        f"cores {machine.get('cpu_count')} / python {machine.get('python')} / "
+        f"{machine.get('platform')}"
+    )
     lines += [f"note: {n}" for n in bench.notes]
-    if failed and bench.figures.get("server_log"):
-        lines += bench.figures["server_log"].get("tail", [])
+    if failed and runs and runs[-1].get("server_log"):
+        lines += runs[-1]["server_log"].get("tail", [])
     print("\n".join(lines))
     path = write_results(
         "latency",
         status=bench.status,
         args=args,
         notes=bench.notes,
-        machine=machine_facts(),
-        **{k: v for k, v in fig.items() if k != "server_log"},
+        machine=machine,
+        summary=summary,
+        runs=[{k: v for k, v in r.items() if k != "server_log"} for r in runs],
     )
     print(f"results: {path}")
 
@@ -389,13 +444,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="default: 10")
     parser.add_argument("--topics", type=int, default=100, help="one subscriber each (100)")
     parser.add_argument("--connections", type=int, default=32, help="publisher's (32)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="hard limit (s)")
-    parser.add_argument("--quick", action="store_true", help="3 s")
+    parser.add_argument("--runs", type=int, default=3, help="each on a fresh server (3)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="hard limit (s)")
+    parser.add_argument("--quick", action="store_true", help="one run of 3 s")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds = 3.0
-    if args.rate <= 0 or args.seconds <= 0 or args.topics < 1 or args.connections < 1:
-        parser.error("--rate, --seconds, --topics and --connections must be positive")
+        args.seconds, args.runs = 3.0, 1
+    if min(args.rate, args.seconds, args.topics, args.connections, args.runs) <= 0:
+        parser.error("--rate, --seconds, --topics, --connections and --runs must be positive")
     return args
 
 
@@ -403,24 +459,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     bench = Run(args=args, deadline=time.time() + args.timeout)
-    tmp = Path(tempfile.mkdtemp(prefix="herald-bench-latency-"))
+    runs: list[dict[str, Any]] = []
     failed = False
-    try:
-        run(bench, tmp)
-    except KeyboardInterrupt:
-        bench.status = f"interrupted while {bench.status}"
-        failed = True
-    except Exception as exc:
-        bench.status = f"failed while {bench.status}: {type(exc).__name__}: {exc}"
-        failed = True
-    finally:
-        stop_processes(bench.procs, bench.stop, bench.queue)
-        if bench.server is not None:
-            stop_server(bench.server)
-        bench.figures["server_log"] = log_summary(tmp / "data" / "serve.log")
-        shutil.rmtree(tmp, ignore_errors=True)
-    report(bench, failed=failed)
-    return 0 if bench.status == "finished" else 1
+    for number in range(1, args.runs + 1):
+        # Each run on a fresh server: no run inherits another's database or nonces.
+        bench.figures, bench.status = {}, "starting"
+        tmp = Path(tempfile.mkdtemp(prefix="herald-bench-latency-"))
+        try:
+            run(bench, tmp)
+        except KeyboardInterrupt:
+            bench.status = f"interrupted while {bench.status} (run {number})"
+            failed = True
+        except Exception as exc:
+            bench.status = (
+                f"failed while {bench.status} (run {number}): {type(exc).__name__}: {exc}"
+            )
+            failed = True
+        finally:
+            stop_processes(bench.procs, bench.stop, bench.queue)
+            bench.procs = []
+            if bench.server is not None:
+                stop_server(bench.server)
+                bench.server = None
+            bench.figures["server_log"] = log_summary(tmp / "data" / "serve.log")
+            shutil.rmtree(tmp, ignore_errors=True)
+        runs.append({**bench.figures, "status": bench.status})
+        if failed:
+            break
+    report(bench, runs, failed=failed)
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":
