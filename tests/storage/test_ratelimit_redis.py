@@ -335,6 +335,23 @@ async def test_corrupt_state_fails_closed(
         await limiter.hit("k", Bucket(rate=1, burst=1))
 
 
+@pytest.mark.redis
+async def test_a_corrupt_key_in_a_shared_pipeline_fails_only_its_own_hit(
+    redis_ns: RedisNamespace,
+) -> None:
+    limiter = RedisRateLimiter(redis_ns.client, prefix=redis_ns.prefix + "rl:")
+    await redis_ns.client.set(redis_ns.prefix + "rl:default:k:bad", b"not a hash")
+    bucket = Bucket(rate=TINY_RATE, burst=5)
+    keys = ["good-1", "bad", "good-2"] * 5
+    results = await asyncio.gather(*(limiter.hit(k, bucket) for k in keys), return_exceptions=True)
+    for key, result in zip(keys, results, strict=True):
+        if key == "bad":
+            assert isinstance(result, ServiceUnavailable)
+        else:
+            assert not isinstance(result, BaseException)
+            assert result.allowed
+
+
 def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
