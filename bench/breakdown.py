@@ -22,9 +22,7 @@ removed, also on Ctrl-C, SIGTERM and ``--timeout``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import multiprocessing as mp
 import os
 import re
 import shutil
@@ -443,71 +441,48 @@ class Breakdown(ps.Bench):
     pyspy: str = ""
 
 
-def measured_run(bench: Breakdown, server: ps.Server, run_no: int, *, profiled: bool) -> None:
-    """One run of publish_security's load (its client processes), optionally sampled.
+class SampledWindow:
+    """py-spy (when profiling) and the loop thread's run delay over a run's measured window."""
 
-    This is ``publish_security.one_run`` with the sampler started after the warm-up and
-    stopped when the last answer is in, so the samples cover the same window as the CPU.
-    """
-    args = bench.args
+    def __init__(self, bench: Breakdown, pid: int, output: Path, *, profiled: bool) -> None:
+        self.bench, self.pid, self.output, self.profiled = bench, pid, output, profiled
+        self.sampler: Sampler | None = None
+        self.wait: list[float | None] = []
+        self.spy: list[float | None] = []
+
+    def __enter__(self) -> SampledWindow:
+        if self.profiled:
+            bench = self.bench
+            self.sampler = Sampler(
+                bench.pyspy, self.pid, bench.args.rate, self.output, bench.remaining() + 5
+            )
+            self.sampler.start()
+        self._mark()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._mark()
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
+
+    def _mark(self) -> None:
+        self.wait.append(run_delay_seconds(self.pid))
+        self.spy.append(self.sampler.cpu_seconds() if self.sampler else None)
+
+
+def measured_run(bench: Breakdown, server: ps.Server, run_no: int, *, profiled: bool) -> None:
+    """One run of publish_security's load, sampled by py-spy over its measured window."""
     assert server.process is not None
-    pid = server.process.pid
-    token = asyncio.run(ps.fetch_token(server))
-    ctx = mp.get_context("spawn")
-    bench.queue, bench.go = ctx.Queue(), ctx.Event()
-    procs = min(args.client_procs, args.concurrency)
-    for index, (conns, warm, msgs) in enumerate(
-        zip(
-            ps.shares(args.concurrency, procs),
-            ps.shares(args.warmup, procs),
-            ps.shares(args.messages, procs),
-            strict=True,
-        )
-    ):
-        child = ps.ChildConfig(
-            index=index,
-            url=server.init["url"],
-            ca=server.init["ca_cert"],
-            token=token,
-            signer_spec=server.signer_spec,
-            connections=conns,
-            warmup=warm,
-            messages=msgs,
-            deadline=bench.deadline,
-        )
-        proc = ctx.Process(
-            target=ps.child_main, args=(child, bench.queue, bench.go), name=f"bench-client-{index}"
-        )
-        proc.start()
-        bench.procs.append(proc)
-    sampler = None
-    output = Path(args.tmp) / f"run{run_no}.raw"
-    try:
-        ready = ps.collect(bench, "ready", procs, bench.deadline)
-        if len(ready) < procs:
-            raise RuntimeError(f"only {len(ready)} of {procs} client processes got ready")
-        warm_errors = sum((Counter(r[2]["errors"]) for r in ready), Counter())
-        time.sleep(0.2)
-        if profiled:
-            sampler = Sampler(bench.pyspy, pid, args.rate, output, bench.remaining() + 5)
-            sampler.start()
-        pids = [p.pid for p in bench.procs]
-        load0 = os.getloadavg()[0]
-        wait0, spy0 = run_delay_seconds(pid), sampler.cpu_seconds() if sampler else None
-        snap0 = ps.Snapshot.take(pid, pids)
-        bench.go.set()
-        results = ps.collect(bench, "result", procs, bench.deadline + 15)
-        snap1 = ps.Snapshot.take(pid, pids)
-        wait1, spy1 = run_delay_seconds(pid), sampler.cpu_seconds() if sampler else None
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        ps.stop_children(bench)
-    run = ps.summarise_run(bench, run_no, results, (snap0, snap1))
-    run["warmup_errors"] = dict(warm_errors)
-    run["load_average_1m_before"] = round(load0, 2)
+    output = Path(bench.args.tmp) / f"run{run_no}.raw"
+    window = SampledWindow(bench, server.process.pid, output, profiled=profiled)
+    run, (snap0, snap1) = ps.measured_run(bench, server, run_no, window=lambda: window)
     run["profiled"] = profiled
-    if sampler is not None:
+    sampler = window.sampler
+    if sampler is not None and len(window.wait) == len(window.spy) == 2:
+        args = bench.args
+        (wait0, wait1), (spy0, spy1) = window.wait, window.spy
         before = bench.profile.samples
         with contextlib.suppress(OSError), output.open() as raw:
             bench.profile.add_lines(raw)
@@ -837,6 +812,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 0 or args.unprofiled_runs < 0 or args.timeout <= 0:
         parser.error("--warmup and --unprofiled-runs must not be negative, --timeout positive")
     args.client_procs = min(args.client_procs, args.concurrency)
+    args.client, args.batch = "raw", 0  # scenario 1: the lean client, single publishes
     return args
 
 

@@ -194,8 +194,7 @@ async def publish(cfg: dict[str, Any], out: Any, go: Any) -> None:
                 status, _ = await asyncio.wait_for(conn.request(request(i, due)), HTTP_TIMEOUT)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
                 statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
-                await conn.aclose()
-                conn.writer = None
+                await conn.reset()
                 continue
             statuses[str(status)] = statuses.get(str(status), 0) + 1
 

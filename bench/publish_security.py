@@ -58,6 +58,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,38 +243,6 @@ def _path(batch: int) -> str:
     return "/v1/messages:batch" if batch else "/v1/messages"
 
 
-async def send_loop(
-    client: Any, signer: Any, headers: dict[str, str], load: Load, batch: int
-) -> None:
-    """One keep-alive connection (httpx): send publishes back to back until the phase is done."""
-    import httpx
-
-    body = request_body(batch)
-    perf = time.perf_counter
-    while load.started < load.total and time.time() < load.deadline:
-        load.started += 1
-        t0 = perf()
-        if load.first_start is None:
-            load.first_start = time.monotonic()
-        try:
-            request = client.build_request(
-                "POST",
-                _path(batch),
-                content=body,
-                headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
-            )
-            if signer is not None:
-                signer.sign(request)
-            response = await client.send(request)
-            elapsed = perf() - t0
-        except httpx.HTTPError as exc:
-            load.statuses[f"{type(exc).__name__}"] += 1
-            continue
-        finally:
-            load.last_end = time.monotonic()
-        load.answered(response.status_code, response.content, elapsed, batch)
-
-
 class RawConnection:
     """A lean keep-alive HTTP/1.1 client over one TLS connection (asyncio streams).
 
@@ -308,16 +277,50 @@ class RawConnection:
         return status, await self.reader.readexactly(length)
 
     async def aclose(self) -> None:
+        """Close the connection; the next request opens a new one."""
         if self.writer is not None:
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+    reset = aclose  # after a failed request: start afresh
 
 
-async def raw_send_loop(
-    conn: RawConnection, signer: Any, headers: dict[str, str], load: Load, batch: int
+class HttpxConnection:
+    """The same interface over one ``httpx.AsyncClient`` (``--client httpx``: the SDK's stack)."""
+
+    def __init__(self, url: str, ctx: Any) -> None:
+        import httpx
+
+        self.url = url
+        self.client = httpx.AsyncClient(
+            verify=ctx,
+            trust_env=False,
+            timeout=HTTP_TIMEOUT,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def request(self, request: Any) -> tuple[int, bytes]:
+        response = await self.client.send(request)
+        return response.status_code, response.content
+
+    async def reset(self) -> None:
+        """Nothing to do: httpx reconnects by itself."""
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def send_loop(
+    conn: RawConnection | HttpxConnection,
+    signer: Any,
+    headers: dict[str, str],
+    load: Load,
+    batch: int,
 ) -> None:
-    """One keep-alive connection (raw): send publishes back to back until the phase is done."""
+    """One keep-alive connection: send publishes back to back until the phase is done."""
     import httpx
 
     body = request_body(batch)
@@ -339,10 +342,9 @@ async def raw_send_loop(
                 signer.sign(request)
             status, content = await asyncio.wait_for(conn.request(request), HTTP_TIMEOUT)
             elapsed = perf() - t0
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-            load.statuses[f"{type(exc).__name__}"] += 1
-            await conn.aclose()
-            conn.writer = None
+        except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            load.statuses[type(exc).__name__] += 1  # TimeoutError is an OSError
+            await conn.reset()
             continue
         finally:
             load.last_end = time.monotonic()
@@ -350,7 +352,13 @@ async def raw_send_loop(
 
 
 async def run_phase(
-    clients: list[Any], signer: Any, token: str, total: int, deadline: float, *, batch: int
+    clients: Sequence[RawConnection | HttpxConnection],
+    signer: Any,
+    token: str,
+    total: int,
+    deadline: float,
+    *,
+    batch: int,
 ) -> Load:
     headers = {
         "Authorization": f"Bearer {token}",
@@ -359,33 +367,17 @@ async def run_phase(
         "User-Agent": "herald-bench",
     }
     load = Load(total=total, deadline=deadline)
-    loop = raw_send_loop if clients and isinstance(clients[0], RawConnection) else send_loop
-    await asyncio.gather(*(loop(c, signer, headers, load, batch) for c in clients))
+    await asyncio.gather(*(send_loop(c, signer, headers, load, batch) for c in clients))
     return load
 
 
 async def child_run(cfg: ChildConfig, out: Any, go: Any, *, uvloop_used: bool) -> None:
-    import httpx
-
     from herald.client import make_ssl_context
 
     signer = make_signer(cfg.signer_spec)
     ctx = make_ssl_context(cfg.ca)
-    clients: list[Any]
-    if cfg.client == "raw":
-        clients = [RawConnection(cfg.url, ctx) for _ in range(cfg.connections)]
-    else:
-        clients = [
-            httpx.AsyncClient(
-                base_url=cfg.url,
-                verify=ctx,
-                trust_env=False,
-                timeout=HTTP_TIMEOUT,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
-            for _ in range(cfg.connections)
-        ]
+    kind = RawConnection if cfg.client == "raw" else HttpxConnection
+    clients = [kind(cfg.url, ctx) for _ in range(cfg.connections)]
     per = max(cfg.batch, 1)
     requests, warm_requests = -(-cfg.messages // per), -(-cfg.warmup // per)
     try:
@@ -657,6 +649,23 @@ def group_commits(server: Server) -> tuple[float, float] | None:
 
 
 def one_run(bench: Bench, server: Server, round_no: int) -> None:
+    run, _ = measured_run(bench, server, round_no)
+    run["order"] = sum(len(s.runs) for s in bench.servers)  # position in the whole sequence
+    server.runs.append(run)
+
+
+def measured_run(
+    bench: Bench,
+    server: Server,
+    round_no: int,
+    window: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> tuple[dict[str, Any], tuple[Snapshot, Snapshot]]:
+    """One run: client processes, warm-up, then the measured publishes.
+
+    ``window()`` is entered just before the start signal and left once the last answer is
+    in (bench.breakdown samples the server there). Returns the run's figures and the CPU
+    snapshots that bound it.
+    """
     args = bench.args
     assert server.process is not None
     token = asyncio.run(fetch_token(server))
@@ -698,10 +707,11 @@ def one_run(bench: Bench, server: Server, round_no: int) -> None:
         pids = [p.pid for p in bench.procs]
         load0 = os.getloadavg()[0]
         commits0 = group_commits(server)
-        snap0 = Snapshot.take(server.process.pid, pids)
-        bench.go.set()
-        results = collect(bench, "result", procs, bench.deadline + 15)
-        snap1 = Snapshot.take(server.process.pid, pids)
+        with window():
+            snap0 = Snapshot.take(server.process.pid, pids)
+            bench.go.set()
+            results = collect(bench, "result", procs, bench.deadline + 15)
+            snap1 = Snapshot.take(server.process.pid, pids)
         commits1 = group_commits(server)
     finally:
         stop_children(bench)
@@ -711,8 +721,7 @@ def one_run(bench: Bench, server: Server, round_no: int) -> None:
         run["requests_per_commit"] = round((commits1[1] - commits0[1]) / transactions, 2)
     run["warmup_errors"] = dict(warm_errors)
     run["load_average_1m_before"] = round(load0, 2)
-    run["order"] = sum(len(s.runs) for s in bench.servers)  # position in the whole sequence
-    server.runs.append(run)
+    return run, (snap0, snap1)
 
 
 def summarise_run(
@@ -749,7 +758,7 @@ def summarise_run(
     ours = [per_wall(snap0.server, snap1.server), *client_procs_cpu]
     ours.append(per_wall(snap0.parent, snap1.parent))
     other = (
-        round(max(0.0, machine - sum(ours)), 3)
+        round(max(0.0, machine - sum(v for v in ours if v is not None)), 3)
         if machine is not None and None not in ours
         else None
     )
