@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import msgspec
 
-from bench._common import HOST, open_stream, raise_nofile
+from bench._common import HOST, open_stream, raise_nofile, uvloop_factory
 from bench._peers import EVENT
 from bench.publish_deliver import busy_window
 
@@ -557,13 +557,7 @@ def child_main(cfg: ChildConfig, out: Any, cmd: Any, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     raise_nofile(len(cfg.credentials) + 64)
     try:
-        try:
-            import uvloop
-
-            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
             runner.run(Child(cfg, out, cmd, stop).run())
     except BaseException:
         out.put(("error", cfg.index, traceback.format_exc()))

@@ -74,6 +74,7 @@ from bench._common import (
     start_server,
     stop_processes,
     stop_server,
+    uvloop_factory,
     write_results,
 )
 from bench._harness import MAX_STEPS, MQTT_TOPIC, ChildConfig, child_main
@@ -1397,13 +1398,7 @@ def main(argv: list[str] | None = None) -> int:
         print("package 'psutil' is not installed (pip install psutil): RSS figures are n/a")
     try:
         tls = make_tls(tmp)
-        try:
-            import uvloop
-
-            runner_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-        except ImportError:
-            runner_factory = None
-        with asyncio.Runner(loop_factory=runner_factory) as runner:
+        with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
             runner.run(run_all(run, tls, tmp))
         run.status = "TIMED OUT (--timeout)" if run.timed_out else "finished"
     except KeyboardInterrupt:

@@ -56,6 +56,7 @@ from bench._common import (
     start_server,
     stop_processes,
     stop_server,
+    uvloop_factory,
     write_results,
 )
 
@@ -80,16 +81,8 @@ def subscriber_main(urls: list[str], ca: str, tokens: list[str], stop: Any, out:
     """One process, one connection per topic; reports every (seq, latency) it received."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile(len(tokens) + 64)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(subscribe(urls, ca, tokens, stop, out))
-
-
-def _loop_factory() -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def subscribe(urls: list[str], ca: str, tokens: list[str], stop: Any, out: Any) -> None:
@@ -129,7 +122,7 @@ async def subscribe(urls: list[str], ca: str, tokens: list[str], stop: Any, out:
 
 def publisher_main(cfg: dict[str, Any], out: Any, go: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
         runner.run(publish(cfg, out, go))
 
 

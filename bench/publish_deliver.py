@@ -78,6 +78,7 @@ from bench._common import (
     start_server,
     stop_processes,
     stop_server,
+    uvloop_factory,
 )
 from bench._common import (
     configure_signing as common_configure_signing,
@@ -182,12 +183,7 @@ def child_main(cfg: ChildConfig, out: Any, stop: Any, target: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     raise_nofile(len(cfg.tokens) + 64)
     try:
-        try:
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
+        loop_factory = uvloop_factory()
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(child_run(cfg, out, stop, target, loop_factory is not None))
     except BaseException:

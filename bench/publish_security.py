@@ -84,6 +84,7 @@ from bench._common import (
     start_server,
     stop_server,
     tree_cpu_seconds,
+    uvloop_factory,
 )
 from bench._common import (
     write_results as common_write_results,
@@ -200,12 +201,7 @@ def child_main(cfg: ChildConfig, out: Any, go: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     raise_nofile(cfg.connections + 64)
     try:
-        try:
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
+        loop_factory = uvloop_factory()
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(child_run(cfg, out, go, uvloop_used=loop_factory is not None))
     except BaseException:

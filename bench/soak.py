@@ -78,6 +78,7 @@ from bench._common import (
     start_server,
     stop_processes,
     stop_server,
+    uvloop_factory,
     write_results,
 )
 
@@ -175,13 +176,7 @@ def child_main(cfg: ChildConfig, out: Any, stop: Any, progress: Any, attempted: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     raise_nofile(len(cfg.subscribers) + 64)
     try:
-        try:
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
             runner.run(child_run(cfg, out, stop, progress, attempted))
     except BaseException:
         out.put(("error", cfg.index, traceback.format_exc()))
