@@ -9,6 +9,7 @@ cluster``), and stops them all on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -86,6 +88,32 @@ def _healthy(url: str, verify: ssl.SSLContext | bool) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs (handlers restored after)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _stopped_at_exit(children: list[_Child]) -> Iterator[None]:
+    """Whatever happens in the block, the children started in it are stopped after it."""
+    try:
+        yield
+    finally:
+        _stop(children)
+
+
 def _stop(children: list[_Child]) -> None:
     """SIGTERM every child, SIGKILL what is left after the grace period."""
     for child in children:
@@ -137,15 +165,8 @@ def run(
         init = subprocess.run([*_HERALD, "init"], env=env, check=False)  # noqa: S603
         if init.returncode != 0:
             fail("herald init failed; see above")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[_Child] = []
-    try:
+    with _stop_on_signals() as stop, _stopped_at_exit(children):
         for index in range(nodes):
             name, port = _node_name(prefix, index), base_port + index
             log = settings.data_dir / f"node-{name}.log"
@@ -167,10 +188,6 @@ def run(
         console.print(f"public URL: {public}")
         console.print(f"Ctrl-C stops all {nodes} node(s).")
         _supervise(children, stop)
-    finally:
-        _stop(children)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     console.print("all nodes stopped")
 
 
@@ -194,15 +211,8 @@ def run_workers(settings: Settings) -> None:
     }
     host = _LOOPBACK.get(settings.host, settings.host)
     url = f"{settings.scheme}://{f'[{host}]' if ':' in host else host}:{settings.port}"
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[_Child] = []
-    try:
+    with _stop_on_signals() as stop, _stopped_at_exit(children):
         for index in range(settings.workers):
             name = f"{base}-w{index}"
             process = subprocess.Popen(  # noqa: S603 - our own CLI
@@ -218,10 +228,6 @@ def run_workers(settings: Settings) -> None:
                 code = child.process.poll()
                 if code is not None:
                     fail(f"worker {child.name} exited (status {code}); stopping the others")
-    finally:
-        _stop(children)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _wait_healthy(children: list[_Child], settings: Settings, stop: threading.Event) -> None:
