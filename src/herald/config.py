@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(
         default=limits.ACCESS_TOKEN_TTL_DEFAULT, ge=60, le=limits.ACCESS_TOKEN_TTL_MAX
     )
+    #: Operator tokens and web console sessions (absolute lifetime; sign in again after).
+    operator_token_ttl: int = Field(
+        default=limits.OPERATOR_TOKEN_TTL, ge=10, le=limits.OPERATOR_TOKEN_TTL_MAX
+    )
     max_body_bytes: int = Field(default=limits.MAX_BODY_BYTES, ge=1024, le=1024 * 1024)
     stream_queue_size: int = Field(default=limits.STREAM_QUEUE_MAX, ge=8, le=1_000_000)
     heartbeat_interval: float = Field(default=limits.HEARTBEAT_INTERVAL, gt=0, le=300)

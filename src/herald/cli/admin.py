@@ -29,7 +29,6 @@ from herald.crypto.tls import (
 from herald.errors import BadRequest, ConfigError, HeraldError
 from herald.service import audit, identity, revocation, signatures
 from herald.service.runtime import Runtime
-from herald.storage.base import AppKeyRecord
 
 __all__ = ["app_cli", "init", "profile_path", "tenant_cli"]
 
@@ -233,16 +232,6 @@ key_cli = typer.Typer(help="Manage an app's request-signing keys (RFC 9421).", n
 app_cli.add_typer(key_cli, name="key")
 
 
-def _key_view(record: AppKeyRecord) -> dict[str, Any]:
-    return {
-        "keyid": record.keyid,
-        "client_id": record.app_id,
-        "algorithm": record.algorithm,
-        "created_at": record.created_at.isoformat(),
-        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
-    }
-
-
 @key_cli.command("add")
 def key_add(
     client_id: Annotated[str, typer.Argument(help="The app's client id.")],
@@ -272,7 +261,7 @@ def key_add(
             new = await signatures.add_ed25519_key(rt, client_id, raw)
         else:
             new = await signatures.add_hmac_key(rt, client_id)
-        view = _key_view(new.record)
+        view = signatures.key_view(new.record)
         if new.secret is not None:
             view["secret"] = new.secret
         return view
@@ -289,7 +278,7 @@ def key_list(
     settings = load_settings()
 
     async def work(rt: Runtime) -> list[dict[str, Any]]:
-        return [_key_view(k) for k in await signatures.list_keys(rt, client_id)]
+        return [signatures.key_view(k) for k in await signatures.list_keys(rt, client_id)]
 
     keys = _run(settings, work)
     if as_json:
@@ -310,7 +299,7 @@ def key_revoke(
     settings = load_settings()
 
     async def work(rt: Runtime) -> dict[str, Any]:
-        return _key_view(await signatures.revoke_key(rt, client_id, keyid))
+        return signatures.key_view(await signatures.revoke_key(rt, client_id, keyid))
 
     emit(_run(settings, work), as_json=as_json)
 

@@ -11,8 +11,8 @@ Three kinds of principal exist:
   token minted by an app);
 * ``operator`` — a person who runs Herald (an operator token from ``/v1/admin/login``):
   a *global* operator (no tenant) administers every tenant, a *tenant* operator only its
-  own. Operators manage tenants, apps and the audit log; they publish nothing and read no
-  message content.
+  own. Operators manage tenants, apps, keys and the audit log, and see message *metadata*
+  and delivery states (the web console); they publish nothing and read no message content.
 
 Decisions, in order:
 
@@ -89,6 +89,9 @@ class Action(StrEnum):
     APP_CREATE = "app.create"
     APP_READ = "app.read"
     APP_UPDATE = "app.update"
+    TENANT_MONITOR = "tenant.monitor"
+    MESSAGE_SEARCH = "message.search"
+    TENANT_KEY_ROTATE = "tenant_key.rotate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +296,12 @@ POLICY: Mapping[Action, _Entry] = MappingProxyType(
         Action.DEVICE_LIST: _entry("an access token of the tenant", app=_always),
         Action.RECIPIENT_WRITE: _entry("the admin scope", app=_ADMIN),
         Action.RECIPIENT_READ: _entry("admin or messages:read", app=_READER),
-        Action.DELIVERY_LIST: _entry("admin or messages:read", app=_READER),
-        Action.DELIVERY_RETRY: _entry("the admin scope", app=_ADMIN),
+        Action.DELIVERY_LIST: _entry(
+            "admin or messages:read, or an operator of the tenant", app=_READER, operator=_always
+        ),
+        Action.DELIVERY_RETRY: _entry(
+            "the admin scope, or an operator of the tenant", app=_ADMIN, operator=_always
+        ),
         Action.TEMPLATE_WRITE: _entry("the admin scope", app=_ADMIN),
         Action.TEMPLATE_READ: _entry("admin or messages:read", app=_READER),
         # Every caller of a tenant may read its tenant's log (receipts need proofs);
@@ -309,6 +316,10 @@ POLICY: Mapping[Action, _Entry] = MappingProxyType(
         Action.APP_UPDATE: _entry(
             "an operator of the tenant", operator=_always, visible_via=Action.APP_READ
         ),
+        # The console: activity, delivery states and message *metadata* of a tenant.
+        Action.TENANT_MONITOR: _entry("an operator of the tenant", operator=_always),
+        Action.MESSAGE_SEARCH: _entry("an operator of the tenant", operator=_always),
+        Action.TENANT_KEY_ROTATE: _entry("an operator of the tenant", operator=_always),
     }
 )
 

@@ -136,6 +136,8 @@ class OperatorClaims:
     jti: str
     expires_at: int
     issued_at: int = 0
+    #: A console session's CSRF token (the ``csrf`` claim); None for API tokens.
+    csrf: str | None = None
 
     @property
     def client_id(self) -> str:
@@ -262,9 +264,13 @@ class TokenService:
         return self._sign(claims, SUBSCRIBER_TOKEN_TYP), ttl
 
     def issue_operator(
-        self, *, operator_id: str, tenant_id: str | None, ttl: int
+        self, *, operator_id: str, tenant_id: str | None, ttl: int, csrf: str | None = None
     ) -> tuple[str, int]:
-        """Return ``(jwt, expires_in)`` for an operator; no ``tenant`` claim when global."""
+        """Return ``(jwt, expires_in)`` for an operator; no ``tenant`` claim when global.
+
+        ``csrf`` (console sessions) is carried as the ``csrf`` claim: the token lives in an
+        ``HttpOnly`` cookie, so the page learns the value from the sign-in answer only.
+        """
         ttl = min(ttl, limits.OPERATOR_TOKEN_TTL_MAX)
         now = int(self._clock())
         claims: dict[str, Any] = {
@@ -278,6 +284,8 @@ class TokenService:
         }
         if tenant_id is not None:
             claims["tenant"] = tenant_id
+        if csrf is not None:
+            claims["csrf"] = csrf
         return self._sign(claims, OPERATOR_TOKEN_TYP), ttl
 
     # -- verifying -------------------------------------------------------------------------
@@ -428,10 +436,13 @@ class TokenService:
         """The uncached verification."""
         claims = self._decode(token, typ=OPERATOR_TOKEN_TYP, audience=self.operator_audience)
         operator_id, tenant = claims.get("sub"), claims.get("tenant")
+        csrf = claims.get("csrf")
         if not isinstance(operator_id, str) or not (tenant is None or isinstance(tenant, str)):
             raise InvalidToken
+        if not (csrf is None or isinstance(csrf, str)):
+            raise InvalidToken
         return OperatorClaims(
-            operator_id, tenant, str(claims["jti"]), int(claims["exp"]), int(claims["iat"])
+            operator_id, tenant, str(claims["jti"]), int(claims["exp"]), int(claims["iat"]), csrf
         )
 
     @staticmethod

@@ -29,6 +29,7 @@ from herald.observability.loop import LoopLagMonitor
 from herald.server import api
 from herald.server.admin_api import admin_routes
 from herald.server.audit_api import audit_routes
+from herald.server.console import console_routes
 from herald.server.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from herald.server.openapi import openapi_json
 from herald.server.recipients import recipient_routes
@@ -242,6 +243,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         *recipient_routes(),
         *template_routes(),
         *stream_routes(),
+        *console_routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -35,11 +35,13 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message)
-                extra = list(self.headers)
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                # A response that sets one of these itself (the console's own CSP) keeps it:
+                # two CSP headers would both be enforced.
+                extra = [(name, value) for name, value in self.headers if name not in present]
                 # An admitted request's RateLimit fields (set by the rate limiter); a
                 # refusal carries its own on the problem response.
                 fields = scope.get("state", {}).get("ratelimit") or {}
-                present = {name.lower() for name, _ in message.get("headers", [])}
                 extra += [
                     (name.lower().encode(), value.encode())
                     for name, value in fields.items()

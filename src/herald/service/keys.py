@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from herald.crypto.aead import aad_for, peek_key_version
 from herald.crypto.keyring import dek_context, wrap_new_data_key
 from herald.crypto.providers import KekRouter
 from herald.crypto.signing import PURPOSE_AUDIT, PURPOSE_TOKEN, PURPOSE_VAPID, signing_context
-from herald.errors import BadRequest, NotFound
+from herald.errors import BadRequest, Conflict, NotFound
+from herald.observability.logging import get_logger
 from herald.service import audit
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import JobRecord, SigningKeyRecord, TenantKeyRecord
@@ -30,17 +33,27 @@ from herald.storage.base import JobRecord, SigningKeyRecord, TenantKeyRecord
 __all__ = [
     "REENCRYPT_JOB",
     "ReencryptResult",
+    "data_key_status",
     "reencrypt",
+    "rotate_and_reencrypt",
     "rotate_data_key",
     "rotate_kek",
     "shred_tenant",
 ]
 
 REENCRYPT_JOB = "reencrypt"
+_log = get_logger("herald.keys")
 
 
-async def _audit(rt: Runtime, tenant: str | None, action: str, obj: str, **details: object) -> None:
-    await audit.record(rt, tenant=tenant, actor="operator", action=action, obj=obj, **details)
+async def _audit(
+    rt: Runtime,
+    tenant: str | None,
+    action: str,
+    obj: str,
+    actor: str = "operator",
+    **details: object,
+) -> None:
+    await audit.record(rt, tenant=tenant, actor=actor, action=action, obj=obj, **details)
 
 
 async def _live_tenant(rt: Runtime, tenant_id: str) -> list[TenantKeyRecord]:
@@ -52,14 +65,16 @@ async def _live_tenant(rt: Runtime, tenant_id: str) -> list[TenantKeyRecord]:
     return await rt.store.tenant_keys(tenant_id)
 
 
-async def rotate_data_key(rt: Runtime, tenant_id: str) -> int:
+async def rotate_data_key(rt: Runtime, tenant_id: str, *, actor: str = "operator") -> int:
     """Create the tenant's next data-key version; returns it."""
     keys = await _live_tenant(rt, tenant_id)
     version = (keys[0].version if keys else 0) + 1
     wrapped = await wrap_new_data_key(rt.provider, tenant_id, version, os.urandom)
     await rt.store.add_tenant_key(TenantKeyRecord(tenant_id, version, wrapped, utcnow()))
     rt.keyring.invalidate(tenant_id)
-    await _audit(rt, tenant_id, "key.rotated", f"tenant-key:{tenant_id}:{version}", version=version)
+    await _audit(
+        rt, tenant_id, "key.rotated", f"tenant-key:{tenant_id}:{version}", actor, version=version
+    )
     return version
 
 
@@ -81,6 +96,7 @@ async def reencrypt(
     batch: int = 500,
     progress: Callable[[int, int], None] | None = None,
     stop_after: int | None = None,
+    actor: str = "operator",
 ) -> ReencryptResult:
     """Move every sealed value of a tenant to its current data-key version.
 
@@ -90,6 +106,7 @@ async def reencrypt(
         batch: Rows per transaction.
         progress: Called with ``(rows scanned so far, total rows)`` after each batch.
         stop_after: Stop after this many batches (tests use it to simulate an interruption).
+        actor: Who the audit event of a finished run names.
     """
     keys = await _live_tenant(rt, tenant_id)
     target = keys[0].version
@@ -129,8 +146,67 @@ async def reencrypt(
         REENCRYPT_JOB, tenant_id, job.cursor, target, job.started_at, utcnow(), utcnow()
     )
     await rt.store.save_job(finished)
-    await _audit(rt, tenant_id, "key.reencrypted", f"tenant-key:{tenant_id}:{target}", rows=changed)
+    await _audit(
+        rt, tenant_id, "key.reencrypted", f"tenant-key:{tenant_id}:{target}", actor, rows=changed
+    )
     return ReencryptResult(target, scanned, changed, total, resumed_from)
+
+
+#: Re-encryptions started by :func:`rotate_and_reencrypt` on this node, by tenant.
+_running: dict[str, asyncio.Task[ReencryptResult]] = {}
+
+
+async def rotate_and_reencrypt(rt: Runtime, tenant_id: str, *, actor: str) -> int:
+    """Rotate the data key and re-encrypt the tenant's content in the background.
+
+    Follow the re-encryption with :func:`data_key_status` (it reads the job's saved cursor,
+    so any node answers). One re-encryption per tenant at a time on a node.
+
+    Raises:
+        Conflict: a re-encryption of this tenant is still running here.
+    """
+    running = _running.get(tenant_id)
+    if running is not None and not running.done():
+        raise Conflict("a re-encryption of this tenant is still running; wait for it to finish")
+    version = await rotate_data_key(rt, tenant_id, actor=actor)
+    task = asyncio.create_task(reencrypt(rt, tenant_id, actor=actor))
+    _running[tenant_id] = task
+    task.add_done_callback(functools.partial(_finished, tenant_id))
+    return version
+
+
+def _finished(tenant_id: str, task: asyncio.Task[ReencryptResult]) -> None:
+    if _running.get(tenant_id) is task:
+        del _running[tenant_id]
+    if not task.cancelled() and task.exception() is not None:
+        # The job's cursor is saved per batch: the next rotation or `herald keys reencrypt`
+        # resumes from there.
+        _log.error("re-encryption stopped", tenant=tenant_id, error=type(task.exception()).__name__)
+
+
+async def data_key_status(rt: Runtime, tenant_id: str) -> dict[str, object]:
+    """A tenant's data-key versions and the progress of its latest re-encryption."""
+    keys = await _live_tenant(rt, tenant_id)
+    job = await rt.store.get_job(REENCRYPT_JOB, tenant_id)
+    progress: dict[str, object] | None = None
+    if job is not None:
+        total = await rt.store.count_messages(tenant_id)
+        left = await rt.store.count_messages(tenant_id, after_seq=job.cursor)
+        task = _running.get(tenant_id)
+        progress = {
+            "target": job.target,
+            "done": total - left,
+            "total": total,
+            "running": task is not None and not task.done(),
+            "started_at": job.started_at.isoformat(),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }
+    return {
+        "tenant": tenant_id,
+        "version": keys[0].version if keys else None,
+        "versions": [{"version": k.version, "created_at": k.created_at.isoformat()} for k in keys],
+        "reencryption": progress,
+    }
 
 
 def _aad(tenant_id: str, record_id: str) -> bytes:

@@ -63,6 +63,7 @@ __all__ = [
     "invalid_cursor",
     "live_messages",
     "message_view",
+    "metadata_view",
     "open_content",
     "publish",
     "scheduled_view",
@@ -631,6 +632,22 @@ async def ensure_not_shredded(rt: Runtime, tenant_id: str) -> None:
     tenant = await rt.store.get_tenant(tenant_id)
     if tenant is not None and tenant.shredded_at is not None:
         raise Gone("this tenant's data keys were destroyed; the content is gone")
+
+
+def metadata_view(record: MessageRecord) -> dict[str, Any]:
+    """What operators see of a message: everything but its (encrypted) content."""
+    return {
+        "id": record.id,
+        "topic": record.topic,
+        "app_id": record.app_id,
+        "priority": record.priority,
+        "ttl": record.ttl,
+        "created_at": _iso(record.created_at),
+        "expires_at": _iso(record.expires_at),
+        "recipients": list(record.recipients),
+        "category": record.category,
+        "audit": _audit_ref(record.seq, record.leaf_hash),
+    }
 
 
 async def message_view(rt: Runtime, record: MessageRecord) -> dict[str, Any]:

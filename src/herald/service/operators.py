@@ -189,8 +189,13 @@ async def set_password(rt: Runtime, name: str, password: str, *, actor: str) -> 
     return await _by_name(rt, name)
 
 
-async def login(rt: Runtime, name: str, password: str, address: str | None) -> dict[str, Any]:
+async def login(
+    rt: Runtime, name: str, password: str, address: str | None, *, console: bool = False
+) -> dict[str, Any]:
     """Check a name and password; an operator token, or one InvalidCredentials.
+
+    ``console``: a web console session — the token carries a fresh CSRF value, returned as
+    ``csrf_token`` (the console keeps the token itself in an ``HttpOnly`` cookie).
 
     Raises:
         RateLimited: the name or the address is locked out (nothing is hashed or audited).
@@ -224,8 +229,12 @@ async def login(rt: Runtime, name: str, password: str, address: str | None) -> d
         # Parameters were raised since the hash was made: upgrade it now we know the text.
         hashed = await _hash(text)
         await rt.store.update_operator(record.id, utcnow(), password_hash=hashed)
+    csrf = secrets.token_urlsafe(24) if console else None
     token, expires_in = rt.token_service().issue_operator(
-        operator_id=record.id, tenant_id=record.tenant_id, ttl=limits.OPERATOR_TOKEN_TTL
+        operator_id=record.id,
+        tenant_id=record.tenant_id,
+        ttl=rt.settings.operator_token_ttl,
+        csrf=csrf,
     )
     await audit.record(
         rt,
@@ -234,13 +243,17 @@ async def login(rt: Runtime, name: str, password: str, address: str | None) -> d
         action="operator.login",
         obj=f"operator:{record.id}",
         expires_in=expires_in,
+        **({"via": "console"} if console else {}),
     )
-    return {
+    body: dict[str, Any] = {
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": expires_in,
         "operator": operator_view(record),
     }
+    if csrf is not None:
+        body["csrf_token"] = csrf
+    return body
 
 
 async def logout(rt: Runtime, claims: OperatorClaims) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 
+from herald.core.scopes import ScopeSet
 from herald.crypto.tokens import AccessClaims, OperatorClaims, SubscriberClaims
 from herald.errors import Forbidden, IntegrityConflict, InvalidToken, NotFound
 from herald.service import audit
@@ -27,6 +28,7 @@ __all__ = [
     "require_bound_tokens",
     "revoke",
     "rotate_secret",
+    "set_scopes",
 ]
 
 
@@ -96,6 +98,27 @@ async def disable_app(rt: Runtime, app_id: str, *, disabled: bool, actor: str) -
         actor=actor,
         action="app.disabled" if disabled else "app.enabled",
         obj=f"app:{app_id}",
+    )
+    return await _app(rt, app_id)
+
+
+async def set_scopes(rt: Runtime, app_id: str, scopes: ScopeSet, *, actor: str) -> AppRecord:
+    """Replace an app's scopes; its live tokens die.
+
+    They carry the scopes they were issued with: a narrowed app must not keep its old reach
+    until they expire.
+    """
+    app = await _app(rt, app_id)
+    await rt.store.set_app_scopes(app_id, tuple(str(scopes).split()), utcnow())
+    rt.live.forget(app_id=app_id)
+    await audit.record(
+        rt,
+        tenant=app.tenant_id,
+        actor=actor,
+        action="app.scopes_changed",
+        obj=f"app:{app_id}",
+        scopes=str(scopes),
+        previous=" ".join(app.scopes),
     )
     return await _app(rt, app_id)
 

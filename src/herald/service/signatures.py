@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -51,6 +52,7 @@ __all__ = [
     "add_ed25519_key",
     "add_hmac_key",
     "generate_ed25519_key",
+    "key_view",
     "list_keys",
     "revoke_key",
     "verify_request",
@@ -214,11 +216,22 @@ def parse_ed25519_public_key(pem: bytes) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-async def _audit_key(rt: Runtime, record: AppKeyRecord, action: str) -> None:
+def key_view(record: AppKeyRecord) -> dict[str, Any]:
+    """What the admin API and the CLI show of an app's signing key (never its secret)."""
+    return {
+        "keyid": record.keyid,
+        "client_id": record.app_id,
+        "algorithm": record.algorithm,
+        "created_at": record.created_at.isoformat(),
+        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+    }
+
+
+async def _audit_key(rt: Runtime, record: AppKeyRecord, action: str, actor: str) -> None:
     await audit.record(
         rt,
         tenant=record.tenant_id,
-        actor="operator",
+        actor=actor,
         action=action,
         obj=f"app-key:{record.keyid}",
         app=record.app_id,
@@ -233,7 +246,9 @@ async def _app(rt: Runtime, app_id: str) -> tuple[str, str]:
     return app.id, app.tenant_id
 
 
-async def add_ed25519_key(rt: Runtime, app_id: str, public_raw: bytes) -> NewKey:
+async def add_ed25519_key(
+    rt: Runtime, app_id: str, public_raw: bytes, *, actor: str = "operator"
+) -> NewKey:
     """Register an Ed25519 public key for an app."""
     app, tenant = await _app(rt, app_id)
     record = AppKeyRecord(
@@ -247,11 +262,11 @@ async def add_ed25519_key(rt: Runtime, app_id: str, public_raw: bytes) -> NewKey
         revoked_at=None,
     )
     await rt.store.add_app_key(record)
-    await _audit_key(rt, record, "app-key.created")
+    await _audit_key(rt, record, "app-key.created", actor)
     return NewKey(record)
 
 
-async def add_hmac_key(rt: Runtime, app_id: str) -> NewKey:
+async def add_hmac_key(rt: Runtime, app_id: str, *, actor: str = "operator") -> NewKey:
     """Create an HMAC-SHA256 key; its base64 secret is returned once, stored sealed."""
     app, tenant = await _app(rt, app_id)
     keyid = _new_keyid()
@@ -268,7 +283,7 @@ async def add_hmac_key(rt: Runtime, app_id: str) -> NewKey:
         revoked_at=None,
     )
     await rt.store.add_app_key(record)
-    await _audit_key(rt, record, "app-key.created")
+    await _audit_key(rt, record, "app-key.created", actor)
     return NewKey(record, secret=base64.b64encode(secret).decode("ascii"))
 
 
@@ -278,7 +293,9 @@ async def list_keys(rt: Runtime, app_id: str) -> list[AppKeyRecord]:
     return await rt.store.list_app_keys(app_id)
 
 
-async def revoke_key(rt: Runtime, app_id: str, keyid: str) -> AppKeyRecord:
+async def revoke_key(
+    rt: Runtime, app_id: str, keyid: str, *, actor: str = "operator"
+) -> AppKeyRecord:
     """Revoke one key of an app (requests signed with it are refused from now on).
 
     Nodes cache keys for :data:`herald.state.live.CACHE_TTL` (1 s): other nodes refuse
@@ -289,5 +306,5 @@ async def revoke_key(rt: Runtime, app_id: str, keyid: str) -> AppKeyRecord:
     if record is None:
         raise NotFound(f"no key {keyid!r} of app {app_id!r}")
     rt.live.forget(keyid=keyid)  # other nodes stop within the cache's second
-    await _audit_key(rt, record, "app-key.revoked")
+    await _audit_key(rt, record, "app-key.revoked", actor)
     return record

@@ -59,6 +59,22 @@ class QueueMixin:
             if endpoints:
                 await conn.execute(insert(e), [_fields(x) for x in endpoints])
 
+    async def add_endpoint(
+        self, recipient: RecipientRecord, endpoint: EndpointRecord, cap: int
+    ) -> bool:
+        """Add one endpoint (the recipient is created if new); False at ``cap`` endpoints."""
+        r, e = s.recipients, s.endpoints
+        mine_r = (r.c.tenant_id == recipient.tenant_id) & (r.c.id == recipient.id)
+        mine_e = (e.c.tenant_id == recipient.tenant_id) & (e.c.recipient == recipient.id)
+        async with self._tx(write=True) as conn:
+            if (await conn.execute(select(r.c.id).where(mine_r))).first() is None:
+                await conn.execute(insert(r).values(_fields(recipient)))
+            count = await conn.scalar(select(func.count()).select_from(e).where(mine_e))
+            if int(count or 0) >= cap:
+                return False
+            await conn.execute(insert(e).values(_fields(endpoint)))
+        return True
+
     async def get_recipient(
         self, tenant_id: str, recipient: str
     ) -> tuple[RecipientRecord, list[EndpointRecord]] | None:

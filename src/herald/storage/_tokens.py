@@ -54,6 +54,18 @@ class TokensMixin:
             result = await conn.execute(update(t).where(t.c.id == app_id).values(values))
         return bool(result.rowcount)
 
+    async def set_app_scopes(self, app_id: str, scopes: tuple[str, ...], now: datetime) -> bool:
+        """Replace an app's scopes; its live tokens (carrying the old scopes) die."""
+        if any(not scope or len(scope.split()) != 1 for scope in scopes):
+            raise ValueError("a scope is one non-empty word")
+        t = s.apps
+        text = " ".join(scopes)
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(t).where(t.c.id == app_id).values(scopes=text, tokens_not_before=now)
+            )
+        return bool(result.rowcount)
+
     async def revoke_token(
         self, jti: str, app_id: str, expires_at: datetime, now: datetime
     ) -> None:

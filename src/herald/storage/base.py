@@ -20,6 +20,7 @@ from typing import Protocol
 from herald.core.nodes import QueueTotals
 
 __all__ = [
+    "ActivitySeries",
     "AppKeyRecord",
     "AppRecord",
     "AuditEntryRecord",
@@ -30,6 +31,7 @@ __all__ = [
     "EndpointRecord",
     "IdempotencyRecord",
     "JobRecord",
+    "MessageQuery",
     "MessageRecord",
     "NotifyRecord",
     "OperatorRecord",
@@ -168,6 +170,39 @@ class MessageRecord:
     seq: int = 0  # filled by Store.publish
     leaf_hash: bytes = b""  # filled by Store.publish
     category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageQuery:
+    """A console search over message metadata (every field optional but the tenant).
+
+    Attributes:
+        topic: Exact topic, or a prefix when it ends in ``.>`` (``orders.>``).
+        recipient: Messages with a delivery to this recipient.
+        state: Messages with a delivery in this state.
+        since: Published at or after.
+        until: Published before.
+        before_seq: Only messages older than this audit index (the paging cursor).
+    """
+
+    tenant_id: str
+    topic: str | None = None
+    recipient: str | None = None
+    state: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivitySeries:
+    """Counts per time bucket, oldest first; bucket ``i`` starts ``start + i * bucket`` s."""
+
+    start: int  # Unix seconds, a multiple of ``bucket``
+    bucket: int
+    published: list[int]
+    delivered: list[int]
+    failed: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +547,10 @@ class Store(Protocol):
         """Require (its unbound live tokens die) or stop requiring certificate-bound tokens."""
         ...
 
+    async def set_app_scopes(self, app_id: str, scopes: tuple[str, ...], now: datetime) -> bool:
+        """Replace an app's scopes; tokens issued before ``now`` (with the old ones) die."""
+        ...
+
     async def revoke_token(
         self, jti: str, app_id: str, expires_at: datetime, now: datetime
     ) -> None:
@@ -649,6 +688,12 @@ class Store(Protocol):
         """Create or replace a recipient's preferences and endpoints."""
         ...
 
+    async def add_endpoint(
+        self, recipient: RecipientRecord, endpoint: EndpointRecord, cap: int
+    ) -> bool:
+        """Add one endpoint (the recipient is created if new); False at ``cap`` endpoints."""
+        ...
+
     async def get_recipient(
         self, tenant_id: str, recipient: str
     ) -> tuple[RecipientRecord, list[EndpointRecord]] | None:
@@ -703,6 +748,27 @@ class Store(Protocol):
         self, tenant_id: str, state: str | None, limit: int, after_id: str | None = None
     ) -> list[DeliveryRecord]:
         """A tenant's deliveries, optionally in one state."""
+        ...
+
+    # -- what operators look at (storage/_reports.py) ----------------------------------------
+    async def activity(
+        self, tenant_id: str, end: datetime, bucket: int, count: int
+    ) -> ActivitySeries:
+        """Published messages and finished deliveries per bucket, ``count`` buckets to ``end``."""
+        ...
+
+    async def delivery_counts(self, tenant_id: str) -> list[tuple[str, str, int]]:
+        """``(channel, state, count)`` of every delivery of the tenant."""
+        ...
+
+    async def search_messages(self, query: MessageQuery, limit: int) -> list[MessageRecord]:
+        """Messages matching ``query``, newest first (metadata; content is not decrypted)."""
+        ...
+
+    async def delivery_states(
+        self, tenant_id: str, message_ids: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """Per message, how many of its deliveries are in each state."""
         ...
 
     async def get_delivery(self, tenant_id: str, delivery_id: str) -> DeliveryRecord | None:

@@ -63,6 +63,7 @@ from herald.storage import migrate as _migrate
 from herald.storage import schema as s
 from herald.storage._plans import PlansMixin
 from herald.storage._queue import QueueMixin
+from herald.storage._reports import ReportsMixin
 from herald.storage._tokens import TokensMixin
 from herald.storage.base import (
     AppKeyRecord,
@@ -121,7 +122,7 @@ _UNAVAILABLE = "database unavailable"
 _R = TypeVar("_R")
 
 
-class SqlStore(QueueMixin, PlansMixin, TokensMixin):
+class SqlStore(QueueMixin, PlansMixin, TokensMixin, ReportsMixin):
     """:class:`~herald.storage.base.Store` over SQLAlchemy Core (SQLite or PostgreSQL).
 
     Args:

@@ -234,6 +234,11 @@ class Hub:
     def __len__(self) -> int:
         return sum(len(t.sessions) for t in self._by_tenant.values())
 
+    def tenant_streams(self, tenant_id: str) -> int:
+        """How many streams of one tenant this node holds."""
+        tenant = self._by_tenant.get(tenant_id)
+        return len(tenant.sessions) if tenant is not None else 0
+
     def queue_depths(self) -> tuple[int, int]:
         """Frames queued over every session, and in the fullest session's queue.
 
