@@ -35,7 +35,7 @@ class ReportsMixin:
             seconds = cast(func.floor(func.extract("epoch", column)), Integer)
         else:  # SQLite keeps UTC wall time as text; strftime('%s') reads it as UTC
             seconds = cast(func.strftime("%s", column), Integer)
-        return cast(seconds / bucket, Integer)
+        return seconds // bucket  # floor division on both (SQLAlchemy renders it per dialect)
 
     async def activity(
         self, tenant_id: str, end: datetime, bucket: int, count: int
@@ -54,7 +54,7 @@ class ReportsMixin:
                 .where(m.c.tenant_id == tenant_id, m.c.created_at >= since)
                 .group_by(published)
             )
-            for number, n in rows.tuples():
+            for number, n in rows:
                 if first <= number <= last:
                     series["published"][number - first] = int(n)
             finishes = await conn.execute(
@@ -66,7 +66,7 @@ class ReportsMixin:
                 )
                 .group_by(finished, d.c.state)
             )
-            for number, state, n in finishes.tuples():
+            for number, state, n in finishes:
                 if first <= number <= last:
                     name = "delivered" if state == "delivered" else "failed"
                     series[name][number - first] += int(n)
