@@ -257,6 +257,22 @@ def test_token_prints_an_access_token(server: Any) -> None:
     assert server.demo.client_secret not in result.stdout
 
 
+def test_token_subscriber_mints_a_token_and_the_inbox_link(server: Any) -> None:
+    topic = f"inbox{uuid.uuid4().hex[:8]}"
+    result = herald(server.env, "token", "subscriber", "alice", "--topic", f"{topic}.>", "--json")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["inbox_url"] == f"{server.url}/console/inbox#token={body['token']}"
+    # The token works: it gets a stream ticket.
+    with server.client(sign=False) as client:
+        ticket = client.post(
+            "/v1/stream-tickets", headers={"Authorization": f"Bearer {body['token']}"}
+        )
+    assert ticket.status_code == 201, ticket.text
+    refused = herald(server.env, "token", "subscriber", "alice", "--topic", "bad topic!")
+    assert_one_line_error(refused, "topic")
+
+
 # -- errors: one line, non-zero exit ---------------------------------------------------------
 
 

@@ -547,6 +547,50 @@ def token_revoke(
     emit(_call(conn, revoke), as_json=as_json, human="revoked")
 
 
+@token_cli.command("subscriber")
+def token_subscriber(
+    recipient: Annotated[str, typer.Argument(metavar="RECIPIENT", help="The recipient id.")],
+    topics: Annotated[
+        list[str],
+        typer.Option("--topic", help="A topic pattern the token may stream; repeat for more."),
+    ],
+    ttl: Annotated[int | None, typer.Option("--ttl", help="Seconds (server default).")] = None,
+    url: UrlOpt = None,
+    ca: CaOpt = None,
+    client_id: ClientIdOpt = None,
+    client_secret: SecretOpt = None,
+    signing_keyid: KeyIdOpt = None,
+    signing_key_file: KeyFileOpt = None,
+    client_auth: ClientAuthOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mint a subscriber token for RECIPIENT; prints it and the console inbox link that uses it.
+
+    The link carries the token in its fragment, which browsers never send to a server.
+    """
+    conn = _connection(
+        url,
+        ca,
+        client_id,
+        client_secret,
+        signing_keyid,
+        signing_key_file,
+        client_auth,
+        client_cert,
+        client_key,
+    )
+
+    async def mint(pub: AsyncPublisher) -> dict[str, Any]:
+        minted = await pub.subscriber_token(recipient, topics, ttl)
+        inbox = f"{conn.url.rstrip('/')}/console/inbox#token={minted['token']}"
+        return {**minted, "inbox_url": inbox}
+
+    result = _call(conn, mint)
+    emit(result, as_json=as_json, human=f"{result['token']}\ninbox: {result['inbox_url']}")
+
+
 # -- herald message … ---------------------------------------------------------------------
 
 
