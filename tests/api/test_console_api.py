@@ -330,6 +330,8 @@ def test_bad_search_parameters_are_refused(node: Node, console: Console) -> None
     for query in [
         {"since": "yesterday"},
         {"since": "2026-01-01T00:00:00"},  # no offset: ambiguous
+        {"since": "0001-01-01T00:00:00+01:00"},  # UTC would be before year 1 (was a 500)
+        {"until": "9999-12-31T23:59:59-01:00"},
         {"state": "lost"},
         {"topic": "no spaces allowed"},
         {"limit": "0"},

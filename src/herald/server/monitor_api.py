@@ -67,11 +67,11 @@ def _time(request: Request, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(text) if len(text) <= 40 else None
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise BadRequest(f"{name} must be an RFC 3339 time with an offset, e.g. 2026-01-31T08:00Z")
-    return value.astimezone(UTC)
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: the offset leaves years 1-9999
+        pass
+    raise BadRequest(f"{name} must be an RFC 3339 time with an offset, e.g. 2026-01-31T08:00Z")
 
 
 async def overview(request: Request) -> Response:
