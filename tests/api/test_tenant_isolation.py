@@ -5,8 +5,9 @@ same answer whether B's resource exists or not.
 The operations are enumerated from the live ``/openapi.json``: :data:`MATRIX` must name
 exactly the spec's operations (a new route without an entry fails
 :func:`test_the_matrix_names_exactly_the_operations_of_the_spec`), and every route the app
-serves must be in the spec or in :data:`NOT_IN_OPENAPI` (the WebSocket), so a route cannot
-escape by being left out of the spec either.
+serves must be in the spec or in :data:`NOT_IN_OPENAPI` (the WebSocket, and the web
+console's pages and cookie session, which are not JSON API), so a route cannot escape by
+being left out of the spec either.
 
 One module node (SQLite, webhooks to loopback allowed). Tenant A and tenant B each have an
 app with ``admin publish:> subscribe:> messages:read``; A also has a non-admin reader app and
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.routing import Route, WebSocketRoute
@@ -57,6 +59,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from herald.config import load_settings
 from herald.server.app import create_app
+from herald.server.session import COOKIE as SESSION_COOKIE
 
 if TYPE_CHECKING:  # the conftest's types, for readers and type checkers only
     from tests.api.conftest import App, Node, NodeFactory
@@ -779,6 +782,327 @@ def check_admin_app_action(action: str) -> Callable[[World], None]:
     return check
 
 
+def op_hidden(
+    w: World,
+    route: str,
+    b_id: str,
+    nobody: str,
+    *,
+    body: Any = None,
+    statuses: tuple[int, ...] = (404,),
+) -> None:
+    """``route`` ("METHOD /path/{}") answers A's operator alike for B's id and for nobody's."""
+    method, _, template = route.partition(" ")
+    answers = [
+        w.client("a_op").request(method, template.replace("{}", t), json=body)
+        for t in (b_id, nobody)
+    ]
+    assert_same_answer(answers, (b_id, nobody), statuses)
+
+
+def b_apps(w: World) -> Any:
+    """B's apps as B's operator sees them (scopes, disabled)."""
+    return w.client("b_op").get(f"/v1/admin/tenants/{w.b.tenant}/apps").json()
+
+
+def b_keys(w: World) -> list[dict[str, Any]]:
+    """B's app's request-signing keys as B's operator sees them."""
+    response = w.client("b_op").get(f"/v1/admin/apps/{w.b.client_id}/keys")
+    assert response.status_code == 200, response.text
+    keys: list[dict[str, Any]] = response.json()["keys"]
+    assert keys, "B's app has its signing key"
+    return keys
+
+
+def b_data_key(w: World) -> Any:
+    response = w.client("b_op").get(f"/v1/admin/tenants/{w.b.tenant}/data-key")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def check_admin_scopes(w: World) -> None:
+    before = b_apps(w)
+    nobody = "app_" + secrets.token_hex(10)
+    body = {"scopes": ["publish:>"]}
+    op_hidden(w, "PUT /v1/admin/apps/{}/scopes", w.b.client_id, nobody, body=body)
+    assert b_apps(w) == before
+    # B's live token (of its old scopes) was not revoked by a scope change
+    assert w.as_b("GET", f"/v1/recipients/{w.b_recipient}").status_code == 200
+
+
+def check_admin_list_keys(w: World) -> None:
+    nobody = "app_" + secrets.token_hex(10)
+    op_hidden(w, "GET /v1/admin/apps/{}/keys", w.b.client_id, nobody)
+    assert b_keys(w)  # the control: B's operator sees them
+
+
+def check_admin_add_key(w: World) -> None:
+    before = b_keys(w)
+    nobody = "app_" + secrets.token_hex(10)
+    for body in ({"algorithm": "hmac-sha256"}, {"algorithm": "ed25519", "public_key": "x"}):
+        op_hidden(w, "POST /v1/admin/apps/{}/keys", w.b.client_id, nobody, body=body)
+    assert b_keys(w) == before
+
+
+def check_admin_revoke_key(w: World) -> None:
+    before = b_keys(w)
+    keyid = before[0]["keyid"]
+    nobody = "app_" + secrets.token_hex(10)
+    # B's app is not found, whatever the key
+    op_hidden(w, f"POST /v1/admin/apps/{{}}/keys/{keyid}:revoke", w.b.client_id, nobody)
+    # A's own app: B's key is not one of its keys, like a key that exists nowhere
+    fake = "hk_" + secrets.token_hex(8)
+    op_hidden(w, f"POST /v1/admin/apps/{w.a.client_id}/keys/{{}}:revoke", keyid, fake)
+    assert b_keys(w) == before
+    assert all(k["revoked_at"] is None for k in before)
+    # B still signs with it: a signed write of B's is accepted
+    response = w.as_b("PUT", f"/v1/templates/{tag('tkey')}", json=TEMPLATE)
+    assert response.status_code == 201, response.text
+
+
+def check_admin_data_key(w: World) -> None:
+    nobody = "tnt_" + secrets.token_hex(10)
+    op_hidden(w, "GET /v1/admin/tenants/{}/data-key", w.b.tenant, nobody)
+    mine = w.client("a_op").get(f"/v1/admin/tenants/{w.a.tenant}/data-key")
+    w.assert_nothing_of_b(mine)  # the control: A's own tenant answers
+    assert b_data_key(w)["version"] is not None
+
+
+def check_admin_rotate_data_key(w: World) -> None:
+    before = b_data_key(w)
+    nobody = "tnt_" + secrets.token_hex(10)
+    op_hidden(w, "POST /v1/admin/tenants/{}/data-key:rotate", w.b.tenant, nobody)
+    assert b_data_key(w) == before  # same version, no re-encryption started
+    # B's content still opens with B's current key
+    assert w.b_state(f"/v1/messages/{w.b_message}")["title"] == w.b_title
+
+
+def check_admin_overview(w: World) -> None:
+    nobody = "tnt_" + secrets.token_hex(10)
+    op_hidden(w, "GET /v1/admin/tenants/{}/overview", w.b.tenant, nobody)
+    w.assert_nothing_of_b(w.client("a_op").get(f"/v1/admin/tenants/{w.a.tenant}/overview"))
+    # the control: B's operator sees B's dead letters
+    of_b = w.client("b_op").get(f"/v1/admin/tenants/{w.b.tenant}/overview")
+    assert of_b.status_code == 200, of_b.text
+    assert of_b.json()["dead_letters"] >= 1
+
+
+def check_admin_search(w: World) -> None:
+    nobody = "tnt_" + secrets.token_hex(10)
+    op_hidden(w, "GET /v1/admin/tenants/{}/messages", w.b.tenant, nobody)
+    mine = f"/v1/admin/tenants/{w.a.tenant}/messages"
+    for params in (
+        {},
+        {"topic": w.b_topic},
+        {"recipient": w.b_recipient},
+        {"state": "dead"},
+        {"topic": "iso.>"},
+    ):
+        w.assert_nothing_of_b(w.client("a_op").get(mine, params=params))
+    # B's message is no cursor for A's search: the same page as after nothing
+    cursors = [
+        w.client("a_op").get(mine, params={"before": str(seq)})
+        for seq in (w.b_audit[-1], 10**9 + w.b_audit[-1])
+    ]
+    for answer in cursors:
+        w.assert_nothing_of_b(answer)
+    # the control: B's operator finds B's message
+    of_b = w.client("b_op").get(f"/v1/admin/tenants/{w.b.tenant}/messages")
+    assert w.b_message in {m["id"] for m in of_b.json()["messages"]}, of_b.text
+
+
+def check_admin_message(w: World) -> None:
+    nobody_tenant = "tnt_" + secrets.token_hex(10)
+    op_hidden(w, f"GET /v1/admin/tenants/{{}}/messages/{w.b_message}", w.b.tenant, nobody_tenant)
+    # in A's own tenant, B's messages are not found like a message of nobody
+    for b_id in (w.b_message, w.b_scheduled):
+        op_hidden(w, f"GET /v1/admin/tenants/{w.a.tenant}/messages/{{}}", b_id, new_uuid7())
+    of_b = w.client("b_op").get(f"/v1/admin/tenants/{w.b.tenant}/messages/{w.b_message}")
+    assert of_b.status_code == 200, of_b.text  # the control
+    assert "title" not in of_b.json()  # operators see metadata, never content
+
+
+def check_admin_deliveries(w: World) -> None:
+    nobody = "tnt_" + secrets.token_hex(10)
+    op_hidden(w, "GET /v1/admin/tenants/{}/deliveries", w.b.tenant, nobody)
+    mine = f"/v1/admin/tenants/{w.a.tenant}/deliveries"
+    for params in ({}, {"state": "dead"}, {"after": w.b_dead}):
+        w.assert_nothing_of_b(w.client("a_op").get(mine, params=params))
+    of_b = w.client("b_op").get(f"/v1/admin/tenants/{w.b.tenant}/deliveries?state=dead")
+    assert w.b_dead in {d["id"] for d in of_b.json()["deliveries"]}, of_b.text  # the control
+
+
+def check_admin_retry(w: World) -> None:
+    nobody_tenant = "tnt_" + secrets.token_hex(10)
+    op_hidden(
+        w,
+        f"POST /v1/admin/tenants/{{}}/deliveries/{w.bw_dead}:retry",
+        w.b.tenant,
+        nobody_tenant,
+    )
+    fake = "dlv_" + secrets.token_hex(10)
+    op_hidden(w, f"POST /v1/admin/tenants/{w.a.tenant}/deliveries/{{}}:retry", w.bw_dead, fake)
+    dead = [d for d in w.b_state("/v1/deliveries?state=dead")["deliveries"] if d["id"] == w.bw_dead]
+    assert len(dead) == 1
+
+
+def push_subscription(endpoint: str) -> dict[str, Any]:
+    """``PushSubscription.toJSON()`` as a browser makes it (RFC 8291 §2)."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    return {
+        "endpoint": endpoint,
+        "expirationTime": None,
+        "keys": {"p256dh": b64url(point), "auth": b64url(secrets.token_bytes(16))},
+    }
+
+
+def check_webpush_subscription(w: World) -> None:
+    # One recipient id in both tenants, each with a subscriber token of its own tenant.
+    # Push endpoints on 127.0.0.1 (allowed here: HERALD_EGRESS_ALLOW); no message is ever
+    # sent to this recipient, so nothing is pushed to them.
+    recipient = tag("rpush")
+
+    def subscriber(who: str) -> str:
+        response = w.client(who).post(
+            "/v1/subscriber-tokens", json={"recipient": recipient, "topics": [">"]}
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+    tokens = {who: subscriber(who) for who in ("a", "b")}
+
+    def register(who: str, url: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {tokens[who]}"}
+        with w.node.client(sign=False, headers=headers) as client:
+            body = {"subscription": push_subscription(url)}
+            return client.post("/v1/webpush/subscriptions", json=body)
+
+    shared = f"https://127.0.0.1:9/push/{tag('s')}"
+    fresh = f"https://127.0.0.1:9/push/{tag('s')}"
+    of_b = register("b", shared)
+    assert of_b.status_code == 201, of_b.text
+    b_endpoint = of_b.json()["endpoint_id"]
+    before = w.b_state(f"/v1/recipients/{recipient}")
+    # A's namesake recipient: B's subscription URL is new to it, like any other URL
+    answers = [register("a", url) for url in (shared, fresh)]
+    assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+    assert set(answers[0].json()) == set(answers[1].json()) == {"endpoint_id"}
+    mine = {a.json()["endpoint_id"] for a in answers}
+    assert b_endpoint not in mine
+    again = register("a", shared)  # the control: A's own registration is found again
+    assert again.status_code == 200, again.text
+    assert again.json() == answers[0].json()
+    of_a = w.client("a").get(f"/v1/recipients/{recipient}")
+    assert of_a.status_code == 200, of_a.text
+    assert {e["id"] for e in of_a.json()["endpoints"]} == mine
+    after = w.b_state(f"/v1/recipients/{recipient}")
+    assert after == before
+    assert [e["id"] for e in after["endpoints"]] == [b_endpoint]
+
+
+# -- the web console (not part of the JSON API) -------------------------------------------------
+def check_console_redirect(w: World) -> None:
+    answers = [w.client(who).get("/console") for who in ("anonymous", "a_op")]
+    for answer in answers:
+        assert answer.status_code == 308, answer.text
+        assert answer.headers["location"] == "/console/"
+    assert answers[0].text == answers[1].text
+
+
+def check_console_files(names: tuple[str, ...]) -> Callable[[World], None]:
+    """Static files: the same bytes to anyone, operator token or not."""
+
+    def check(w: World) -> None:
+        for name in names:
+            answers = [
+                w.client(who).get(f"/console/{name}") for who in ("anonymous", "a_op", "b_op")
+            ]
+            seen = {(a.status_code, a.headers.get("content-type"), a.text) for a in answers}
+            assert len(seen) == 1, (name, seen)
+            status = answers[0].status_code
+            assert status == (404 if "nothing" in name else 200), (name, answers[0].text)
+            assert not any(m in answers[0].text for m in w.b_markers)
+
+    return check
+
+
+def console_sign_in(w: World, name: str, password: str | None = None) -> httpx.Response:
+    body = {"name": name, "password": password or w.node.operators[name]}
+    with w.node.client(sign=False) as client:
+        return client.post("/console/api/session", json=body)
+
+
+def console_cookie(signed_in: httpx.Response) -> dict[str, str]:
+    """The session's headers: the cookie (from Set-Cookie) and the CSRF token (the body)."""
+    assert signed_in.status_code == 200, signed_in.text
+    found = re.search(rf"{SESSION_COOKIE}=([^;]+)", signed_in.headers["set-cookie"])
+    assert found, signed_in.headers["set-cookie"]
+    return {
+        "Cookie": f"{SESSION_COOKIE}={found.group(1)}",
+        "X-CSRF-Token": signed_in.json()["csrf_token"],
+    }
+
+
+def console(w: World, method: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    with w.node.client(sign=False, headers=headers or {}) as client:
+        return client.request(method, "/console/api/session")
+
+
+def check_console_sign_in(w: World) -> None:
+    """A's operator name with B's password fails like any wrong password."""
+    name = OPERATORS["a_op"]
+    answers = [
+        console_sign_in(w, name, candidate)
+        for candidate in (w.node.operators[OPERATORS["b_op"]], "certainly not a password")
+    ]
+    assert_same_answer(answers, (name, name), (401,))
+    for answer in answers:
+        assert "set-cookie" not in answer.headers
+    # the control: A's own password signs A's operator in
+    signed_in = console_sign_in(w, name)
+    assert signed_in.json()["operator"]["tenant"] == w.a.tenant
+    assert SESSION_COOKIE in signed_in.headers["set-cookie"]
+
+
+def check_console_session(w: World) -> None:
+    session = console_cookie(console_sign_in(w, OPERATORS["a_op"]))
+    shown = console(w, "GET", session)
+    w.assert_nothing_of_b(shown)
+    assert shown.json()["operator"]["name"] == OPERATORS["a_op"]
+    assert shown.json()["operator"]["tenant"] == w.a.tenant
+    assert shown.json()["csrf_token"] == session["X-CSRF-Token"]
+    # no cookie, or a bearer operator token (not a session): 401
+    for headers in (None, {"Authorization": f"Bearer {w.node.operator_token(OPERATORS['b_op'])}"}):
+        refused = console(w, "GET", headers)
+        assert refused.status_code == 401, refused.text
+    # the session cookie of A's operator reaches A's tenant only on the operator API
+    nobody = "tnt_" + secrets.token_hex(10)
+    with w.node.client(sign=False, headers=session) as client:
+        answers = [client.get(f"/v1/admin/tenants/{t}/overview") for t in (w.b.tenant, nobody)]
+        assert_same_answer(answers, (w.b.tenant, nobody), (404,))
+        assert client.get(f"/v1/admin/tenants/{w.a.tenant}/overview").status_code == 200
+
+
+def check_console_sign_out(w: World) -> None:
+    mine = console_cookie(console_sign_in(w, OPERATORS["a_op"]))
+    theirs = console_cookie(console_sign_in(w, OPERATORS["b_op"]))
+    # without the CSRF token the sign-out is refused and the session lives on
+    refused = console(w, "DELETE", {"Cookie": mine["Cookie"]})
+    assert refused.status_code == 403, refused.text
+    assert console(w, "GET", mine).status_code == 200
+    # B's session cookie with A's CSRF token is refused too
+    crossed = console(
+        w, "DELETE", {"Cookie": theirs["Cookie"], "X-CSRF-Token": mine["X-CSRF-Token"]}
+    )
+    assert crossed.status_code == 403, crossed.text
+    out = console(w, "DELETE", mine)
+    assert out.status_code == 204, out.text
+    assert console(w, "GET", mine).status_code == 401
+    assert console(w, "GET", theirs).status_code == 200  # B's session is untouched
+    assert w.client("b_op").get("/v1/admin/tenants").status_code == 200
+
+
 @dataclass(frozen=True)
 class Case:
     """One operation of the matrix: how it is classified, why, and its check."""
@@ -957,15 +1281,96 @@ MATRIX: dict[tuple[str, str], Case] = {
         "B's app is not found, and its secret still works",
         check_admin_app_action(":rotate-secret"),
     ),
+    ("PUT", "/v1/admin/apps/{client_id}/scopes"): Case(
+        Kind.HIDDEN, "B's app is not found, and its scopes stay", check_admin_scopes
+    ),
+    ("GET", "/v1/admin/apps/{client_id}/keys"): Case(
+        Kind.HIDDEN, "B's app is not found", check_admin_list_keys
+    ),
+    ("POST", "/v1/admin/apps/{client_id}/keys"): Case(
+        Kind.HIDDEN, "B's app is not found, and gets no key", check_admin_add_key
+    ),
+    ("POST", "/v1/admin/apps/{client_id}/keys/{keyid}:revoke"): Case(
+        Kind.HIDDEN,
+        "B's app is not found; B's key is no key of A's app; it stays live",
+        check_admin_revoke_key,
+    ),
+    ("GET", "/v1/admin/tenants/{tenant}/data-key"): Case(
+        Kind.HIDDEN, "B's tenant is not found for A's operator", check_admin_data_key
+    ),
+    ("POST", "/v1/admin/tenants/{tenant}/data-key:rotate"): Case(
+        Kind.HIDDEN,
+        "B's tenant is not found, and its data-key version stays",
+        check_admin_rotate_data_key,
+    ),
+    ("GET", "/v1/admin/tenants/{tenant}/overview"): Case(
+        Kind.HIDDEN,
+        "B's tenant is not found; A's overview counts nothing of B's",
+        check_admin_overview,
+    ),
+    ("GET", "/v1/admin/tenants/{tenant}/messages"): Case(
+        Kind.HIDDEN,
+        "B's tenant is not found; A's search by B's topic or recipient finds nothing of B's",
+        check_admin_search,
+    ),
+    ("GET", "/v1/admin/tenants/{tenant}/messages/{message_id}"): Case(
+        Kind.HIDDEN,
+        "B's tenant is not found; in A's tenant B's message is not found",
+        check_admin_message,
+    ),
+    ("GET", "/v1/admin/tenants/{tenant}/deliveries"): Case(
+        Kind.HIDDEN,
+        "B's tenant is not found; A's deliveries show none of B's",
+        check_admin_deliveries,
+    ),
+    ("POST", "/v1/admin/tenants/{tenant}/deliveries/{delivery_id}:retry"): Case(
+        Kind.HIDDEN,
+        "B's tenant is not found; in A's tenant B's dead delivery is not found, and stays dead",
+        check_admin_retry,
+    ),
+    ("POST", "/v1/webpush/subscriptions"): Case(
+        Kind.NAMESPACED,
+        "A's subscriber registers for its own recipient: the same recipient id and push URL "
+        "as B's make a new endpoint of A's, and B's endpoints are unchanged",
+        check_webpush_subscription,
+    ),
 }
 
-#: Routes that OpenAPI cannot describe, checked like the rest.
+#: Routes that OpenAPI cannot describe (the WebSocket) or that are not the JSON API (the web
+#: console), checked like the rest.
 NOT_IN_OPENAPI: dict[tuple[str, str], Case] = {
     ("WEBSOCKET", "/v1/stream"): Case(
         Kind.REFERENCE,
         "A's subscriber: an ack of B's message and a resume after it are answered like "
         "unknown ids; B's live messages never reach A's stream",
         check_websocket,
+    ),
+    # The web console: HTML and static files, and its cookie session (console.py).
+    ("GET", "/console"): Case(
+        Kind.PUBLIC, "a redirect to /console/, the same for anyone", check_console_redirect
+    ),
+    ("GET", "/console/"): Case(
+        Kind.PUBLIC, "the console's page, the same file for anyone", check_console_files(("",))
+    ),
+    ("GET", "/console/{name:path}"): Case(
+        Kind.PUBLIC,
+        "the console's static files (an allow-list), the same for anyone; no tenant data",
+        check_console_files(("js/app.js", "console.css", "favicon.svg", "nothing.js")),
+    ),
+    ("POST", "/console/api/session"): Case(
+        Kind.CREDENTIALS,
+        "A's operator name with B's password fails like a wrong password",
+        check_console_sign_in,
+    ),
+    ("GET", "/console/api/session"): Case(
+        Kind.CREDENTIALS,
+        "A's session shows A's operator only and reaches A's tenant only; no session: 401",
+        check_console_session,
+    ),
+    ("DELETE", "/console/api/session"): Case(
+        Kind.CREDENTIALS,
+        "revokes the presented session only (with its own CSRF token): B's keeps working",
+        check_console_sign_out,
     ),
 }
 

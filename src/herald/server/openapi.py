@@ -12,10 +12,18 @@ from typing import Any
 import msgspec
 
 from herald import __version__, limits
+from herald.channels.webpush import URL_MAX
 from herald.core.delivery import DeliveryState
 from herald.core.messages import DeviceRequest, PublishRequest, SubscriberTokenRequest
 from herald.core.templates import TemplateSpec
-from herald.server.admin_api import AppRequest, LoginRequest, TenantRequest
+from herald.server.admin_api import (
+    AppRequest,
+    KeyRequest,
+    LoginRequest,
+    ScopesRequest,
+    TenantRequest,
+)
+from herald.server.recipients import WebPushRequest
 from herald.server.templates import PreviewRequest
 from herald.service.recipients import RecipientRequest
 
@@ -396,6 +404,41 @@ _APP = {
         "client_secret": {"type": "string", "description": "only when created, shown once"},
     },
 }
+
+
+def _metadata_view(deliveries: dict[str, Any]) -> dict[str, Any]:
+    """What operators see of a message: its metadata (never its content) and deliveries."""
+    return {
+        "type": "object",
+        "required": [
+            "id",
+            "topic",
+            "app_id",
+            "priority",
+            "ttl",
+            "created_at",
+            "expires_at",
+            "recipients",
+            "category",
+            "audit",
+            "deliveries",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "topic": {"type": "string"},
+            "app_id": {"type": "string"},
+            "priority": {"type": "string"},
+            "ttl": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "recipients": {"type": "array", "items": {"type": "string"}},
+            "category": {"type": ["string", "null"]},
+            "audit": _ref("AuditRef"),
+            "deliveries": deliveries,
+        },
+    }
+
+
 _ADMIN_RESPONSES: dict[str, Any] = {
     "OperatorToken": {
         "type": "object",
@@ -428,6 +471,135 @@ _ADMIN_RESPONSES: dict[str, Any] = {
         "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"}},
     },
     "Empty": {"type": "object"},
+    "AppKey": {
+        "type": "object",
+        "required": ["keyid", "client_id", "algorithm", "created_at", "revoked_at"],
+        "properties": {
+            "keyid": {"type": "string"},
+            "client_id": {"type": "string"},
+            "algorithm": {"type": "string", "enum": ["ed25519", "hmac-sha256"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+            "secret": {
+                "type": "string",
+                "description": "base64 HMAC secret: only when an HMAC key is created, shown once",
+            },
+        },
+    },
+    "AppKeyList": {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {"keys": {"type": "array", "items": _ref("AppKey")}},
+    },
+    "DataKey": {
+        "type": "object",
+        "required": ["tenant", "version", "versions", "reencryption"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "version": {"type": ["integer", "null"], "description": "the current version"},
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "created_at"],
+                    "properties": {
+                        "version": {"type": "integer"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+            "reencryption": {
+                "description": "the latest re-encryption (null: none yet)",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": [
+                            "target",
+                            "done",
+                            "total",
+                            "running",
+                            "started_at",
+                            "finished_at",
+                        ],
+                        "properties": {
+                            "target": {"type": "integer"},
+                            "done": {"type": "integer"},
+                            "total": {"type": "integer"},
+                            "running": {"type": "boolean", "description": "on this node"},
+                            "started_at": {"type": "string", "format": "date-time"},
+                            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                        },
+                    },
+                ],
+            },
+        },
+    },
+    "Overview": {
+        "type": "object",
+        "required": [
+            "window",
+            "bucket",
+            "start",
+            "series",
+            "deliveries",
+            "dead_letters",
+            "streams",
+            "nodes",
+        ],
+        "properties": {
+            "window": {"type": "integer", "description": "seconds"},
+            "bucket": {"type": "integer", "description": "seconds per point of the series"},
+            "start": {"type": "string", "format": "date-time", "description": "first bucket"},
+            "series": {
+                "type": "object",
+                "required": ["published", "delivered", "failed"],
+                "properties": {
+                    name: {"type": "array", "items": {"type": "integer"}}
+                    for name in ("published", "delivered", "failed")
+                },
+            },
+            "deliveries": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["channel", "state", "count"],
+                    "properties": {
+                        "channel": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": [state.value for state in DeliveryState],
+                        },
+                        "count": {"type": "integer"},
+                    },
+                },
+            },
+            "dead_letters": {"type": "integer"},
+            "streams": {"type": "integer", "description": "live streams held by this node"},
+            "nodes": {"type": "null", "description": "reserved (herald cluster status)"},
+        },
+    },
+    "MessageSummary": _metadata_view(
+        {
+            "type": "object",
+            "description": "how many of its deliveries are in each state",
+            "additionalProperties": {"type": "integer"},
+        }
+    ),
+    "MessageSearch": {
+        "type": "object",
+        "required": ["messages", "next"],
+        "properties": {
+            "messages": {"type": "array", "items": _ref("MessageSummary")},
+            "next": {"type": ["string", "null"], "description": "the before of the next page"},
+        },
+    },
+    "MessageMetadata": _metadata_view({"type": "array", "items": _ref("Delivery")}),
+    "WebPushEndpoint": {
+        "type": "object",
+        "required": ["endpoint_id"],
+        "properties": {"endpoint_id": {"type": "string"}},
+    },
 }
 
 
@@ -501,7 +673,161 @@ def _admin_paths() -> dict[str, Any]:
             "parameters": [_param("client_id")],
             "post": _op(op_id, summary, operator, ("200", schema, "done"), responses=not_found),
         }
-    return paths
+    paths |= {
+        app_path + "/scopes": {
+            "parameters": [_param("client_id")],
+            "put": _op(
+                "setAppScopes",
+                "Replace an app's scopes: its live tokens die",
+                operator,
+                ("200", "App", "the app with its new scopes"),
+                requestBody=_body("ScopesRequest"),
+                responses=not_found,
+            ),
+        },
+        app_path + "/keys": {
+            "parameters": [_param("client_id")],
+            "get": _op(
+                "listAppKeys",
+                "An app's request-signing keys, revoked ones too",
+                operator,
+                ("200", "AppKeyList", "the keys"),
+                responses=not_found,
+            ),
+            "post": _op(
+                "addAppKey",
+                "Register an Ed25519 public key (PEM), or create an HMAC key (secret shown once)",
+                operator,
+                ("201", "AppKey", "the new key"),
+                requestBody=_body("KeyRequest"),
+                responses=not_found,
+            ),
+        },
+        app_path + "/keys/{keyid}:revoke": {
+            "parameters": [_param("client_id"), _param("keyid")],
+            "post": _op(
+                "revokeAppKey",
+                "Revoke a request-signing key of an app (again: the first revocation stays)",
+                operator,
+                ("200", "AppKey", "the revoked key"),
+                responses=not_found,
+            ),
+        },
+        "/v1/admin/tenants/{tenant}/data-key": {
+            "parameters": [_param("tenant")],
+            "get": _op(
+                "getDataKey",
+                "A tenant's data-key versions and the progress of its latest re-encryption",
+                operator,
+                ("200", "DataKey", "the data key"),
+                responses=not_found,
+            ),
+        },
+        "/v1/admin/tenants/{tenant}/data-key:rotate": {
+            "parameters": [_param("tenant")],
+            "post": _op(
+                "rotateDataKey",
+                "A new data-key version; the tenant's content is re-encrypted in the background",
+                operator,
+                ("202", "DataKey", "rotated; re-encryption started"),
+                responses={
+                    **not_found,
+                    "409": _problem("a re-encryption of this tenant is still running"),
+                },
+            ),
+        },
+    }
+    return paths | _monitor_paths(operator, not_found)
+
+
+def _monitor_paths(operator: Any, not_found: dict[str, Any]) -> dict[str, Any]:
+    """What operators watch per tenant: activity, message metadata, deliveries, retries."""
+    base = "/v1/admin/tenants/{tenant}"
+    states = [state.value for state in DeliveryState]
+    since_until = {
+        "type": "string",
+        "format": "date-time",
+        "description": "RFC 3339, with an offset",
+    }
+    return {
+        base + "/overview": {
+            "parameters": [_param("tenant")],
+            "get": _op(
+                "tenantOverview",
+                "Activity over time, deliveries by channel and state, streams, dead letters",
+                operator,
+                ("200", "Overview", "the overview"),
+                parameters=[
+                    _param("window", "query", type="integer", minimum=10, maximum=86_400 * 360),
+                    _param("bucket", "query", type="integer", minimum=10, maximum=86_400),
+                ],
+                description=(
+                    "window (default 3600 s) must be from one bucket (default 60 s) to 360 "
+                    "buckets; otherwise 400."
+                ),
+                responses=not_found,
+            ),
+        },
+        base + "/messages": {
+            "parameters": [_param("tenant")],
+            "get": _op(
+                "searchMessages",
+                "Message metadata, newest first (operators never see content)",
+                operator,
+                ("200", "MessageSearch", "a page"),
+                parameters=[
+                    _param(
+                        "topic",
+                        "query",
+                        type="string",
+                        description="a topic, or a prefix ending in .> (orders.>)",
+                    ),
+                    _param("recipient", "query"),
+                    _param("state", "query", type="string", enum=states),
+                    _param("since", "query", **since_until),
+                    _param("until", "query", **since_until),
+                    _param("before", "query", type="string", pattern="^[0-9]{1,18}$"),
+                    _param("limit", "query", type="integer", minimum=1, maximum=1000),
+                ],
+                responses=not_found,
+            ),
+        },
+        base + "/messages/{message_id}": {
+            "parameters": [_param("tenant"), _param("message_id")],
+            "get": _op(
+                "getMessageMetadata",
+                "A message's metadata and every delivery with its attempts and last error",
+                operator,
+                ("200", "MessageMetadata", "the message"),
+                responses=not_found,
+            ),
+        },
+        base + "/deliveries": {
+            "parameters": [_param("tenant")],
+            "get": _op(
+                "listTenantDeliveries",
+                "A tenant's deliveries, e.g. dead letters (?state=dead)",
+                operator,
+                ("200", "DeliveryList", "a page"),
+                parameters=[
+                    _param("state", "query", type="string", enum=states),
+                    _param("limit", "query", type="integer", minimum=1, maximum=1000),
+                    _param("after", "query"),
+                ],
+                responses=not_found,
+            ),
+        },
+        base + "/deliveries/{delivery_id}:retry": {
+            "parameters": [_param("tenant"), _param("delivery_id")],
+            "post": _op(
+                "retryTenantDelivery",
+                "Make a dead or failed delivery due again (audited, naming the operator)",
+                operator,
+                ("202", "Delivery", "due again"),
+                responses={**not_found, "409": _problem("its endpoint is gone or disabled")},
+            ),
+        },
+    }
 
 
 def _audit_paths(readers: Any) -> dict[str, Any]:
@@ -592,6 +918,26 @@ _CLIENT_ASSERTION_FIELDS: dict[str, Any] = {
         "description": "Optional with a client_assertion; must then equal its iss and sub.",
     },
 }
+#: ``PushSubscription.toJSON()`` as the Web Push channel validates it (an object whose
+#: members are checked by the channel, not by the request type: unknown ones are refused).
+_PUSH_SUBSCRIPTION: dict[str, Any] = {
+    "type": "object",
+    "required": ["endpoint", "keys"],
+    "additionalProperties": False,
+    "properties": {
+        "endpoint": {"type": "string", "format": "uri", "maxLength": URL_MAX},
+        "expirationTime": {"type": ["number", "null"], "minimum": 0},
+        "keys": {
+            "type": "object",
+            "required": ["p256dh", "auth"],
+            "additionalProperties": False,
+            "properties": {
+                "p256dh": {"type": "string", "description": "base64url, 65 bytes"},
+                "auth": {"type": "string", "description": "base64url, 16 bytes"},
+            },
+        },
+    },
+}
 #: Basic, or no header (then a client assertion in the form).
 _CLIENT_AUTH: list[dict[str, list[str]]] = [{"basic": []}, {}]
 
@@ -646,9 +992,13 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             LoginRequest,
             TenantRequest,
             AppRequest,
+            ScopesRequest,
+            KeyRequest,
+            WebPushRequest,
         ],
         ref_template=_REF,
     )
+    components["WebPushRequest"]["properties"]["subscription"] = _PUSH_SUBSCRIPTION
     schemas = {**components, **_RESPONSES, **_ADMIN_RESPONSES}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     subscriber: list[dict[str, list[str]]] = [{"subscriber": []}]
@@ -877,6 +1227,27 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                 },
             }
         },
+        "/v1/webpush/subscriptions": {
+            "post": {
+                "summary": "Register a browser's Web Push subscription for the token's recipient",
+                "description": (
+                    "The body is PushSubscription.toJSON() of the browser, under subscription: "
+                    "an https endpoint the egress guard allows, keys.p256dh an uncompressed "
+                    "P-256 point and keys.auth 16 bytes (base64url), no other fields. The "
+                    "recipient's other endpoints stay."
+                ),
+                "operationId": "addWebPushSubscription",
+                "security": subscriber,
+                "requestBody": _body("WebPushRequest"),
+                "responses": {
+                    "201": _json("WebPushEndpoint", "registered"),
+                    "200": _json("WebPushEndpoint", "this push endpoint URL was registered"),
+                    "400": _problem("invalid subscription, or the recipient has 32 endpoints"),
+                    "401": _problem("invalid or missing subscriber token"),
+                    "503": _problem("delivery channels are not running on this node"),
+                },
+            }
+        },
         "/v1/stream/sse": {
             "get": {
                 "summary": "Server-Sent Events stream",
@@ -999,7 +1370,10 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "an operator token from /v1/admin/login",
+                    "description": (
+                        "an operator token from /v1/admin/login (the web console sends it in "
+                        "its session cookie instead, with X-CSRF-Token on changes)"
+                    ),
                 },
             },
         },
