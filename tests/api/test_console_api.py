@@ -11,6 +11,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tests.api.conftest import Node, NodeFactory
 from tests.api.peers import Pki, Receiver, assert_problem, new_secret, wait_until, webhook
 
+from herald.client import AsyncAdmin, ProblemError
 from herald.server.console import CONSOLE_CSP
 from herald.server.session import COOKIE
 
@@ -486,3 +488,35 @@ def test_a_subscriber_registers_web_push_for_itself(node: Node) -> None:
         assert_problem(app.post("/v1/webpush/subscriptions", json=unknown, headers=subscriber), 400)
         stored = app.get(f"/v1/recipients/{recipient}", headers=headers).json()
         assert len(stored["endpoints"]) == 1
+
+
+# -- the SDK ------------------------------------------------------------------------------
+async def test_the_sdk_covers_the_operator_routes_of_the_console(node: Node) -> None:
+    tenant = node.demo.tenant
+    app = node.add_app("sdk-app", "publish:sdk.>")
+    with node.client() as client:
+        headers = {"Authorization": f"Bearer {node.token(app)}"}
+        sent = client.post("/v1/messages", json={"topic": "sdk.one", "title": "x"}, headers=headers)
+        assert sent.status_code == 202, sent.text
+    async with AsyncAdmin(node.url, "root", node.operators["root"], ca=node.ca) as admin:
+        found = await admin.search_messages(
+            tenant, topic="sdk.>", since=datetime(2020, 1, 1, tzinfo=UTC)
+        )
+        assert [m["id"] for m in found["messages"]] == [sent.json()["id"]]
+        one = await admin.message(tenant, sent.json()["id"])
+        assert one["topic"] == "sdk.one"
+        assert "title" not in one
+        overview = await admin.overview(tenant, window=600, bucket=60)
+        assert sum(overview["series"]["published"]) >= 1
+        assert isinstance((await admin.deliveries(tenant, state="dead"))["deliveries"], list)
+        hmac = await admin.add_hmac_key(app.client_id)
+        assert hmac["secret"]
+        assert (await admin.revoke_key(app.client_id, hmac["keyid"]))["revoked_at"]
+        keys = await admin.app_keys(app.client_id)
+        assert hmac["keyid"] in {k["keyid"] for k in keys}
+        changed = await admin.set_scopes(app.client_id, ["publish:sdk.>", "messages:read"])
+        assert changed["scopes"] == "publish:sdk.> messages:read"
+        assert (await admin.data_key(tenant))["version"] >= 1
+        with pytest.raises(ProblemError) as refused:
+            await admin.retry_delivery(tenant, "no-such-delivery")
+        assert refused.value.status == 404

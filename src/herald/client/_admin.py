@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -31,6 +32,14 @@ from herald.client._transport import connection_failed, make_async_client
 __all__ = ["AsyncAdmin"]
 
 _JSON = "application/json"
+
+
+def _tenant_path(tenant: str) -> str:
+    return f"/v1/admin/tenants/{quote(tenant, safe='')}"
+
+
+def _app_path(client_id: str) -> str:
+    return f"/v1/admin/apps/{quote(client_id, safe='')}"
 
 
 class AsyncAdmin:
@@ -155,7 +164,7 @@ class AsyncAdmin:
 
     async def apps(self, tenant: str) -> list[dict[str, Any]]:
         """The apps of one tenant (never their secrets)."""
-        body = await self._request("GET", f"/v1/admin/tenants/{quote(tenant, safe='')}/apps")
+        body = await self._request("GET", f"{_tenant_path(tenant)}/apps")
         return list(body.get("apps", []))
 
     async def create_app(
@@ -164,22 +173,113 @@ class AsyncAdmin:
         """Create an app; the answer carries ``client_secret``, shown this once."""
         return await self._request(
             "POST",
-            f"/v1/admin/tenants/{quote(tenant, safe='')}/apps",
+            f"{_tenant_path(tenant)}/apps",
             {"scopes": list(scopes), "name": name},
         )
 
     async def disable_app(self, client_id: str) -> dict[str, Any]:
         """Disable an app: its live tokens are refused from now."""
-        return await self._request("POST", f"/v1/admin/apps/{quote(client_id, safe='')}:disable")
+        return await self._request("POST", f"{_app_path(client_id)}:disable")
 
     async def enable_app(self, client_id: str) -> dict[str, Any]:
         """Enable a disabled app (tokens from before stay refused)."""
-        return await self._request("POST", f"/v1/admin/apps/{quote(client_id, safe='')}:enable")
+        return await self._request("POST", f"{_app_path(client_id)}:enable")
 
     async def rotate_app_secret(self, client_id: str) -> dict[str, Any]:
         """A new client secret for an app (shown once); tokens got with the old one die."""
+        return await self._request("POST", f"{_app_path(client_id)}:rotate-secret")
+
+    async def set_scopes(self, client_id: str, scopes: Sequence[str]) -> dict[str, Any]:
+        """Replace an app's scopes; its live tokens die (they carry the old ones)."""
         return await self._request(
-            "POST", f"/v1/admin/apps/{quote(client_id, safe='')}:rotate-secret"
+            "PUT", f"{_app_path(client_id)}/scopes", {"scopes": list(scopes)}
+        )
+
+    async def app_keys(self, client_id: str) -> list[dict[str, Any]]:
+        """An app's request-signing keys, revoked ones included (never a secret)."""
+        body = await self._request("GET", f"{_app_path(client_id)}/keys")
+        return list(body.get("keys", []))
+
+    async def add_ed25519_key(self, client_id: str, public_key_pem: str) -> dict[str, Any]:
+        """Register an Ed25519 public key (PEM) for an app's request signatures."""
+        body = {"algorithm": "ed25519", "public_key": public_key_pem}
+        return await self._request("POST", f"{_app_path(client_id)}/keys", body)
+
+    async def add_hmac_key(self, client_id: str) -> dict[str, Any]:
+        """Create an HMAC-SHA256 signing key; the answer's ``secret`` is shown this once."""
+        return await self._request(
+            "POST", f"{_app_path(client_id)}/keys", {"algorithm": "hmac-sha256"}
+        )
+
+    async def revoke_key(self, client_id: str, keyid: str) -> dict[str, Any]:
+        """Revoke one signing key of an app."""
+        return await self._request(
+            "POST", f"{_app_path(client_id)}/keys/{quote(keyid, safe='')}:revoke"
+        )
+
+    async def data_key(self, tenant: str) -> dict[str, Any]:
+        """A tenant's data-key versions and the progress of its latest re-encryption."""
+        return await self._request("GET", f"{_tenant_path(tenant)}/data-key")
+
+    async def rotate_data_key(self, tenant: str) -> dict[str, Any]:
+        """A new data-key version now; stored content is re-encrypted in the background."""
+        return await self._request("POST", f"{_tenant_path(tenant)}/data-key:rotate")
+
+    # -- monitoring -----------------------------------------------------------------------
+    async def overview(
+        self, tenant: str, *, window: int = 3600, bucket: int = 60
+    ) -> dict[str, Any]:
+        """Activity per bucket, deliveries by channel and state, streams, dead letters."""
+        query = urlencode({"window": window, "bucket": bucket})
+        return await self._request("GET", f"{_tenant_path(tenant)}/overview?{query}")
+
+    async def search_messages(
+        self,
+        tenant: str,
+        *,
+        topic: str | None = None,
+        recipient: str | None = None,
+        state: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> dict[str, Any]:
+        """Message metadata (never content), newest first: ``{messages, next}``.
+
+        ``topic`` is exact or a prefix ending in ``.>``; pass ``next`` as ``before`` for the
+        following page.
+        """
+        params = {
+            "topic": topic,
+            "recipient": recipient,
+            "state": state,
+            "since": since.isoformat() if since is not None else None,
+            "until": until.isoformat() if until is not None else None,
+            "limit": limit,
+            "before": before,
+        }
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        return await self._request("GET", f"{_tenant_path(tenant)}/messages?{query}")
+
+    async def message(self, tenant: str, message_id: str) -> dict[str, Any]:
+        """One message's metadata and every delivery (attempts, last error)."""
+        return await self._request(
+            "GET", f"{_tenant_path(tenant)}/messages/{quote(message_id, safe='')}"
+        )
+
+    async def deliveries(
+        self, tenant: str, *, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> dict[str, Any]:
+        """A tenant's deliveries (``state="dead"``: dead letters): ``{deliveries, next}``."""
+        params = {"state": state, "limit": limit, "after": after}
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        return await self._request("GET", f"{_tenant_path(tenant)}/deliveries?{query}")
+
+    async def retry_delivery(self, tenant: str, delivery_id: str) -> dict[str, Any]:
+        """Make a dead delivery due again (audited under this operator)."""
+        return await self._request(
+            "POST", f"{_tenant_path(tenant)}/deliveries/{quote(delivery_id, safe='')}:retry"
         )
 
     # -- audit --------------------------------------------------------------------------
