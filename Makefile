@@ -7,12 +7,14 @@ BIN    := $(VENV)/bin
 DATA_DIR := $(or $(HERALD_DATA_DIR),.herald)
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run cluster test lint format bench bench-components soak soak-ci clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci
+.PHONY: help venv run cluster test lint format bench bench-components soak soak-ci clean fuzz fuzz-api fuzz-parsers fuzz-parsers-ci test-browser screenshots
 
 help:
 	@echo "make run    - create .venv, initialise .herald on first use, serve HTTPS on :8443"
 	@echo "make cluster - three nodes on :8443-8445 against HERALD_DATABASE_URL / HERALD_REDIS_URL"
 	@echo "make test   - run the test suite (PostgreSQL tests skip when it is unreachable)"
+	@echo "make test-browser - the console and inbox browser tests only (system Chromium)"
+	@echo "make screenshots  - PNGs of the console pages and the inbox into docs/screenshots"
 	@echo "make lint   - ruff + mypy (strict)"
 	@echo "make bench  - the performance suite vs peers (~8 min; BENCH_ARGS=--quick: ~3 min)"
 	@echo "make bench-components - the component benchmarks (bench.cluster needs PostgreSQL + Redis)"
@@ -56,6 +58,20 @@ PYTEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Browser tests (tests/console, also part of `make test`): Playwright drives the system
+# Chromium (apt-get install chromium, or HERALD_CHROMIUM=<path>); no browser is downloaded.
+# Without Chromium they skip, or fail under HERALD_REQUIRE_SERVICES=1.
+test-browser: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider tests/console $(PYTEST_ARGS)
+
+# PNGs of the console's main pages at 1280 px (dashboard and inbox also at 390 px), saved by
+# the browser tests; a missing Chromium fails instead of producing nothing.
+SCREENSHOT_DIR ?= docs/screenshots
+
+screenshots: $(STAMP)
+	HERALD_SCREENSHOT_DIR=$(SCREENSHOT_DIR) HERALD_REQUIRE_SERVICES=1 \
+		$(BIN)/pytest -p no:cacheprovider tests/console $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzzing
