@@ -268,7 +268,8 @@ async def test_ws_first_frame_is_ready_then_live_message_has_every_field(
     token = await api.sub_token("user-1", [f"{p}.>"])
     async with ws_connect(server, token) as ws:
         first = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
-        assert first == {"type": "ready", "topics": [f"{p}.>"], "resumed": 0}
+        # heartbeat: the test servers' HERALD_HEARTBEAT_INTERVAL (tests/api/conftest.py)
+        assert first == {"type": "ready", "topics": [f"{p}.>"], "resumed": 0, "heartbeat": 1}
 
         published = await api.publish(
             f"{p}.orders.shipped",

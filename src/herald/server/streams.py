@@ -133,7 +133,14 @@ async def websocket_stream(websocket: WebSocket) -> None:
                 return
         await websocket.send_text(
             _ENCODER.encode(
-                {"type": "ready", "topics": [p.text for p in session.patterns], "resumed": replayed}
+                {
+                    "type": "ready",
+                    "topics": [p.text for p in session.patterns],
+                    "resumed": replayed,
+                    # Seconds between heartbeats on an idle stream: a client that hears
+                    # nothing for a few of them knows the connection is dead.
+                    "heartbeat": rt.settings.heartbeat_interval,
+                }
             ).decode()
         )
         reason = await _run_websocket(rt, websocket, session, claims)

@@ -251,6 +251,11 @@ function onFrame(frame) {
       state.lastId = frame.id; // frames arrive in order: the last one is the newest
       break;
     case 'ready':
+      // The server says how often an idle stream hears a heartbeat; until heartbeats are
+      // seen, that is the gap the watchdog allows (several of them, see below).
+      if (typeof frame.heartbeat === 'number' && frame.heartbeat > 0) {
+        state.heartbeatGapMs = Math.max(state.heartbeatGapMs, frame.heartbeat * 1000);
+      }
       state.ready = true;
       state.attempt = 0;
       state.unauthorizedCloses = 0;
