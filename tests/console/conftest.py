@@ -38,7 +38,7 @@ import pytest
 import tests.conftest as root
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from tests.api.conftest import App, Node, NodeFactory
+from tests.api.conftest import App, Node, NodeFactory, _node_factory
 
 from herald.client import Publisher, PublishResult
 
@@ -289,21 +289,14 @@ def console_node(
 ) -> Iterator[Node]:
     """The module's server (see :func:`operator_node`); a module may set ``NODE_SETTINGS``
     (``HERALD_*`` variables) for it."""
-    factory = NodeFactory(tmp_path_factory)
-    try:
+    for factory in _node_factory(tmp_path_factory):
         yield operator_node(factory, **getattr(request.module, "NODE_SETTINGS", {}))
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture
 def console_node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
     """Servers of a test's own (other settings), stopped when the test ends."""
-    factory = NodeFactory(tmp_path_factory)
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
+    yield from _node_factory(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
