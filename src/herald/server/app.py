@@ -36,7 +36,7 @@ from herald.server.recipients import recipient_routes
 from herald.server.responses import EXCEPTION_HANDLERS, json_response, problem_response
 from herald.server.streams import stream_routes
 from herald.server.templates import template_routes
-from herald.service import audit, cluster, identity
+from herald.service import audit, cluster, identity, keys
 from herald.service.delivery import Dispatcher, RetryPolicy
 from herald.service.plans import Planner
 from herald.service.runtime import Runtime, utcnow
@@ -221,6 +221,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await keys.stop_reencryptions()
             # Graceful stop: no more claims (cancelled above), leases given back at once so
             # other nodes take the work over now, then the heartbeat goes.
             await rt.dispatcher.stop()

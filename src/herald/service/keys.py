@@ -39,6 +39,7 @@ __all__ = [
     "rotate_data_key",
     "rotate_kek",
     "shred_tenant",
+    "stop_reencryptions",
 ]
 
 REENCRYPT_JOB = "reencrypt"
@@ -173,6 +174,18 @@ async def rotate_and_reencrypt(rt: Runtime, tenant_id: str, *, actor: str) -> in
     _running[tenant_id] = task
     task.add_done_callback(functools.partial(_finished, tenant_id))
     return version
+
+
+async def stop_reencryptions() -> None:
+    """Cancel this node's background re-encryptions (at shutdown).
+
+    Each resumes from its saved cursor when ``herald keys reencrypt`` runs (or restarts with
+    the next rotation).
+    """
+    running = list(_running.values())
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _finished(tenant_id: str, task: asyncio.Task[ReencryptResult]) -> None:
