@@ -30,9 +30,10 @@ const BACKOFF_CAP_MS = 10_000;
 const TICKET_TIMEOUT_MS = 10_000;
 /**
  * Heartbeats: the server sends {type: "heartbeat"} on idle streams (every ~20 s by default,
- * HERALD_HEARTBEAT_INTERVAL). The client does not know the interval, so it learns it from
- * the gaps it observes and declares the connection dead after HEARTBEAT_MISSES gaps
- * without any frame. Until it has seen two heartbeats it assumes the documented default.
+ * HERALD_HEARTBEAT_INTERVAL) and states that interval in its "ready" frame (`heartbeat`,
+ * seconds). The client also widens it to the largest gap it observes, and declares the
+ * connection dead after HEARTBEAT_MISSES gaps without any frame. Before "ready" (or from
+ * an older server without the field) it assumes the documented default.
  */
 const HEARTBEAT_DEFAULT_MS = 20_000;
 const HEARTBEAT_MISSES = 3;
