@@ -206,7 +206,11 @@ def test_operator_flow_end_to_end(tab: Tab, console_node: Node, tmp_path: Path) 
     expect(page.get_by_role("heading", level=1, name="Dashboard")).to_be_visible()
     by_state = page.get_by_role("table", name="Deliveries by channel and state")
     expect(by_state.get_by_role("columnheader", name="delivered")).to_be_visible()
-    expect(by_state.get_by_role("row").filter(has_text="inapp")).to_be_visible()
+    inapp = by_state.get_by_role("row").filter(has_text="inapp")
+    expect(inapp).to_be_visible()
+    headers = [t.strip() for t in by_state.locator("thead th").all_inner_texts()]
+    cells = [t.strip() for t in inapp.locator("th, td").all_inner_texts()]
+    assert int(cells[headers.index("delivered")]) >= 1, (headers, cells)
     save_screenshot(page, "dashboard")
     page.set_viewport_size(PHONE)
     save_screenshot(page, "dashboard-phone")
