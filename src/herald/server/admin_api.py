@@ -26,7 +26,7 @@ from herald.core.scopes import ScopeSet
 from herald.errors import BadRequest, NotFound
 from herald.server.api import runtime
 from herald.server.auth import authenticate, operator_claims
-from herald.server.monitor_api import monitor_routes
+from herald.server.monitor_api import monitor_routes, path_tenant
 from herald.server.requests import read_body, require_json
 from herald.server.responses import json_response
 from herald.service import identity, keys, operators, revocation, signatures
@@ -119,30 +119,16 @@ async def create_tenant(request: Request) -> Response:
     return json_response(identity.tenant_view(tenant), 201)
 
 
-async def _existing_tenant(rt: Runtime, principal: Principal, action: Action, tenant: str) -> None:
-    """Authorise ``action`` on a tenant; a tenant that does not exist is 404 like a foreign one."""
-    resource = _tenant_resource(tenant)
-    authorize(principal, action, resource)
-    if await rt.store.get_tenant(tenant) is None:
-        raise NotFound(f"no {resource.name}")
-
-
 async def list_apps(request: Request) -> Response:
     """``GET /v1/admin/tenants/{tenant}/apps``."""
-    rt = runtime(request)
-    principal = await authenticate(request, Action.APP_READ)
-    tenant = request.path_params["tenant"]
-    await _existing_tenant(rt, principal, Action.APP_READ, tenant)
+    rt, _, tenant = await path_tenant(request, Action.APP_READ)
     apps = [identity.app_view(a) for a in await rt.store.list_apps(tenant)]
     return json_response({"apps": apps})
 
 
 async def create_app(request: Request) -> Response:
     """``POST /v1/admin/tenants/{tenant}/apps``: the client secret is shown once."""
-    rt = runtime(request)
-    principal = await authenticate(request, Action.APP_CREATE)
-    tenant = request.path_params["tenant"]
-    await _existing_tenant(rt, principal, Action.APP_CREATE, tenant)
+    rt, principal, tenant = await path_tenant(request, Action.APP_CREATE)
     raw = await read_body(request, _BODY_MAX)
     require_json(request)
     req = decode_json(raw, AppRequest)
@@ -236,19 +222,13 @@ async def revoke_key(request: Request) -> Response:
 
 async def data_key(request: Request) -> Response:
     """``GET /v1/admin/tenants/{tenant}/data-key``: versions and re-encryption progress."""
-    rt = runtime(request)
-    principal = await authenticate(request, Action.TENANT_READ)
-    tenant = request.path_params["tenant"]
-    await _existing_tenant(rt, principal, Action.TENANT_READ, tenant)
+    rt, _, tenant = await path_tenant(request, Action.TENANT_READ)
     return json_response(await keys.data_key_status(rt, tenant))
 
 
 async def rotate_data_key(request: Request) -> Response:
     """``POST /v1/admin/tenants/{tenant}/data-key:rotate``: new version, re-encrypt behind."""
-    rt = runtime(request)
-    principal = await authenticate(request, Action.TENANT_KEY_ROTATE)
-    tenant = request.path_params["tenant"]
-    await _existing_tenant(rt, principal, Action.TENANT_KEY_ROTATE, tenant)
+    rt, principal, tenant = await path_tenant(request, Action.TENANT_KEY_ROTATE)
     await keys.rotate_and_reencrypt(rt, tenant, actor=principal.actor)
     return json_response(await keys.data_key_status(rt, tenant), 202)
 

@@ -27,13 +27,14 @@ from herald.errors import BadRequest, NotFound
 from herald.server.api import runtime
 from herald.server.auth import authenticate
 from herald.server.recipients import delivery_page, delivery_state, page_limit
+from herald.server.requests import int_param
 from herald.server.responses import json_response
 from herald.service import recipients
 from herald.service.messages import delivery_view, metadata_view
 from herald.service.runtime import Runtime, utcnow
 from herald.storage.base import MessageQuery
 
-__all__ = ["monitor_routes"]
+__all__ = ["monitor_routes", "path_tenant"]
 
 #: Bounds of the activity series: bucket seconds and how many buckets.
 _BUCKET_MIN, _BUCKET_MAX = 10, 86_400
@@ -41,8 +42,11 @@ _BUCKETS_MAX = 360
 _SEARCH_PAGE = 200
 
 
-async def _tenant(request: Request, action: Action) -> tuple[Runtime, Principal, str]:
-    """The caller, authorised for ``action`` on the path's tenant (which must exist)."""
+async def path_tenant(request: Request, action: Action) -> tuple[Runtime, Principal, str]:
+    """The caller, authorised for ``action`` on the path's ``{tenant}``, which must exist.
+
+    A tenant that does not exist is 404 exactly like another operator's.
+    """
     rt = runtime(request)
     principal = await authenticate(request, action)
     tenant = request.path_params["tenant"]
@@ -51,13 +55,6 @@ async def _tenant(request: Request, action: Action) -> tuple[Runtime, Principal,
     if len(tenant) > 128 or await rt.store.get_tenant(tenant) is None:
         raise NotFound(f"no {resource.name}")
     return rt, principal, tenant
-
-
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name, str(default))
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}")
-    return int(text)
 
 
 def _time(request: Request, name: str) -> datetime | None:
@@ -76,9 +73,9 @@ def _time(request: Request, name: str) -> datetime | None:
 
 async def overview(request: Request) -> Response:
     """``GET /v1/admin/tenants/{tenant}/overview?window=3600&bucket=60``."""
-    rt, _, tenant = await _tenant(request, Action.TENANT_MONITOR)
-    bucket = _int(request, "bucket", 60, _BUCKET_MIN, _BUCKET_MAX)
-    window = _int(request, "window", 3600, bucket, bucket * _BUCKETS_MAX)
+    rt, _, tenant = await path_tenant(request, Action.TENANT_MONITOR)
+    bucket = int_param(request, "bucket", 60, _BUCKET_MIN, _BUCKET_MAX)
+    window = int_param(request, "window", 3600, bucket, bucket * _BUCKETS_MAX)
     series = await rt.store.activity(tenant, utcnow(), bucket, window // bucket)
     counts = await rt.store.delivery_counts(tenant)
     return json_response(
@@ -113,7 +110,7 @@ def _topic(request: Request) -> str | None:
 
 async def search(request: Request) -> Response:
     """``GET /v1/admin/tenants/{tenant}/messages?topic=&recipient=&state=&since=&until=``."""
-    rt, _, tenant = await _tenant(request, Action.MESSAGE_SEARCH)
+    rt, _, tenant = await path_tenant(request, Action.MESSAGE_SEARCH)
     before = request.query_params.get("before") or None
     if before is not None and not (before.isascii() and before.isdigit() and len(before) < 19):
         raise BadRequest("before must be the next cursor of an earlier page")
@@ -137,7 +134,7 @@ async def search(request: Request) -> Response:
 
 async def message(request: Request) -> Response:
     """``GET /v1/admin/tenants/{tenant}/messages/{id}``: metadata and every delivery."""
-    rt, _, tenant = await _tenant(request, Action.MESSAGE_SEARCH)
+    rt, _, tenant = await path_tenant(request, Action.MESSAGE_SEARCH)
     text = request.path_params["message_id"]
     name = f"message {text[:64]}"
     try:
@@ -155,13 +152,13 @@ async def message(request: Request) -> Response:
 
 async def deliveries(request: Request) -> Response:
     """``GET /v1/admin/tenants/{tenant}/deliveries?state=dead&limit=&after=``."""
-    rt, _, tenant = await _tenant(request, Action.DELIVERY_LIST)
+    rt, _, tenant = await path_tenant(request, Action.DELIVERY_LIST)
     return await delivery_page(rt, request, tenant)
 
 
 async def retry(request: Request) -> Response:
     """``POST /v1/admin/tenants/{tenant}/deliveries/{id}:retry`` (audited)."""
-    rt, principal, tenant = await _tenant(request, Action.DELIVERY_RETRY)
+    rt, principal, tenant = await path_tenant(request, Action.DELIVERY_RETRY)
     delivery_id = request.path_params["delivery_id"]
     record = await recipients.retry_delivery(rt, tenant, delivery_id, actor=principal.actor)
     return json_response(delivery_view(record), 202)

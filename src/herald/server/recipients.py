@@ -17,7 +17,7 @@ from herald.core.messages import decode_json
 from herald.core.policy import Action, Resource, authorize
 from herald.errors import BadRequest, InvalidToken, ServiceUnavailable
 from herald.server.api import app_allowed, runtime, subscriber_claims, verify_signature
-from herald.server.requests import bearer_token, read_body, require_json
+from herald.server.requests import bearer_token, int_param, read_body, require_json
 from herald.server.responses import json_response
 from herald.service import recipients
 from herald.service.messages import delivery_view
@@ -73,10 +73,7 @@ def delivery_state(request: Request) -> str | None:
 
 def page_limit(request: Request, default: int = 100) -> int:
     """The ``limit`` query parameter: 1 to :data:`herald.limits.HISTORY_PAGE_MAX`."""
-    text = request.query_params.get("limit", str(default))
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= limits.HISTORY_PAGE_MAX:
-        raise BadRequest(f"limit must be an integer from 1 to {limits.HISTORY_PAGE_MAX}")
-    return int(text)
+    return int_param(request, "limit", default, 1, limits.HISTORY_PAGE_MAX)
 
 
 async def delivery_page(rt: Runtime, request: Request, tenant_id: str) -> Response:

@@ -43,3 +43,11 @@ def bearer_token(request: HTTPConnection) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """The integer query parameter ``name`` (``default`` when absent), from ``low`` to ``high``."""
+    text = request.query_params.get(name, str(default))
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(text)
