@@ -96,18 +96,26 @@ def _shipped(root: Path) -> Mapping[str, _File]:
 
 
 class StaticFiles:
-    """The console's files, read when asked (small), with ETags for revalidation."""
+    """The console's files, each read and hashed (its ETag) once, when first asked for."""
 
     def __init__(self, root: Path = STATIC_DIR) -> None:
         self.files = _shipped(root)
+        self._loaded: dict[str, tuple[bytes, str]] = {}
+
+    def _load(self, name: str, entry: _File) -> tuple[bytes, str]:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            body = entry.path.read_bytes()
+            loaded = body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            self._loaded[name] = loaded
+        return loaded
 
     def response(self, request: Request, name: str) -> Response:
         """The file ``name`` (URL path under ``/console/``), or 404 problem+json."""
         entry = self.files.get(name)
         if entry is None:
             raise NotFound("no such console page or file")
-        body = entry.path.read_bytes()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        body, etag = self._load(name, entry)
         headers = _headers(entry.media, etag)
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
