@@ -98,6 +98,10 @@ def _print_banner(settings: Settings) -> None:
     stderr.print(
         f"    {exe} publish orders.shipped --title 'Order 123 shipped' --body 'On its way'"
     )
+    stderr.print(
+        f"  Web console: {settings.base_url}/console/ (an operator: {exe} admin create NAME);"
+        f" an inbox: {exe} token subscriber alice --topic 'orders.>'"
+    )
     stderr.print("  Ctrl-C stops the server.")
 
 
